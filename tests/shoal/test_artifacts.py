@@ -1,0 +1,76 @@
+"""Artifact detection and validation: the three formats pass, everything else is refused."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shoal.artifacts import ACCEPTED, ArtifactError, inspect_artifact, sha256_hex
+
+FORMATS = ["xgboost-json", "xgboost-ubj", "lightgbm-text", "onnx"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_accepts_and_describes(model_bytes: dict[str, Any], fmt: str) -> None:
+    data = model_bytes[fmt]
+    info = inspect_artifact(data)
+    assert info.format == fmt
+    assert info.sha256 == sha256_hex(data) and info.size == len(data)
+    (inp,) = info.signature.inputs
+    assert inp.shape == (-1, 12) and inp.datatype == "FP32"
+    assert len(info.signature.outputs) == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rejects_truncated(model_bytes: dict[str, Any], fmt: str) -> None:
+    data = model_bytes[fmt]
+    with pytest.raises(ArtifactError):
+        inspect_artifact(data[: len(data) // 2])
+
+
+def test_rejects_pickle_without_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(pickle, "loads", boom)
+    monkeypatch.setattr(pickle, "load", boom)
+    for proto in (2, 4, 5):
+        data = pickle.dumps({"model": np.arange(3)}, protocol=proto)
+        with pytest.raises(ArtifactError, match="pickle") as err:
+            inspect_artifact(data)
+        assert ACCEPTED in str(err.value)
+
+
+def test_rejects_joblib_dumps() -> None:
+    # joblib writes a pickle stream, optionally zlib-compressed; both must be refused.
+    buf = io.BytesIO()
+    pickle.dump({"weights": [1.0, 2.0]}, buf, protocol=4)
+    with pytest.raises(ArtifactError, match="pickle"):
+        inspect_artifact(buf.getvalue())
+    with pytest.raises(ArtifactError, match="compressed"):
+        inspect_artifact(zlib.compress(buf.getvalue()))
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x00\x01\x02random", b"hello world", b'{"not": "a model"}', b"tree\nbroken"]
+)
+def test_rejects_garbage_naming_accepted_formats(data: bytes) -> None:
+    with pytest.raises(ArtifactError) as err:
+        inspect_artifact(data)
+    msg = str(err.value)
+    assert msg  # a reason is always given
+    if data[:1] not in (b"{", b"t"):
+        assert ACCEPTED in msg
+
+
+def test_framework_mismatch_and_unknown(model_bytes: dict[str, Any]) -> None:
+    with pytest.raises(ArtifactError, match="unknown framework"):
+        inspect_artifact(model_bytes["onnx"], framework="sklearn")
+    with pytest.raises(ArtifactError, match="is lightgbm-text"):
+        inspect_artifact(model_bytes["lightgbm-text"], framework="xgboost")
+    assert inspect_artifact(model_bytes["onnx"], framework="onnx").framework == "onnx"
