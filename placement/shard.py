@@ -56,7 +56,8 @@ def _scores(h_t: np.ndarray, h_w: np.ndarray) -> np.ndarray:
         x = (h_t[:, None] ^ h_w[None, :]) + _GOLDEN
         x = (x ^ (x >> _U64(30))) * _M1
         x = (x ^ (x >> _U64(27))) * _M2
-        return x ^ (x >> _U64(31))
+        out: np.ndarray = x ^ (x >> _U64(31))
+        return out
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_one_worker_joining_or_leaving_changes_at_most_one_member(
 @given(pools(), tenant_ids)
 def test_growing_k_keeps_the_old_members(pool: Pool, tenant: str) -> None:
     order = [shard(pool, tenant, k) for k in range(1, len(pool) + 1)]
-    for small, big in zip(order, order[1:], strict=False):
+    for small, big in itertools.pairwise(order):
         assert big[: len(small)] == small
 
 
