@@ -1,0 +1,74 @@
+"""The router process: view + core + gRPC server + metrics, with an explicit lifecycle.
+
+``RouterApp(settings)`` starts nothing; ``start()`` connects to etcd, reads the view, binds
+the endpoint and the metrics port; ``stop(grace)`` stops accepting, lets in-flight requests
+finish for up to ``grace`` seconds, then cancels them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+from prometheus_client import start_http_server
+
+from router.core import Router
+from router.metrics import RouterMetrics
+from router.server import RouterService
+from router.settings import RouterSettings
+from router.shadow import RotatingJsonl, ShadowSender
+from router.view import ClusterView
+from shoal.etcd import EtcdStore
+
+log = logging.getLogger(__name__)
+
+
+class RouterApp:
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics()
+        self.address = ""
+        self.metrics_address = ""
+        self._store: EtcdStore | None = None
+        self._server: grpc.aio.Server | None = None
+        self.router: Router | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._store = await EtcdStore(s.etcd).connect()
+        view = ClusterView(self._store)
+        await view.start()
+        self.router = router = Router(view, s, self.metrics)
+        shadow_log = RotatingJsonl(
+            Path(s.data_dir) / "shadow" / "shadow.jsonl", s.shadow_log_bytes, s.shadow_log_keep
+        )
+        router.shadow = ShadowSender(
+            router.send_shadow, self.metrics, shadow_log, s.shadow_queue, s.shadow_atol
+        )
+        router.shadow.start()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._server.add_generic_rpc_handlers((RouterService(router).handler(),))
+        port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        await self._server.start()
+        self.address = f"{s.host}:{port}"
+        if s.metrics_port >= 0:
+            httpd, _ = start_http_server(s.metrics_port, s.host, registry=self.metrics.registry)
+            self.metrics_address = f"{s.host}:{httpd.server_port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.router is not None:
+            if self.router.shadow is not None:
+                await self.router.shadow.stop()
+            await self.router.view.stop()
+            await self.router.close()
+        if self._store is not None:
+            await self._store.close()

@@ -1,0 +1,106 @@
+"""The router's gRPC endpoint: the Open Inference Protocol over ``router.core.Router``.
+
+Handlers only translate: ModelInfer passes bytes through; readiness and metadata are answered
+from the view. ServerReady stays true while etcd is unreachable (the router keeps serving
+from its last view, which is the point); it says so in the ``shoal-view: stale`` trailing
+metadata and in the ``shoal_router_view_stale`` gauge.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from router.core import RouteError, Router
+from shoal import __version__
+from shoal.oip import generic_handler
+from shoal.pb import shoal_inference_pb2 as pb
+
+PLATFORMS = {"xgboost": "xgboost", "lightgbm": "lightgbm", "onnx": "onnxruntime_onnx"}
+
+
+class RouterService:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.metrics = router.metrics
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return generic_handler(
+            {
+                "ServerLive": self.server_live,
+                "ServerReady": self.server_ready,
+                "ServerMetadata": self.server_metadata,
+                "ModelReady": self.model_ready,
+                "ModelMetadata": self.model_metadata,
+                "ModelInfer": self.model_infer,
+            },
+            raw=frozenset({"ModelInfer"}),
+        )
+
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        code = "OK"
+        try:
+            return await self.router.infer(raw, context.time_remaining())
+        except RouteError as exc:
+            code = exc.code.name
+            await context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(code).inc()
+            self.metrics.latency.observe(time.perf_counter() - start)
+
+    async def server_live(
+        self, req: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(
+        self, req: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        view = self.router.view
+        stale = view.stale
+        self.metrics.view_stale.set(1 if stale else 0)
+        context.set_trailing_metadata((("shoal-view", "stale" if stale else "current"),))
+        return pb.ServerReadyResponse(ready=view.models.synced.is_set())
+
+    async def server_metadata(
+        self, req: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="shoal-router", version=__version__, extensions=[])
+
+    async def model_ready(
+        self, req: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            route = self.router.route(req.name, req.version)
+            members = self.router.candidates(route.tenant, route.name, route.version)
+        except RouteError:
+            return pb.ModelReadyResponse(ready=False)
+        live = self.router.view.live_worker_ids(route.version.pool)
+        return pb.ModelReadyResponse(ready=any(m.worker_id in live for m in members))
+
+    async def model_metadata(
+        self, req: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            route = self.router.route(req.name, req.version)
+        except RouteError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+        record = self.router.view.model(route.tenant, route.name)
+        versions = sorted(record.versions) if record else [route.version.version]
+        v = route.version
+        resp = pb.ModelMetadataResponse(
+            name=req.name,
+            versions=[str(x) for x in versions],
+            platform=PLATFORMS.get(v.framework, v.framework),
+        )
+        for spec in v.signature.inputs:
+            resp.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+        for spec in v.signature.outputs:
+            resp.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+        return resp

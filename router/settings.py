@@ -1,0 +1,24 @@
+"""Router settings (``SHOAL_*`` environment variables, or flags of ``shoal router``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.settings import CommonSettings, doc
+
+
+@dataclass(frozen=True)
+class RouterSettings(CommonSettings):
+    host: str = doc("address the inference endpoint binds", "127.0.0.1")
+    port: int = doc("inference endpoint port (0: a free port)", 8001)
+    metrics_port: int = doc("Prometheus metrics HTTP port (0: a free port, -1: off)", 0)
+    retries: int = doc("other members tried after a failed attempt (UNAVAILABLE only)", 2)
+    default_timeout_s: float = doc("deadline for a forwarded call when the client sets none", 30.0)
+    spill_at: int = doc("in-flight requests at the primary before spilling to other members", 8)
+    eject_s: float = doc("how long a failing member is passed over", 5.0)
+    shadow_queue: int = doc("shadow requests waiting to be sent before new ones are dropped", 256)
+    shadow_log_bytes: int = doc("size at which the shadow JSONL log is rotated", 64 << 20)
+    shadow_log_keep: int = doc("rotated shadow logs kept", 3)
+    shadow_atol: float = doc("absolute tolerance for primary/shadow output agreement", 1e-6)
+    max_message_bytes: int = doc("largest request or response accepted", 64 << 20)
+    seed: int = doc("seed of the traffic-split and shadow sampling (0: from the OS)", 0)
