@@ -1,0 +1,230 @@
+"""A local Shoal cluster of real processes: etcd, placement, workers, router.
+
+Used by ``shoal up``, the end-to-end tests and the benchmarks. Every process binds
+127.0.0.1 on a free port (or the port asked for), logs to ``<data_dir>/logs/<name>.log``,
+announces its address on its first stdout lines (``worker: HOST:PORT`` ...), and is stopped
+by PID: SIGTERM, then SIGKILL after a grace period. Roles are configured through ``SHOAL_*``
+environment variables, the same settings a production deployment uses.
+
+Readiness is read through etcd's JSON gateway (plain HTTP), so this module needs no event loop
+and can run inside a test process that owns one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.devservers import LocalEtcd
+from shoal.procs import ManagedProcess, wait_until
+from shoal.records import PoolSnapshot, placement_key, worker_key
+
+
+def etcd_get(url: str, key: str, timeout: float = 2.0) -> bytes | None:
+    """One key through etcd's v3 JSON gateway (no gRPC client, no event loop)."""
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+    req = urllib.request.Request(f"{url}/v3/kv/range", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        doc = json.loads(r.read())
+    kvs = doc.get("kvs") or []
+    return base64.b64decode(kvs[0]["value"]) if kvs else None
+
+
+@dataclass
+class Role:
+    name: str
+    proc: ManagedProcess
+    address: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _shoal_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shoal.cli", *args]
+
+
+class LocalCluster:
+    """Start with ``start()``, stop with ``stop()``; ``info()`` is what cluster.json holds."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        workers: int = 2,
+        router_port: int = 0,
+        control_port: int = 0,
+        shard_size: int = 2,
+        env: Mapping[str, str] | None = None,
+        worker_env: Mapping[str, str] | None = None,
+        etcd_url: str = "",
+        store: str = "",
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.n_workers = workers
+        self.router_port = router_port
+        self.control_port = control_port
+        self.shard_size = shard_size
+        self.env = dict(env or {})
+        self.worker_env = dict(worker_env or {})
+        self.etcd: LocalEtcd | None = None
+        self.etcd_url = etcd_url
+        self.store = store or (self.data_dir / "objects").as_uri()
+        self.placement: Role | None = None
+        self.workers: list[Role] = []
+        self.router: Role | None = None
+        self._next_worker = 0
+
+    # --- process plumbing ---------------------------------------------------------------
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+        env.update(
+            SHOAL_ETCD=self.etcd_url,
+            SHOAL_STORE=self.store,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
+        log = self.data_dir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        return ManagedProcess(args, log, env=env, cwd=self.data_dir).start()
+
+    @staticmethod
+    def _banner(proc: ManagedProcess, prefix: str, timeout: float) -> str:
+        found: list[str] = []
+
+        def seen() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"{prefix} process exited:\n{proc.log_tail()}")
+            for line in proc.log_path.read_text(errors="replace").splitlines():
+                if line.startswith(f"{prefix}: "):
+                    found.append(line.split(": ", 1)[1].strip())
+                    return True
+            return False
+
+        try:
+            wait_until(seen, timeout, 0.05, f"'{prefix}: ' from {proc.args}")
+        except TimeoutError:
+            raise TimeoutError(f"{prefix} did not start:\n{proc.log_tail()}") from None
+        return found[0]
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> LocalCluster:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.etcd_url:
+                self.etcd = LocalEtcd(self.data_dir / "etcd").start()
+                self.etcd_url = self.etcd.url
+            self.start_placement(timeout)
+            for _ in range(self.n_workers):
+                self.add_worker(timeout, wait_in_snapshot=False)
+            self.wait_snapshot({w.extra["worker_id"] for w in self.workers}, timeout)
+            self.start_router(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.write_info()
+        return self
+
+    def start_placement(self, timeout: float = 60.0) -> Role:
+        env = self._env(
+            SHOAL_CONTROL_PORT=str(self.control_port),
+            SHOAL_SHARD_SIZE=str(self.shard_size),
+            SHOAL_DATA_DIR=str(self.data_dir),
+        )
+        proc = self._spawn("placement", _shoal_cmd("placement"), env)
+        self.placement = Role("placement", proc, self._banner(proc, "control", timeout))
+        return self.placement
+
+    def add_worker(self, timeout: float = 60.0, wait_in_snapshot: bool = True) -> Role:
+        i = self._next_worker
+        self._next_worker += 1
+        worker_id = f"worker-{i}"
+        env = self._env(
+            SHOAL_WORKER_ID=worker_id,
+            SHOAL_PORT="0",
+            SHOAL_DATA_DIR=str(self.data_dir / "workers" / worker_id),
+            **self.worker_env,
+        )
+        proc = self._spawn(worker_id, _shoal_cmd("worker"), env)
+        role = Role(
+            worker_id, proc, self._banner(proc, "worker", timeout), {"worker_id": worker_id}
+        )
+        self.workers.append(role)
+        if wait_in_snapshot:
+            self.wait_snapshot(
+                {w.extra["worker_id"] for w in self.workers if w.proc.alive()}, timeout
+            )
+        return role
+
+    def start_router(self, timeout: float = 60.0) -> Role:
+        env = self._env(SHOAL_PORT=str(self.router_port), SHOAL_DATA_DIR=str(self.data_dir))
+        proc = self._spawn("router", _shoal_cmd("router"), env)
+        self.router = Role("router", proc, self._banner(proc, "router", timeout))
+        return self.router
+
+    def snapshot(self, pool: str = "cpu") -> PoolSnapshot | None:
+        raw = etcd_get(self.etcd_url, placement_key(pool))
+        return PoolSnapshot.decode(raw) if raw else None
+
+    def wait_snapshot(
+        self, worker_ids: set[str], timeout: float = 60.0, pool: str = "cpu"
+    ) -> PoolSnapshot:
+        """Wait until the published snapshot of ``pool`` holds exactly ``worker_ids``."""
+        got: list[PoolSnapshot] = []
+
+        def ready() -> bool:
+            snap = self.snapshot(pool)
+            if snap is not None and {m.worker_id for m in snap.members} == worker_ids:
+                got.append(snap)
+                return True
+            return False
+
+        wait_until(ready, timeout, 0.1, f"snapshot of pool {pool} = {sorted(worker_ids)}")
+        return got[0]
+
+    def worker_registered(self, worker_id: str, pool: str = "cpu") -> bool:
+        return etcd_get(self.etcd_url, worker_key(pool, worker_id)) is not None
+
+    def info(self) -> dict[str, object]:
+        return {
+            "router": self.router.address if self.router else "",
+            "control": self.placement.address if self.placement else "",
+            "etcd": self.etcd_url,
+            "store": self.store,
+            "data_dir": str(self.data_dir),
+            "pids": {
+                **({"etcd": self.etcd.proc.pid} if self.etcd and self.etcd.proc else {}),
+                **({"placement": self.placement.proc.pid} if self.placement else {}),
+                **{w.name: w.proc.pid for w in self.workers},
+                **({"router": self.router.proc.pid} if self.router else {}),
+            },
+            "workers": {w.name: w.address for w in self.workers},
+            "started_at": time.time(),
+        }
+
+    def write_info(self) -> Path:
+        path = self.data_dir / "cluster.json"
+        path.write_text(json.dumps(self.info(), indent=2) + "\n")
+        return path
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop everything, router first and etcd last, each by PID."""
+        if self.router:
+            self.router.proc.stop(grace)
+        for w in self.workers:
+            w.proc.stop(grace)
+        if self.placement:
+            self.placement.proc.stop(grace)
+        if self.etcd:
+            self.etcd.stop(grace)
