@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that contribute sub-commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ("shoal.cli_local", "router.cli")
+COMMAND_MODULES: tuple[str, ...] = ("shoal.cli_local", "shoal.cli_up", "router.cli")
 
 
 class CliError(Exception):

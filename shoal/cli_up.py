@@ -1,0 +1,107 @@
+"""``shoal up``: a whole local cluster in one command (etcd, placement, workers, router)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from shoal.procs import port_open
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start a local cluster on embedded defaults (Ctrl-C stops it)",
+        description="Starts a local etcd, a file:// object store under the data dir, one "
+        "placement service, N workers and one router; prints their endpoints when ready.",
+    )
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--data-dir", type=Path, default=Path(".shoal"), help="state and logs")
+    p.add_argument("--router-port", type=int, default=8001)
+    p.add_argument("--control-port", type=int, default=8002)
+    p.add_argument("--shard-size", type=int, default=2)
+    p.add_argument("--demo", action="store_true", help="register demo tenants' models")
+    p.add_argument("--demo-tenants", type=int, default=300)
+    p.set_defaults(func=_up)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _up(ns: argparse.Namespace) -> int:
+    from shoal.cli import CliError
+    from shoal.cluster import LocalCluster
+
+    for port, what in ((ns.router_port, "--router-port"), (ns.control_port, "--control-port")):
+        if port and port_open("127.0.0.1", port):
+            raise CliError(
+                f"port {port} is already in use ({what}); is another `shoal up` running?"
+            )
+    cluster = LocalCluster(
+        ns.data_dir,
+        workers=ns.workers,
+        router_port=ns.router_port,
+        control_port=ns.control_port,
+        shard_size=ns.shard_size,
+    )
+    try:
+        cluster.start()
+    except (TimeoutError, RuntimeError, OSError) as exc:
+        raise CliError(f"cluster did not start: {exc}".splitlines()[0]) from None
+    try:
+        info = cluster.info()
+        example = ""
+        if ns.demo:
+            example = _demo(cluster, ns.data_dir, ns.demo_tenants)
+        print(f"router: {info['router']}")
+        print(f"control: {info['control']}")
+        print(f"etcd: {info['etcd']}")
+        print(f"cluster: {cluster.write_info()}")
+        if example:
+            print(example)
+        print("Ctrl-C stops the cluster.", flush=True)
+        _wait_for_signal()
+    finally:
+        cluster.stop()
+    return 0
+
+
+def _demo(cluster: Any, data_dir: Path, tenants: int) -> str:
+    from shoal import demo
+    from shoal.cli import CliError
+    from shoal.manifest import run_manifest
+
+    out = data_dir / "demo"
+    stamp = out / "built.json"
+    want = {"tenants": tenants, "version": 1}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        print(f"training {tenants} demo models ...", flush=True)
+        demo.build(out, tenants)
+        stamp.write_text(json.dumps(want))
+    summary = asyncio.run(run_manifest(cluster.placement.address, out / "manifest.jsonl"))
+    print(
+        f"demo: {summary.registered} registered, {summary.unchanged} unchanged, "
+        f"{summary.failed} failed",
+        flush=True,
+    )
+    if summary.failed:
+        first = summary.errors[0]
+        raise CliError(f"demo registration failed at line {first.line}: {first.error}")
+    row = json.dumps(demo.sample_row())
+    router = cluster.router.address
+    lines = ["", "Try it (tenants rotate XGBoost, LightGBM, ONNX):"]
+    for i in range(3):
+        lines.append(
+            f"  .venv/bin/shoal predict {demo.demo_tenant(i)}/churn --router {router}"
+            f" --input '[{row}]'"
+        )
+    return "\n".join(lines)
