@@ -1,0 +1,72 @@
+"""`shoal up --demo` as a newcomer runs it: the real command, then a tritonclient prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as triton
+
+from shoal import demo
+from shoal.procs import free_port, wait_until
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_shoal_up_demo_then_predict(tmp_path: Path) -> None:
+    router_port, control_port = free_port(), free_port()
+    out = tmp_path / "up.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    with open(out, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli", "up", "--demo", "--demo-tenants", "9",
+             "--data-dir", str(tmp_path / "data"), "--router-port", str(router_port),
+             "--control-port", str(control_port)],
+            stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: "Try it" in out.read_text() or proc.poll() is not None, 240, what="shoal up"
+        )
+        text = out.read_text()
+        assert proc.poll() is None, text
+        assert f"router: 127.0.0.1:{router_port}" in text
+        assert f"control: 127.0.0.1:{control_port}" in text
+        assert "etcd: http://127.0.0.1:" in text
+        assert "demo: 9 registered, 0 unchanged, 0 failed" in text
+        info = json.loads((tmp_path / "data" / "cluster.json").read_text())
+        pids = list(info["pids"].values())
+        assert len(pids) == 1 + 1 + 2 + 1  # etcd, placement, 2 workers, router
+        client = triton.InferenceServerClient(f"127.0.0.1:{router_port}")
+        row = np.asarray([demo.sample_row()], dtype=np.float32)
+        for i in range(3):  # XGBoost, LightGBM, ONNX tenants
+            model = f"{demo.demo_tenant(i)}/churn"
+            name = client.get_model_metadata(model).inputs[0].name
+            inp = triton.InferInput(name, [1, 30], "FP32")
+            inp.set_data_from_numpy(row)
+            result = client.infer(model, [inp])
+            assert result.get_response().model_version == "1"
+            value = float(
+                np.asarray(result.as_numpy(result.get_response().outputs[0].name)).reshape(-1)[0]
+            )
+            assert 0.0 <= value <= 1.0  # a probability from a real model
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0
+    wait_until(lambda: not any(_alive(p) for p in pids), 30, what="every cluster process to exit")
