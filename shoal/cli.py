@@ -15,7 +15,12 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that contribute sub-commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ("shoal.cli_local", "shoal.cli_up", "router.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "shoal.cli_local",
+    "shoal.cli_up",
+    "router.cli",
+    "placement.cli",
+)
 
 
 class CliError(Exception):

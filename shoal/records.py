@@ -6,7 +6,8 @@ Layout (see DESIGN.md, "State"):
 * ``/shoal/workers/<pool>/<worker_id>`` -> ``WorkerInfo``, under the worker's lease;
 * ``/shoal/placement/<pool>`` -> ``PoolSnapshot`` published by the placement leader;
 * ``/shoal/tenants/<tenant>`` -> ``TenantConfig`` (shard overrides, key hashes, quotas);
-* ``/shoal/cluster`` -> ``ClusterConfig`` (the placement salt).
+* ``/shoal/cluster`` -> ``ClusterConfig`` (the placement salt);
+* ``/shoal/load/<reporter_id>`` -> ``LoadReport`` (per-tenant request rates), under a lease.
 
 Records are small JSON objects: one key per model keeps every write a single compare-and-swap
 and every watch event self-contained.
@@ -281,3 +282,32 @@ class ClusterConfig:
     def decode(cls, data: bytes) -> ClusterConfig:
         d = json.loads(data)
         return cls(salt=d["salt"], default_shard_size=int(d.get("default_shard_size", 2)))
+
+
+def load_key(reporter_id: str) -> str:
+    return f"{LOAD}{reporter_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """Per-tenant request rates one reporter saw, for the hot-tenant controller.
+
+    Stored at ``/shoal/load/<reporter_id>`` under the reporter's lease (so a dead reporter's
+    load vanishes with it) as a flat JSON object ``{"<tenant>": requests_per_second, ...}``,
+    rewritten every few seconds with the rate over the reporter's recent window. The placement
+    leader sums the rates per tenant across reporters, so each request must be counted by one
+    kind of reporter only: either every router reports, or every worker does, not both.
+    """
+
+    reporter_id: str
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return _dumps({t: float(r) for t, r in self.rates.items()})
+
+    @classmethod
+    def decode(cls, reporter_id: str, data: bytes) -> LoadReport:
+        d = json.loads(data)
+        if not isinstance(d, dict):
+            raise ValueError(f"load report of {reporter_id} is not a JSON object")
+        return cls(reporter_id, {str(t): float(r) for t, r in d.items()})

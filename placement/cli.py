@@ -1,0 +1,445 @@
+"""``shoal`` sub-commands of the placement service and its control plane.
+
+* ``shoal placement`` runs the service; ``shoal placement show T`` prints a tenant's shard;
+* ``shoal workers``, ``shoal models``: listings (``--json`` for machines);
+* ``shoal register``, ``shoal alias``, ``shoal traffic``, ``shoal shadow``: registry writes.
+
+Client commands talk to the control plane at ``--control`` (default ``$SHOAL_CONTROL``, then
+127.0.0.1:8002) over blocking gRPC; any failure becomes one ``shoal: reason`` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from placement import convert
+from placement.settings import PlacementSettings
+from shoal.pb import shoal_control_pb2 as pb
+from shoal.pb import shoal_control_pb2_grpc as pb_grpc
+from shoal.records import ModelRecord, split_model_name
+from shoal.settings import describe, from_env
+
+DEFAULT_CONTROL = "127.0.0.1:8002"
+CHUNK = 1 << 20  # artifact bytes per Register message
+
+T = TypeVar("T")
+
+
+def register(sub: Any) -> None:
+    _placement_parser(sub)
+
+    p = sub.add_parser("workers", help="list workers with their cache use and load")
+    _client_args(p)
+    p.add_argument("--pool", default="", help="only this pool")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_workers)
+
+    p = sub.add_parser("models", help="list models, their versions, aliases, splits, shadows")
+    _client_args(p)
+    p.add_argument("--tenant", default="", help="only this tenant's models")
+    p.add_argument("--page-size", type=int, default=500, help="models per control-plane call")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("register", help="register a model file as a new version")
+    _client_args(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name", required=True, help="model name within the tenant")
+    p.add_argument("--framework", default="", help="xgboost, lightgbm or onnx (default: detect)")
+    p.add_argument("--pool", default="", help="worker pool (default: the framework's pool)")
+    p.add_argument("--alias", default="", help="point this alias at the new version")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("alias", help="point an alias at a version, or delete it")
+    acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = acts.add_parser("set", help="set ALIAS of T/M to VERSION")
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.add_argument("alias")
+    a.add_argument("version", type=int)
+    a.add_argument("--wait-loaded", action="store_true", help="warm the shard members first")
+    a.add_argument("--timeout", type=float, default=0.0, help="warm-up deadline in seconds")
+    a.set_defaults(func=_alias_set)
+    a = acts.add_parser("delete", help="delete ALIAS of T/M")
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.add_argument("alias")
+    a.set_defaults(func=_alias_delete)
+
+    p = sub.add_parser("traffic", help="split requests between versions, or clear the split")
+    acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = acts.add_parser("set", help="e.g. `shoal traffic set acme/churn 3=90 4=10`")
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.add_argument("split", nargs="+", metavar="VERSION=PERCENT")
+    a.set_defaults(func=_traffic_set)
+    a = acts.add_parser("clear", help="remove the split")
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.set_defaults(func=_traffic_clear)
+
+    p = sub.add_parser("shadow", help="copy a share of requests to a version, or stop")
+    acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = acts.add_parser("set", help="shadow P percent of requests to VERSION")
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.add_argument("version", type=int)
+    a.add_argument("--percent", type=float, required=True)
+    a.set_defaults(func=_shadow_set)
+    a = acts.add_parser("clear", help="remove the shadow")
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.set_defaults(func=_shadow_clear)
+
+
+def _placement_parser(sub: Any) -> None:
+    env_help = "\n".join(f"  {var:<28} {text}" for var, text, _ in describe(PlacementSettings))
+    p = sub.add_parser(
+        "placement",
+        help="run the placement service, or show a tenant's placement",
+        description="Without an action: run the placement service. Settings:\n" + env_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--etcd", help="etcd endpoint(s) ($SHOAL_ETCD)")
+    p.add_argument("--store", help="object store URL ($SHOAL_STORE)")
+    p.add_argument("--host", help="control-plane listen address ($SHOAL_HOST)")
+    p.add_argument("--port", type=int, dest="control_port", help="control-plane port")
+    p.add_argument("--metrics-port", type=int, help="metrics port (0: free, -1: off)")
+    p.add_argument("--instance-id", help="id in leader election")
+    p.set_defaults(func=_run_service)
+    acts = p.add_subparsers(dest="action", metavar="ACTION")
+    a = acts.add_parser("show", help="members of a tenant's shard, ranked, per pool")
+    _client_args(a)
+    a.add_argument("tenant")
+    a.add_argument("--pool", default="", help="only this pool")
+    a.add_argument("--model", default="", help="a model name, to report warm members if known")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=_show)
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", help=f"control plane host:port ($SHOAL_CONTROL, {DEFAULT_CONTROL})")
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+def _run_service(ns: argparse.Namespace) -> int:
+    from shoal.cli import CliError
+
+    overrides = {
+        k: getattr(ns, k)
+        for k in ("etcd", "store", "host", "control_port", "metrics_port", "instance_id")
+    }
+    try:
+        settings = from_env(PlacementSettings, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as exc:
+        raise CliError(f"placement service: {exc}") from None
+    return 0
+
+
+async def _serve(settings: PlacementSettings) -> None:
+    from placement.service import PlacementService
+
+    service = PlacementService(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await service.start()
+    try:
+        if service.metrics_address:
+            print(f"metrics: {service.metrics_address}", flush=True)
+        print(f"control: {service.address}", flush=True)
+        await stopping.wait()
+    finally:
+        await service.stop()
+
+
+# --- client plumbing ------------------------------------------------------------------------
+
+
+def _stub(ns: argparse.Namespace) -> tuple[pb_grpc.ControlStub, str]:
+    target = ns.control or os.environ.get("SHOAL_CONTROL") or DEFAULT_CONTROL
+    return pb_grpc.ControlStub(grpc.insecure_channel(target)), target
+
+
+def _call(ns: argparse.Namespace, fn: Callable[[pb_grpc.ControlStub], T]) -> T:
+    """Run ``fn(stub)``; any RPC failure becomes a one-line ``CliError``."""
+    from shoal.cli import CliError
+
+    stub, target = _stub(ns)
+    try:
+        return fn(stub)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE and "etcd" not in (details or ""):
+            raise CliError(f"control plane at {target} is unavailable: {details}") from None
+        raise CliError(details or str(code)) from None
+
+
+def _model(ns: argparse.Namespace) -> tuple[str, str]:
+    from shoal.cli import CliError
+
+    try:
+        return split_model_name(ns.model)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _record_dict(msg: pb.ModelRecord) -> dict[str, Any]:
+    rec = convert.record_from_proto(msg)
+    d: dict[str, Any] = json.loads(rec.encode())
+    d["mod_revision"] = rec.mod_revision
+    return d
+
+
+def _print_record(rec: ModelRecord) -> None:
+    aliases = ", ".join(f"{a}={v}" for a, v in sorted(rec.aliases.items())) or "-"
+    traffic = ", ".join(f"{v}={p}%" for v, p in sorted(rec.traffic.items())) or "-"
+    shadow = f"{rec.shadow.version} ({rec.shadow.percent:g}%)" if rec.shadow else "-"
+    print(f"{rec.full_name}")
+    print(f"  aliases: {aliases}   traffic: {traffic}   shadow: {shadow}")
+    for v in sorted(rec.versions.values(), key=lambda v: v.version):
+        print(f"  v{v.version:<4} {v.format:<14} pool={v.pool:<6} {v.size:>10} B  {v.sha256[:12]}")
+
+
+# --- listings -------------------------------------------------------------------------------
+
+
+def _show(ns: argparse.Namespace) -> int:
+    req = pb.PlacementRequest(tenant=ns.tenant, pool=ns.pool, model=ns.model)
+    resp = _call(ns, lambda s: s.GetPlacement(req, timeout=10))
+    pools = [
+        {
+            "pool": p.pool,
+            "epoch": p.epoch,
+            "shard_size": p.shard_size,
+            "override": p.override,
+            "members": [
+                {
+                    "worker_id": m.worker_id,
+                    "address": m.address,
+                    "zone": m.zone,
+                    "rank": m.rank,
+                    "in_shard": m.in_shard,
+                    "up": m.up,
+                    "warm": m.warm,
+                }
+                for m in p.members
+            ],
+        }
+        for p in resp.pools
+    ]
+    if ns.json:
+        print(json.dumps({"tenant": resp.tenant, "pools": pools}, indent=2))
+        return 0
+    if not pools:
+        print(f"{ns.tenant}: no pool has a published placement yet")
+    for p in pools:
+        override = f", override: {p['override']}" if p["override"] else ""
+        print(
+            f"{ns.tenant} in pool {p['pool']} (epoch {p['epoch']}, k={p['shard_size']}{override})"
+        )
+        for m in p["members"]:
+            flags = " ".join(
+                f
+                for f, on in (("shard", m["in_shard"]), ("down", not m["up"]), ("warm", m["warm"]))
+                if on
+            )
+            zone = m["zone"] or "-"
+            print(f"  {m['rank']:>3}  {m['worker_id']:<20} {m['address']:<22} {zone:<8} {flags}")
+    return 0
+
+
+_WORKER_FIELDS = (
+    "worker_id", "pool", "address", "zone", "device", "ready", "draining", "started_at",
+    "host_budget", "gpu_budget", "disk_budget", "host_bytes", "gpu_bytes", "disk_bytes",
+    "models_resident", "requests_per_s", "in_flight", "metrics_address",
+)  # fmt: skip
+
+
+def _workers(ns: argparse.Namespace) -> int:
+    resp = _call(ns, lambda s: s.ListWorkers(pb.ListWorkersRequest(pool=ns.pool), timeout=10))
+    rows = [{f: getattr(w, f) for f in _WORKER_FIELDS} for w in resp.workers]
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no workers registered")
+    for r in rows:
+        state = "draining" if r["draining"] else ("ready" if r["ready"] else "starting")
+        print(
+            f"{r['worker_id']:<20} {r['pool']:<6} {r['address']:<22} {r['zone'] or '-':<8} "
+            f"{state:<9} models={r['models_resident']} host={_mib(r['host_bytes'])}/"
+            f"{_mib(r['host_budget'])} req/s={r['requests_per_s']:.1f} in_flight={r['in_flight']}"
+        )
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f}MiB"
+
+
+def _models(ns: argparse.Namespace) -> int:
+    def pages(stub: pb_grpc.ControlStub) -> list[pb.ModelRecord]:
+        out: list[pb.ModelRecord] = []
+        token = ""
+        while True:
+            req = pb.ListModelsRequest(tenant=ns.tenant, page_size=ns.page_size, page_token=token)
+            resp = stub.ListModels(req, timeout=30)
+            out.extend(resp.models)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    models = _call(ns, pages)
+    if ns.json:
+        print(json.dumps([_record_dict(m) for m in models], indent=2))
+        return 0
+    if not models:
+        print("no models registered" + (f" for tenant {ns.tenant}" if ns.tenant else ""))
+    for m in models:
+        _print_record(convert.record_from_proto(m))
+    return 0
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+def _register(ns: argparse.Namespace) -> int:
+    from shoal.cli import CliError
+
+    try:
+        data = ns.file.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {ns.file}: {exc.strerror}") from None
+    labels = {}
+    for item in ns.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    header = pb.RegisterHeader(
+        tenant=ns.tenant,
+        name=ns.name,
+        framework=ns.framework,
+        pool=ns.pool,
+        alias=ns.alias,
+        labels=labels,
+    )
+
+    def chunks() -> Iterator[pb.RegisterChunk]:
+        yield pb.RegisterChunk(header=header)
+        for i in range(0, len(data), CHUNK):
+            yield pb.RegisterChunk(data=data[i : i + CHUNK])
+
+    resp = _call(ns, lambda s: s.Register(chunks(), timeout=300))
+    if ns.json:
+        out = {
+            "tenant": resp.tenant,
+            "name": resp.name,
+            "version": resp.version,
+            "created": resp.created,
+            "sha256": resp.sha256,
+        }
+        print(json.dumps(out))
+    else:
+        print(resp.version)
+        if not resp.created:
+            print(
+                f"{resp.tenant}/{resp.name}: identical artifact already registered as version "
+                f"{resp.version}; nothing changed",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _alias_set(ns: argparse.Namespace) -> int:
+    tenant, name = _model(ns)
+    req = pb.SetAliasRequest(
+        tenant=tenant,
+        name=name,
+        alias=ns.alias,
+        version=ns.version,
+        wait_loaded=ns.wait_loaded,
+        warm_timeout_s=ns.timeout,
+    )
+    deadline = (ns.timeout or 60.0) + 30.0 if ns.wait_loaded else 30.0
+    _call(ns, lambda s: s.SetAlias(req, timeout=deadline))
+    print(f"{tenant}/{name}: {ns.alias} -> {ns.version}")
+    return 0
+
+
+def _alias_delete(ns: argparse.Namespace) -> int:
+    tenant, name = _model(ns)
+    req = pb.DeleteAliasRequest(tenant=tenant, name=name, alias=ns.alias)
+    _call(ns, lambda s: s.DeleteAlias(req, timeout=30))
+    print(f"{tenant}/{name}: alias {ns.alias} deleted")
+    return 0
+
+
+def _traffic_set(ns: argparse.Namespace) -> int:
+    from shoal.cli import CliError
+
+    tenant, name = _model(ns)
+    split: dict[int, int] = {}
+    for item in ns.split:
+        version, sep, percent = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            split[int(version)] = int(percent)
+        except ValueError:
+            raise CliError(f"{item!r}: expected VERSION=PERCENT, e.g. 3=90") from None
+    req = pb.SetTrafficRequest(tenant=tenant, name=name, percent=split)
+    _call(ns, lambda s: s.SetTraffic(req, timeout=30))
+    shown = " ".join(f"{v}={p}%" for v, p in sorted(split.items()))
+    print(f"{tenant}/{name}: traffic {shown}")
+    return 0
+
+
+def _traffic_clear(ns: argparse.Namespace) -> int:
+    tenant, name = _model(ns)
+    req = pb.SetTrafficRequest(tenant=tenant, name=name)
+    _call(ns, lambda s: s.SetTraffic(req, timeout=30))
+    print(f"{tenant}/{name}: traffic split cleared")
+    return 0
+
+
+def _shadow_set(ns: argparse.Namespace) -> int:
+    from shoal.cli import CliError
+
+    tenant, name = _model(ns)
+    if ns.version <= 0:
+        raise CliError(f"version {ns.version}: expected a positive version number")
+    req = pb.SetShadowRequest(tenant=tenant, name=name, version=ns.version, percent=ns.percent)
+    _call(ns, lambda s: s.SetShadow(req, timeout=30))
+    print(f"{tenant}/{name}: shadow {ns.percent:g}% to version {ns.version}")
+    return 0
+
+
+def _shadow_clear(ns: argparse.Namespace) -> int:
+    tenant, name = _model(ns)
+    req = pb.SetShadowRequest(tenant=tenant, name=name, version=0)
+    _call(ns, lambda s: s.SetShadow(req, timeout=30))
+    print(f"{tenant}/{name}: shadow cleared")
+    return 0

@@ -1,0 +1,200 @@
+"""The ``shoal.v1.Control`` gRPC servicer: translate, call the core, translate back.
+
+Each method converts its request (``placement.convert``), calls the registry or a lookup, and
+converts the answer. Failures are mapped to status codes by ``placement.errors.grpc_status``
+only (in ``_edge``), never here method by method.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from placement import convert, rules
+from placement.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge, grpc_status
+from placement.lookup import tenant_placement
+from placement.registry import Registry
+from placement.workers import WorkerAdminClient, list_workers, warm_up
+from shoal.pb import shoal_control_pb2 as pb
+from shoal.pb import shoal_control_pb2_grpc as pb_grpc
+from shoal.state import StateStore
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+
+
+def _edge(fn: Handler[R]) -> Handler[R]:
+    """Run a unary handler; turn any exception into a status via ``grpc_status``."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, detail = grpc_status(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", fn.__name__)
+            await context.abort(code, detail)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class ControlService(pb_grpc.ControlServicer):
+    """Hosts the registry and placement lookups on gRPC (see module docstring)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: StateStore,
+        workers: WorkerAdminClient,
+        warm_timeout_s: float = 60.0,
+        stats_timeout_s: float = 0.5,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.workers = workers
+        self.warm_timeout_s = warm_timeout_s
+        self.stats_timeout_s = stats_timeout_s
+
+    # --- registration ---------------------------------------------------------------------
+
+    @_edge
+    async def Register(
+        self, request_iterator: AsyncIterator[pb.RegisterChunk], context: Any
+    ) -> pb.RegisterResponse:
+        """Header first, then data chunks; the size limit is enforced while receiving."""
+        header: pb.RegisterHeader | None = None
+        data = bytearray()
+        limit = self.registry.max_artifact_bytes
+        async for chunk in request_iterator:
+            part = chunk.WhichOneof("part")
+            if header is None:
+                if part != "header":
+                    raise InvalidArgument("the first message of Register must be the header")
+                header = chunk.header
+                continue
+            if part != "data":
+                raise InvalidArgument("Register takes one header, then data chunks")
+            if len(data) + len(chunk.data) > limit:
+                raise TooLarge(f"artifact exceeds the limit of {limit} bytes")
+            data += chunk.data
+        if header is None:
+            raise InvalidArgument("Register received no header")
+        spec = convert.spec_from_proto(header)
+        if header.uri:
+            if data:
+                raise InvalidArgument("give either a uri or artifact bytes, not both")
+            result = await self.registry.register_uri(spec, header.uri)
+        else:
+            result = await self.registry.register(spec, bytes(data))
+        return convert.registered_to_proto(result)
+
+    async def BulkRegister(
+        self, request_iterator: AsyncIterator[pb.BulkRegisterItem], context: Any
+    ) -> AsyncIterator[pb.BulkRegisterResult]:
+        """One result per item, echoing ``seq``; one item's failure does not stop the rest."""
+        async for item in request_iterator:
+            try:
+                spec = convert.spec_from_proto(item.header)
+                if item.header.uri:
+                    result = await self.registry.register_uri(spec, item.header.uri)
+                else:
+                    result = await self.registry.register(spec, item.data)
+            except Exception as exc:
+                code, detail = grpc_status(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("bulk item %d failed", item.seq)
+                yield pb.BulkRegisterResult(seq=item.seq, ok=False, error=detail, code=code.name)
+                continue
+            yield pb.BulkRegisterResult(
+                seq=item.seq, ok=True, result=convert.registered_to_proto(result)
+            )
+
+    # --- registry -------------------------------------------------------------------------
+
+    @_edge
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Any
+    ) -> pb.ListModelsResponse:
+        page = await self.registry.list_models(
+            request.tenant, request.page_size, request.page_token
+        )
+        return pb.ListModelsResponse(
+            models=[convert.record_to_proto(r) for r in page.models],
+            next_page_token=page.next_page_token,
+        )
+
+    @_edge
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelRecord:
+        return convert.record_to_proto(await self.registry.get(request.tenant, request.name))
+
+    @_edge
+    async def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.ModelRecord:
+        t, n = request.tenant, request.name
+        if request.wait_loaded:
+            await self._warm(t, n, request.version, request.warm_timeout_s or self.warm_timeout_s)
+        record = await self.registry.set_alias(t, n, request.alias, request.version)
+        return convert.record_to_proto(record)
+
+    async def _warm(self, tenant: str, name: str, version: int, timeout: float) -> None:
+        """Load the version on the members the router would use in the version's pool."""
+        record = await self.registry.get(tenant, name)
+        rules.require_version(record, version)
+        pool = record.versions[version].pool
+        try:
+            (view,) = await tenant_placement(self.store, tenant, pool)
+        except NotFound as exc:
+            raise FailedPrecondition(f"cannot warm {tenant}/{name} v{version}: {exc}") from None
+        await warm_up(self.workers, view.serving(), tenant, name, version, timeout)
+
+    @_edge
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Any) -> pb.ModelRecord:
+        record = await self.registry.delete_alias(request.tenant, request.name, request.alias)
+        return convert.record_to_proto(record)
+
+    @_edge
+    async def SetTraffic(self, request: pb.SetTrafficRequest, context: Any) -> pb.ModelRecord:
+        record = await self.registry.set_traffic(
+            request.tenant, request.name, dict(request.percent)
+        )
+        return convert.record_to_proto(record)
+
+    @_edge
+    async def SetShadow(self, request: pb.SetShadowRequest, context: Any) -> pb.ModelRecord:
+        version, percent = convert.shadow_from_proto(request)
+        record = await self.registry.set_shadow(request.tenant, request.name, version, percent)
+        return convert.record_to_proto(record)
+
+    @_edge
+    async def DeleteVersions(
+        self, request: pb.DeleteVersionsRequest, context: Any
+    ) -> pb.DeleteVersionsResponse:
+        deleted, record = await self.registry.delete_versions(
+            request.tenant, request.name, request.keep_last
+        )
+        return pb.DeleteVersionsResponse(deleted=deleted, model=convert.record_to_proto(record))
+
+    # --- placement and workers ------------------------------------------------------------
+
+    @_edge
+    async def GetPlacement(
+        self, request: pb.PlacementRequest, context: Any
+    ) -> pb.PlacementResponse:
+        pools = await tenant_placement(self.store, request.tenant, request.pool)
+        return convert.placement_to_proto(request.tenant, pools)
+
+    @_edge
+    async def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: Any
+    ) -> pb.ListWorkersResponse:
+        views = await list_workers(self.store, self.workers, request.pool, self.stats_timeout_s)
+        return pb.ListWorkersResponse(workers=[convert.worker_to_proto(v) for v in views])

@@ -1,0 +1,174 @@
+"""``shoal.v1`` protobuf <-> the placement core's plain objects: the only place they meet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from placement.errors import InvalidArgument
+from placement.lookup import PoolPlacement
+from placement.registry import Registered, RegisterSpec
+from placement.workers import WorkerView
+from shoal.artifacts import Signature, TensorSpec
+from shoal.pb import shoal_control_pb2 as pb
+from shoal.records import ModelRecord, ModelVersion, ShadowConfig
+
+
+def spec_from_proto(h: pb.RegisterHeader) -> RegisterSpec:
+    return RegisterSpec(
+        tenant=h.tenant,
+        name=h.name,
+        framework=h.framework,
+        pool=h.pool,
+        alias=h.alias,
+        labels=dict(h.labels),
+        sha256=h.sha256,
+    )
+
+
+def spec_to_proto(spec: RegisterSpec, uri: str = "") -> pb.RegisterHeader:
+    return pb.RegisterHeader(
+        tenant=spec.tenant,
+        name=spec.name,
+        framework=spec.framework,
+        pool=spec.pool,
+        alias=spec.alias,
+        labels=dict(spec.labels),
+        uri=uri,
+        sha256=spec.sha256,
+    )
+
+
+def registered_to_proto(r: Registered) -> pb.RegisterResponse:
+    return pb.RegisterResponse(
+        tenant=r.tenant, name=r.name, version=r.version, created=r.created, sha256=r.sha256
+    )
+
+
+def _tensors_to_proto(specs: Sequence[TensorSpec]) -> list[pb.TensorSpec]:
+    return [pb.TensorSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in specs]
+
+
+def _tensors_from_proto(specs: Sequence[pb.TensorSpec]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in specs)
+
+
+def version_to_proto(v: ModelVersion) -> pb.ModelVersion:
+    return pb.ModelVersion(
+        version=v.version,
+        uri=v.uri,
+        framework=v.framework,
+        format=v.format,
+        pool=v.pool,
+        sha256=v.sha256,
+        size=v.size,
+        signature=pb.Signature(
+            inputs=_tensors_to_proto(v.signature.inputs),
+            outputs=_tensors_to_proto(v.signature.outputs),
+        ),
+        created_at=v.created_at,
+        labels=dict(v.labels),
+    )
+
+
+def version_from_proto(v: pb.ModelVersion) -> ModelVersion:
+    return ModelVersion(
+        version=v.version,
+        uri=v.uri,
+        framework=v.framework,
+        format=v.format,
+        pool=v.pool,
+        sha256=v.sha256,
+        size=v.size,
+        signature=Signature(
+            _tensors_from_proto(v.signature.inputs), _tensors_from_proto(v.signature.outputs)
+        ),
+        created_at=v.created_at,
+        labels=dict(v.labels),
+    )
+
+
+def record_to_proto(r: ModelRecord) -> pb.ModelRecord:
+    msg = pb.ModelRecord(
+        tenant=r.tenant,
+        name=r.name,
+        versions=[version_to_proto(v) for _, v in sorted(r.versions.items())],
+        aliases=dict(r.aliases),
+        traffic=pb.TrafficSplit(percent=dict(r.traffic)),
+        mod_revision=r.mod_revision,
+    )
+    if r.shadow is not None:
+        msg.shadow.CopyFrom(pb.Shadow(version=r.shadow.version, percent=r.shadow.percent))
+    return msg
+
+
+def record_from_proto(m: pb.ModelRecord) -> ModelRecord:
+    versions = {v.version: version_from_proto(v) for v in m.versions}
+    return ModelRecord(
+        tenant=m.tenant,
+        name=m.name,
+        versions=versions,
+        aliases=dict(m.aliases),
+        traffic=dict(m.traffic.percent),
+        shadow=ShadowConfig(m.shadow.version, m.shadow.percent) if m.HasField("shadow") else None,
+        next_version=max(versions, default=0) + 1,
+        mod_revision=m.mod_revision,
+    )
+
+
+def shadow_from_proto(req: pb.SetShadowRequest) -> tuple[int | None, float]:
+    if req.version < 0:
+        raise InvalidArgument(f"shadow version {req.version} is negative")
+    return (req.version or None), req.percent
+
+
+def placement_to_proto(tenant: str, pools: Sequence[PoolPlacement]) -> pb.PlacementResponse:
+    return pb.PlacementResponse(
+        tenant=tenant,
+        pools=[
+            pb.PoolPlacement(
+                pool=p.pool,
+                epoch=p.epoch,
+                shard_size=p.shard_size,
+                override=p.override,
+                members=[
+                    pb.ShardMember(
+                        worker_id=m.worker_id,
+                        address=m.address,
+                        zone=m.zone,
+                        rank=m.rank,
+                        in_shard=m.in_shard,
+                        warm=m.warm,
+                        up=m.up,
+                    )
+                    for m in p.members
+                ],
+            )
+            for p in pools
+        ],
+    )
+
+
+def worker_to_proto(w: WorkerView) -> pb.WorkerStatus:
+    i = w.info
+    msg = pb.WorkerStatus(
+        worker_id=i.worker_id,
+        pool=i.pool,
+        address=i.address,
+        zone=i.zone,
+        device=i.device,
+        ready=i.ready,
+        draining=i.draining,
+        started_at=i.started_at,
+        host_budget=i.host_budget,
+        gpu_budget=i.gpu_budget,
+        disk_budget=i.disk_budget,
+        metrics_address=i.metrics_address,
+    )
+    if w.load is not None:
+        msg.host_bytes = w.load.host_bytes
+        msg.gpu_bytes = w.load.gpu_bytes
+        msg.disk_bytes = w.load.disk_bytes
+        msg.models_resident = w.load.models_resident
+        msg.requests_per_s = w.load.requests_per_s
+        msg.in_flight = w.load.in_flight
+    return msg

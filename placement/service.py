@@ -1,0 +1,195 @@
+"""The placement service process: control plane for everyone, snapshots and hot tenants for
+the leader.
+
+Lifecycle (``start`` / ``stop``; the constructor starts nothing):
+
+1. connect to etcd and make sure ``/shoal/cluster`` exists (created once, with a random
+   secret salt, by a create-if-absent transaction: two instances starting together agree);
+2. serve ``shoal.v1.Control`` (both instances serve it: every registry write is a CAS, safe
+   from either);
+3. campaign for leadership in the background. While leading, run the snapshot publisher and
+   the hot-tenant loop, both fenced by the election key; when the lease is lost, or a fenced
+   write fails, stop them and campaign again.
+
+``stop`` resigns first (revoking the lease, so a standby takes over at once rather than after
+the TTL), then stops the gRPC server with a grace period for calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+import grpc
+
+from placement.control import ControlService
+from placement.election import LeaderElection
+from placement.hot import HotPolicy, HotTenantController, HotTenantLoop
+from placement.metrics import PlacementMetrics
+from placement.publisher import NotLeader, SnapshotPublisher
+from placement.registry import ArtifactGC, Registry
+from placement.settings import PlacementSettings
+from placement.workers import WorkerAdminClient
+from shoal.etcd import EtcdStore
+from shoal.objstore import ObjectStore
+from shoal.pb import shoal_control_pb2_grpc as pb_grpc
+from shoal.records import CLUSTER, ClusterConfig
+from shoal.state import Compare, Put, StateStore
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_cluster(
+    store: StateStore, shard_size: int, new_salt: Callable[[], str] | None = None
+) -> ClusterConfig:
+    """The cluster config, created (create-if-absent) with a fresh secret salt when missing."""
+    kv = await store.get(CLUSTER)
+    if kv is None:
+        salt = (new_salt or (lambda: secrets.token_hex(32)))()
+        cfg = ClusterConfig(salt=salt, default_shard_size=shard_size)
+        res = await store.txn([Compare(CLUSTER, 0)], [Put(CLUSTER, cfg.encode())])
+        if res.succeeded:
+            log.info("created /shoal/cluster (default shard size %d)", shard_size)
+            return cfg
+        kv = await store.get(CLUSTER)  # another instance created it first
+        if kv is None:
+            raise RuntimeError("/shoal/cluster vanished right after being created")
+    return ClusterConfig.decode(kv.value)
+
+
+def _gc_mode(value: str) -> ArtifactGC:
+    if value not in ("cluster", "model", "off"):
+        raise ValueError(f"SHOAL_ARTIFACT_GC={value!r}: use cluster, model or off")
+    return cast(ArtifactGC, value)
+
+
+class PlacementService:
+    """One placement instance (see module docstring)."""
+
+    def __init__(self, settings: PlacementSettings, now: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._now = now
+        self.instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = PlacementMetrics()
+        self.address = ""
+        self.metrics_address = ""
+        self._store: EtcdStore | None = None
+        self._server: grpc.aio.Server | None = None
+        self._workers: WorkerAdminClient | None = None
+        self._election: LeaderElection | None = None
+        self._lead_task: asyncio.Task[None] | None = None
+        self.cluster: ClusterConfig | None = None
+
+    @property
+    def election(self) -> LeaderElection:
+        if self._election is None:
+            raise RuntimeError("service not started")
+        return self._election
+
+    async def start(self) -> None:
+        s = self.settings
+        store = self._store = await EtcdStore(s.etcd).connect()
+        self.cluster = await ensure_cluster(store, s.shard_size)
+        registry = Registry(
+            store,
+            ObjectStore(s.store_url(), s),
+            default_pools=s.default_pools(),
+            max_artifact_bytes=s.max_artifact_bytes,
+            cas_retries=s.cas_retries,
+            artifact_gc=_gc_mode(s.artifact_gc),
+            now=self._now,
+        )
+        self._workers = WorkerAdminClient()
+        servicer = ControlService(
+            registry, store, self._workers, s.warm_timeout_s, s.stats_timeout_s
+        )
+        # Artifacts arrive in chunks; the whole-message cap only needs to fit one chunk.
+        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        pb_grpc.add_ControlServicer_to_server(servicer, self._server)
+        port = self._server.add_insecure_port(f"{s.host}:{s.control_port}")
+        if port == 0:
+            raise OSError(f"cannot listen on {s.host}:{s.control_port}")
+        await self._server.start()
+        self.address = f"{s.host}:{port}"
+        if s.metrics_port >= 0:
+            self.metrics_address = f"{s.host}:{self.metrics.serve(s.host, s.metrics_port)}"
+        self._election = LeaderElection(store, self.instance_id, s.lease_ttl)
+        self._lead_task = asyncio.create_task(self._lead_forever(), name="placement-leader")
+
+    async def _lead_forever(self) -> None:
+        election = self.election
+        while True:
+            await election.campaign()
+            self.metrics.leader.set(1)
+            try:
+                await self._lead()
+            except NotLeader as exc:
+                log.warning("%s: %s", self.instance_id, exc)
+            finally:
+                self.metrics.leader.set(0)
+            log.warning("%s lost leadership; campaigning again", self.instance_id)
+            await election.resign()
+
+    async def _lead(self) -> None:
+        """Run the leader's loops until one fails or the lease is lost."""
+        election, store, cluster = self.election, self._store, self.cluster
+        assert store is not None and cluster is not None and election.fence is not None
+        s = self.settings
+        publisher = SnapshotPublisher(
+            store,
+            election.fence,
+            cluster.default_shard_size,
+            s.debounce_s,
+            now=self._now,
+            on_publish=self.metrics.on_publish,
+        )
+        policy = HotPolicy(
+            s.hot_rate, cluster.default_shard_size, s.hot_max_shard, s.hot_cooldown_s, s.hot_drain_s
+        )
+        hot = HotTenantLoop(
+            store,
+            HotTenantController(policy, self._now),
+            election.fence,
+            s.hot_interval_s,
+            on_change=self.metrics.on_hot_change,
+        )
+        tasks = [
+            asyncio.create_task(publisher.run(), name="snapshot-publisher"),
+            asyncio.create_task(hot.run(), name="hot-tenants"),
+            asyncio.create_task(election.wait_lost(), name="lease-watch"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                raise exc
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Resign, stop serving (in-flight calls get ``grace`` seconds), close connections."""
+        if self._lead_task is not None:
+            self._lead_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lead_task
+            self._lead_task = None
+        if self._election is not None:
+            await self._election.resign()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._workers is not None:
+            await self._workers.close()
+        self.metrics.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None

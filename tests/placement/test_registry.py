@@ -1,0 +1,214 @@
+"""The registry core against a real etcd and a file:// object store."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from typing import Any
+
+import pytest
+
+from placement.errors import Aborted, InvalidArgument, NotFound, TooLarge
+from placement.registry import RegisterSpec, Registry
+from shoal.artifacts import ArtifactError
+from shoal.etcd import EtcdStore
+from shoal.objstore import ObjectStore, artifact_key
+from shoal.records import InvalidName, ModelRecord, model_key
+
+
+def _registry(store: EtcdStore, file_store_url: str, **kw: Any) -> Registry:
+    return Registry(store, ObjectStore(file_store_url), **kw)
+
+
+def _variants(model_bytes: dict[str, Any]) -> list[bytes]:
+    """Distinct valid artifacts (different sha256) of the session's tiny models."""
+    return [
+        model_bytes["xgboost-json"],
+        model_bytes["xgboost-ubj"],
+        model_bytes["lightgbm-text"],
+        model_bytes["onnx"],
+    ]
+
+
+async def test_register_is_idempotent_and_numbers_versions(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    async with EtcdStore(etcd_url) as store:
+        reg = _registry(store, file_store_url, default_pools={"onnx": "gpu"})
+        spec = RegisterSpec("acme", "churn", alias="stable")
+        first = await reg.register(spec, model_bytes["xgboost-json"])
+        assert (first.version, first.created) == (1, True)
+        kv = await store.get(model_key("acme", "churn"))
+        assert kv is not None
+        again = await reg.register(spec, model_bytes["xgboost-json"])
+        assert (again.version, again.created) == (1, False)
+        after = await store.get(model_key("acme", "churn"))
+        assert after is not None and after.mod_revision == kv.mod_revision  # nothing written
+
+        second = await reg.register(RegisterSpec("acme", "churn"), model_bytes["onnx"])
+        assert (second.version, second.created) == (2, True)
+        record = await reg.get("acme", "churn")
+        assert record.aliases == {"stable": 1}
+        assert record.versions[2].pool == "gpu" and record.versions[1].pool == "cpu"
+        assert record.versions[1].uri == artifact_key(first.sha256)
+        assert await ObjectStore(file_store_url).get(record.versions[2].uri) == model_bytes["onnx"]
+
+        # By URI: an object already in the store registers like an upload.
+        by_uri = await reg.register_uri(RegisterSpec("other", "m"), record.versions[2].uri)
+        assert (by_uri.version, by_uri.created) == (1, True)
+
+
+async def test_register_rejects_bad_input(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    async with EtcdStore(etcd_url) as store:
+        reg = _registry(store, file_store_url, max_artifact_bytes=1 << 20)
+        with pytest.raises(ArtifactError, match="pickle"):
+            await reg.register(RegisterSpec("acme", "m"), pickle.dumps({"a": 1}))
+        with pytest.raises(InvalidName):
+            await reg.register(RegisterSpec("Acme!", "m"), model_bytes["onnx"])
+        with pytest.raises(ArtifactError, match="framework"):
+            await reg.register(RegisterSpec("acme", "m", framework="xgboost"), model_bytes["onnx"])
+        with pytest.raises(ArtifactError, match="empty"):
+            await reg.register(RegisterSpec("acme", "m"), b"")
+        with pytest.raises(InvalidArgument, match="sha256"):
+            await reg.register(RegisterSpec("acme", "m", sha256="0" * 64), model_bytes["onnx"])
+        with pytest.raises(TooLarge):
+            await reg.register(RegisterSpec("acme", "m"), b"x" * ((1 << 20) + 1))
+        with pytest.raises(NotFound):
+            await reg.get("acme", "m")  # nothing was half-written
+
+
+async def test_traffic_and_shadow_validation(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    async with EtcdStore(etcd_url) as store:
+        reg = _registry(store, file_store_url)
+        for data in _variants(model_bytes)[:2]:
+            await reg.register(RegisterSpec("acme", "churn"), data)
+        rec = await reg.set_traffic("acme", "churn", {1: 90, 2: 10})
+        assert rec.traffic == {1: 90, 2: 10}
+        with pytest.raises(InvalidArgument, match="sum to 95"):
+            await reg.set_traffic("acme", "churn", {1: 90, 2: 5})
+        with pytest.raises(NotFound, match="no version 7"):
+            await reg.set_traffic("acme", "churn", {1: 50, 7: 50})
+        with pytest.raises(InvalidArgument, match=r"1\.\.100"):
+            await reg.set_traffic("acme", "churn", {1: 110, 2: -10})
+        assert (await reg.set_traffic("acme", "churn", {})).traffic == {}
+
+        rec = await reg.set_shadow("acme", "churn", 2, 5.0)
+        assert rec.shadow is not None and (rec.shadow.version, rec.shadow.percent) == (2, 5.0)
+        for bad in (0.0, -1.0, 100.5, float("nan")):
+            with pytest.raises(InvalidArgument):
+                await reg.set_shadow("acme", "churn", 2, bad)
+        with pytest.raises(NotFound):
+            await reg.set_shadow("acme", "churn", 9, 5.0)
+        assert (await reg.set_shadow("acme", "churn", None)).shadow is None
+
+        with pytest.raises(NotFound, match="no version 3"):
+            await reg.set_alias("acme", "churn", "stable", 3)
+        with pytest.raises(InvalidName):
+            await reg.set_alias("acme", "churn", "Bad Alias", 1)
+        with pytest.raises(NotFound, match="nosuch/model"):
+            await reg.set_alias("nosuch", "model", "stable", 1)
+
+
+async def test_retention_never_deletes_referenced_versions(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    async with EtcdStore(etcd_url) as store:
+        reg = _registry(store, file_store_url)
+        shas = []
+        for data in _variants(model_bytes):  # versions 1..4
+            shas.append((await reg.register(RegisterSpec("acme", "churn"), data)).sha256)
+        # The same bytes as version 2 under another model: its artifact must survive.
+        await reg.register(RegisterSpec("beta", "churn"), model_bytes["xgboost-ubj"])
+        await reg.set_alias("acme", "churn", "stable", 1)
+        await reg.set_shadow("acme", "churn", 3, 1.0)
+
+        deleted, record = await reg.delete_versions("acme", "churn", keep_last=1)
+        assert deleted == [2]  # 1 aliased, 3 shadowed, 4 the newest
+        assert sorted(record.versions) == [1, 3, 4]
+        objects = ObjectStore(file_store_url)
+        assert await objects.head(artifact_key(shas[1])) is not None  # shared with beta/churn
+
+        await reg.set_traffic("acme", "churn", {3: 50, 4: 50})
+        await reg.set_shadow("acme", "churn", None)
+        await reg.register(RegisterSpec("acme", "churn"), _retrain(model_bytes))
+        deleted, record = await reg.delete_versions("acme", "churn", keep_last=1)
+        assert deleted == [] and sorted(record.versions) == [1, 3, 4, 5]  # 1 alias, 3/4 split
+
+        await reg.delete_alias("acme", "churn", "stable")
+        await reg.set_traffic("acme", "churn", {})
+        deleted, record = await reg.delete_versions("acme", "churn", keep_last=2)
+        assert deleted == [1, 3] and sorted(record.versions) == [4, 5]
+        assert await objects.head(artifact_key(shas[0])) is None  # referenced by nobody now
+        assert record.next_version == 6  # numbers are never reused
+        with pytest.raises(InvalidArgument):
+            await reg.delete_versions("acme", "churn", keep_last=0)
+
+
+def _retrain(model_bytes: dict[str, Any]) -> bytes:
+    from shoal import modelgen
+
+    return modelgen.train_xgboost(model_bytes["x"], model_bytes["y"], n_trees=3)
+
+
+async def test_list_models_pages(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    async with EtcdStore(etcd_url) as store:
+        reg = _registry(store, file_store_url)
+        data = model_bytes["lightgbm-text"]
+        names = [f"m{i:02d}" for i in range(7)]
+        for n in names:
+            await reg.register(RegisterSpec("acme", n), data)
+        await reg.register(RegisterSpec("zeta", "only"), data)
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await reg.list_models("acme", page_size=3, page_token=token)
+            seen += [m.name for m in page.models]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == names
+        everything = await reg.list_models(page_size=100)
+        assert [m.full_name for m in everything.models][-1] == "zeta/only"
+        with pytest.raises(InvalidArgument):
+            await reg.list_models("zeta", page_token=model_key("acme", "m01"))
+
+
+async def test_concurrent_alias_updates_never_lose_one(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    """Many writers, each on its own etcd connection, each setting a different alias."""
+    async with EtcdStore(etcd_url) as first:
+        await _registry(first, file_store_url).register(
+            RegisterSpec("acme", "churn"), model_bytes["onnx"]
+        )
+    stores = [await EtcdStore(etcd_url).connect() for _ in range(8)]
+    try:
+        regs = [_registry(s, file_store_url, cas_retries=50) for s in stores]
+        results = await asyncio.gather(
+            *(r.set_alias("acme", "churn", f"a{i}", 1) for i, r in enumerate(regs)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, ModelRecord) for r in results), results
+        final = await regs[0].get("acme", "churn")
+        assert set(final.aliases) == {f"a{i}" for i in range(8)}
+
+        # Without retries the loser gets a clear Aborted; whoever succeeded is kept.
+        once = [_registry(s, file_store_url, cas_retries=1) for s in stores]
+        outcomes = await asyncio.gather(
+            *(r.set_alias("acme", "churn", f"b{i}", 1) for i, r in enumerate(once)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, (ModelRecord, Aborted)) for o in outcomes), outcomes
+        final = await regs[0].get("acme", "churn")
+        won = {f"b{i}" for i, o in enumerate(outcomes) if isinstance(o, ModelRecord)}
+        assert won and won <= set(final.aliases)
+        assert {a for a in final.aliases if a.startswith("b")} == won
+    finally:
+        for s in stores:
+            await s.close()
