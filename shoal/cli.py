@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shoal.cli_local",
     "shoal.cli_up",
     "router.cli",
+    "worker.cli",
     "placement.cli",
 )
 

@@ -1,0 +1,171 @@
+"""Model records as the worker sees them: an in-memory LRU of ``ModelRecord``s read from etcd.
+
+Resolution of ``(tenant, name, version)``:
+
+* a number: the cached record answers when it has that version — versions are immutable once
+  written, so a cached version never goes stale; otherwise the record is re-read from etcd
+  once (concurrent misses for one model share that read) and NOT_FOUND names what is missing;
+* an alias (an empty version means ``stable``): aliases move, so the cached record is used only
+  while it is *fresh* — read or updated since the current watch on ``/shoal/models/`` started;
+  otherwise it is re-read. If etcd is unreachable then, the stale record still answers.
+
+A background watch applies changes to records already cached (it never adds records, so memory
+stays bounded by ``max_records``). When the watch breaks, every record loses freshness and the
+watch restarts with backoff. etcd unreachable on a miss raises ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import cachetools
+
+from shoal.records import MODELS, InvalidName, ModelRecord, ModelVersion, check_alias, model_key
+from shoal.state import StateError, StateStore, StateUnavailable, WatchEvent
+from worker.errors import InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALIAS = "stable"
+
+
+def parse_version(version: str) -> int | str:
+    """``"3"`` -> 3, ``""`` -> ``"stable"``, ``"canary"`` -> ``"canary"``; else InvalidArgument."""
+    v = version.strip()
+    if not v:
+        return DEFAULT_ALIAS
+    if v.isdigit():
+        n = int(v)
+        if n <= 0:
+            raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
+        return n
+    try:
+        return check_alias(v)
+    except InvalidName as exc:
+        raise InvalidArgument(f"model version {version!r}: not a number nor {exc}") from None
+
+
+class Catalog:
+    def __init__(self, store: StateStore, max_records: int = 100_000) -> None:
+        self._store = store
+        self._records: cachetools.LRUCache[tuple[str, str], ModelRecord] = cachetools.LRUCache(
+            maxsize=max(1, max_records)
+        )
+        self._fresh: set[tuple[str, str]] = set()
+        self._reads: dict[tuple[str, str], asyncio.Task[ModelRecord | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._generation = 0
+        self.watching = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    async def resolve(
+        self, tenant: str, name: str, version: str
+    ) -> tuple[ModelRecord, ModelVersion]:
+        """The record and the version ``version`` names; NotFound / Unavailable otherwise."""
+        want = parse_version(version)
+        key = (tenant, name)
+        rec = self._records.get(key)
+        if isinstance(want, int):
+            if rec is None or want not in rec.versions:
+                rec = await self._read(key)
+            if rec is None:
+                raise NotFound(f"model {tenant}/{name} not found")
+            mv = rec.versions.get(want)
+            if mv is None:
+                have = ", ".join(str(v) for v in sorted(rec.versions)) or "none"
+                raise NotFound(f"version {want} of {tenant}/{name} not found (versions: {have})")
+            return rec, mv
+        if rec is None or key not in self._fresh:
+            try:
+                rec = await self._read(key)
+            except Unavailable:
+                if rec is None:
+                    raise
+                log.debug("etcd unreachable: resolving %s/%s@%s from a stale record", *key, want)
+        if rec is None:
+            raise NotFound(f"model {tenant}/{name} not found")
+        target = rec.aliases.get(want)
+        if target is None or target not in rec.versions:
+            raise NotFound(f"model {tenant}/{name} has no alias {want!r} (an explicit version?)")
+        return rec, rec.versions[target]
+
+    async def _read(self, key: tuple[str, str]) -> ModelRecord | None:
+        """Read one record from etcd; concurrent callers for one key share the read."""
+        task = self._reads.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(key))
+            self._reads[key] = task
+            task.add_done_callback(lambda _t: self._reads.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: tuple[str, str]) -> ModelRecord | None:
+        # Fresh only if one watch, started before the read, covered it from start to end.
+        generation = self._generation if self.watching.is_set() else -1
+        try:
+            kv = await self._store.get(model_key(*key))
+        except StateUnavailable as exc:
+            raise Unavailable(f"state store unreachable reading {key[0]}/{key[1]}: {exc}") from None
+        if kv is None:
+            self._records.pop(key, None)
+            self._fresh.discard(key)
+            return None
+        rec = ModelRecord.decode(kv.value, kv.mod_revision)
+        cached = self._records.get(key)
+        if cached is None or cached.mod_revision <= rec.mod_revision:
+            self._records[key] = rec
+        if generation == self._generation and self.watching.is_set():
+            self._fresh.add(key)
+        return self._records.get(key, rec)
+
+    def _apply(self, ev: WatchEvent) -> None:
+        tenant, _, name = ev.key[len(MODELS) :].partition("/")
+        key = (tenant, name)
+        cached = self._records.get(key)
+        if cached is None:
+            return
+        if ev.kind == "delete":
+            self._records.pop(key, None)
+            self._fresh.discard(key)
+            return
+        if ev.mod_revision > cached.mod_revision:
+            try:
+                self._records[key] = ModelRecord.decode(ev.value, ev.mod_revision)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring an undecodable record at %s: %s", ev.key, exc)
+                self._records.pop(key, None)
+                return
+        self._fresh.add(key)
+
+    async def _watch_loop(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                rev = (await self._store.range(MODELS, limit=1)).revision
+                watch = await self._store.watch(MODELS, rev + 1)
+                async with watch:
+                    self._generation += 1
+                    self.watching.set()
+                    delay = 0.2
+                    async for ev in watch:
+                        self._apply(ev)
+            except StateError as exc:
+                log.info("model watch interrupted (%s); retrying in %.1fs", exc, delay)
+            finally:
+                self.watching.clear()
+                self._fresh.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,72 @@
+"""``shoal worker``: run one worker process (inference protocol, admin, metrics).
+
+Flags override ``SHOAL_*`` variables, which override defaults; ``--help`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from shoal.settings import describe, from_env
+from worker.settings import WorkerSettings
+
+#: flag -> settings field (flags left unset fall through to the environment).
+_FLAGS: dict[str, tuple[str, type]] = {
+    "--host": ("host", str),
+    "--port": ("port", int),
+    "--metrics-port": ("metrics_port", int),
+    "--etcd": ("etcd", str),
+    "--store": ("store", str),
+    "--data-dir": ("data_dir", Path),
+    "--pool": ("pool", str),
+    "--zone": ("zone", str),
+    "--worker-id": ("worker_id", str),
+    "--device": ("device", str),
+    "--host-budget": ("host_budget", str),
+    "--gpu-budget": ("gpu_budget", str),
+    "--disk-budget": ("disk_budget", str),
+    "--lease-ttl": ("lease_ttl", int),
+    "--batching": ("batching", str),
+}
+
+
+def register(sub: Any) -> None:
+    env_help = "\n".join(
+        f"  {var:<28} {text} (default: {default})"
+        for var, text, default in describe(WorkerSettings)
+    )
+    p = sub.add_parser(
+        "worker",
+        help="run one worker process",
+        description="Serve models lazily loaded from the object store (Open Inference Protocol). "
+        "Prints `worker: HOST:PORT` when ready; SIGTERM drains and exits 0.",
+        epilog="environment:\n" + env_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for flag, (field, kind) in _FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, default=None, help=f"see SHOAL_{field.upper()}")
+    p.set_defaults(func=_run)
+
+
+def _run(ns: argparse.Namespace) -> int:
+    import asyncio
+
+    from shoal.cli import CliError
+
+    overrides = {field: getattr(ns, field) for field, _kind in _FLAGS.values()}
+    try:
+        settings = from_env(WorkerSettings, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    # Runtimes run one thread per call and the worker parallelises across requests; OpenMP
+    # reads this when the runtime libraries load (below), so LightGBM's default is one thread.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from worker.server import serve
+
+    try:
+        return asyncio.run(serve(settings))
+    except (ValueError, OSError) as exc:
+        raise CliError(f"worker: {exc}") from None

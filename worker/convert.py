@@ -1,0 +1,117 @@
+"""Open Inference Protocol messages <-> the worker's plain types (the one wire converter).
+
+Inputs are decoded without copies where the wire allows: ``raw_input_contents`` become
+read-only ``np.frombuffer`` views; typed contents (FP32, FP64, INT8..64, UINT8..64, BOOL) are
+converted by numpy. Outputs always go back as ``raw_output_contents`` (little-endian, row
+major), with the datatype of the array the runtime produced. Malformed tensors (unknown
+datatype, negative dimension, byte length or element count not matching the shape) raise
+``InvalidArgument`` naming the tensor and both sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from shoal.artifacts import DTYPES
+from shoal.pb import shoal_inference_pb2 as pb
+from worker.errors import InvalidArgument
+from worker.types import InferRequest, InferResult, ModelMeta, Tensor
+
+#: numpy dtype -> V2 datatype name.
+DATATYPE_OF: dict[np.dtype[Any], str] = {dt: name for name, dt in DTYPES.items()}
+
+#: V2 datatype -> the typed-contents field carrying it.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def _decode_tensor(t: Any, raw: bytes | None) -> Tensor:
+    dtype = DTYPES.get(t.datatype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"input {t.name!r}: unsupported datatype {t.datatype!r} "
+            f"(expected one of {', '.join(DTYPES)})"
+        )
+    shape = tuple(int(d) for d in t.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"input {t.name!r}: negative dimension in shape {list(shape)}")
+    count = math.prod(shape)
+    if raw is not None:
+        need = count * dtype.itemsize
+        if len(raw) != need:
+            raise InvalidArgument(
+                f"input {t.name!r}: {len(raw)} bytes of raw contents, but {t.datatype} "
+                f"{list(shape)} needs {need}"
+            )
+        arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    else:
+        field = _CONTENTS_FIELD.get(t.datatype)
+        values = getattr(t.contents, field) if field else ()
+        if len(values) != count:
+            raise InvalidArgument(
+                f"input {t.name!r}: {len(values)} values in contents, but {t.datatype} "
+                f"{list(shape)} needs {count}"
+            )
+        arr = np.asarray(values, dtype=dtype).reshape(shape)
+    return Tensor(t.name, t.datatype, arr)
+
+
+def infer_request_from_proto(req: pb.ModelInferRequest) -> InferRequest:
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidArgument(
+            f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs (give one per input)"
+        )
+    inputs = tuple(_decode_tensor(t, raw[i] if raw else None) for i, t in enumerate(req.inputs))
+    return InferRequest(
+        model=req.model_name,
+        version=req.model_version,
+        inputs=inputs,
+        outputs=tuple(o.name for o in req.outputs),
+        id=req.id,
+    )
+
+
+def infer_response_to_proto(res: InferResult) -> pb.ModelInferResponse:
+    resp = pb.ModelInferResponse(model_name=res.model, model_version=str(res.version), id=res.id)
+    for t in res.outputs:
+        out = resp.outputs.add()
+        out.name = t.name
+        out.datatype = t.datatype
+        out.shape.extend(t.array.shape)
+        resp.raw_output_contents.append(np.ascontiguousarray(t.array).tobytes())
+    return resp
+
+
+def output_tensor(name: str, array: np.ndarray) -> Tensor:
+    """Wrap a runtime output, naming its V2 datatype (int/float widths the runtime chose)."""
+    datatype = DATATYPE_OF.get(array.dtype)
+    if datatype is None:
+        array = array.astype(np.float64) if array.dtype.kind == "f" else array.astype(np.int64)
+        datatype = DATATYPE_OF[array.dtype]
+    return Tensor(name, datatype, array)
+
+
+def model_metadata_to_proto(meta: ModelMeta) -> pb.ModelMetadataResponse:
+    resp = pb.ModelMetadataResponse(
+        name=meta.name, versions=list(meta.versions), platform=meta.platform
+    )
+    for t in meta.inputs:
+        resp.inputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+    for t in meta.outputs:
+        resp.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+    return resp

@@ -1,0 +1,241 @@
+"""Loading a model version into the cache: single flight, verified bytes, remembered failures.
+
+A load is: reserve the estimated bytes in the target tier (displacing LRU models), read the
+artifact from the disk tier — or fetch it from the object store and keep it on disk — check
+its sha256 against the record (for disk bytes too: a flipped bit on disk is a miss, not a
+model), deserialize it on the load thread, then admit it with its measured size.
+
+* **Single flight**: the first miss for a ``ModelId`` starts one task; later misses await the
+  same task (shielded: a caller giving up does not cancel the load for the others). N
+  concurrent misses cost one fetch and one deserialization.
+* **One load at a time** runs on a dedicated thread: the heap measurement around a
+  deserialization is only meaningful when no other load allocates meanwhile, and loads of small
+  models take milliseconds. Fetches and hashing run concurrently on other threads, and
+  predictions never wait for loads (they use their own pool).
+* **Failures are remembered** per ``ModelId`` (``FailureMemory``): until the backoff elapses,
+  requests get the same error without touching the store; each further failure doubles the
+  delay up to a cap; a success forgets. Other models are unaffected.
+
+Error mapping: object missing -> NotFound; checksum mismatch or bytes the runtime rejects ->
+FailedPrecondition; object store unreachable -> Unavailable; anything unexpected -> Internal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import cachetools
+
+from shoal.artifacts import sha256_hex
+from shoal.objstore import ObjectNotFound, ObjectStore, ObjectStoreUnavailable, artifact_key
+from shoal.records import ModelVersion
+from worker.cache import Tier, TieredCache
+from worker.diskcache import DiskCache
+from worker.errors import FailedPrecondition, Internal, NotFound, Unavailable, WorkerError
+from worker.metrics import WorkerMetrics
+from worker.runtimes import CorruptArtifact, Model, estimate_bytes, gpu_capable, load_model
+from worker.types import ModelId
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Failure:
+    error: WorkerError
+    attempts: int
+    retry_at: float
+
+
+class FailureMemory:
+    """Failed loads by key with exponential backoff: ``base * 2**(n-1)`` capped at ``cap``.
+
+    Bounded (LRU of ``max_keys``); the clock is injected.
+    """
+
+    def __init__(
+        self,
+        base: float,
+        cap: float,
+        now: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self._now = now
+        self._failures: cachetools.LRUCache[ModelId, _Failure] = cachetools.LRUCache(max_keys)
+
+    def check(self, key: ModelId) -> WorkerError | None:
+        """The remembered error (a copy naming the wait) while its backoff runs, else None."""
+        f = self._failures.get(key)
+        if f is None:
+            return None
+        wait = f.retry_at - self._now()
+        if wait <= 0:
+            return None
+        err = type(f.error)(
+            f"{f.error.message} (failed {f.attempts}x; next attempt in {wait:.1f}s)", f.error.code
+        )
+        return err
+
+    def record(self, key: ModelId, error: WorkerError) -> float:
+        """Remember a failure; returns the backoff applied."""
+        prev = self._failures.get(key)
+        attempts = prev.attempts + 1 if prev else 1
+        delay = float(min(self.cap, self.base * 2 ** (attempts - 1)))
+        self._failures[key] = _Failure(error, attempts, self._now() + delay)
+        return delay
+
+    def clear(self, key: ModelId) -> None:
+        self._failures.pop(key, None)
+
+
+def object_key(mv: ModelVersion, store_url: str) -> str:
+    """The store key of a version's artifact: its ``uri`` (a key, or a URL inside the store)."""
+    uri = mv.uri
+    if not uri:
+        return artifact_key(mv.sha256)
+    if "://" not in uri:
+        return uri.lstrip("/")
+    base = store_url.rstrip("/") + "/"
+    if uri.startswith(base):
+        return uri[len(base) :]
+    raise FailedPrecondition(f"artifact {uri} is outside this worker's object store {store_url}")
+
+
+class Loader:
+    def __init__(
+        self,
+        cache: TieredCache[ModelId, Model],
+        disk: DiskCache,
+        store: ObjectStore,
+        device: str,
+        load_executor: Executor,
+        metrics: WorkerMetrics,
+        failures: FailureMemory,
+        digests: dict[ModelId, str] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._disk = disk
+        self._store = store
+        self._device = device
+        self._executor = load_executor
+        self._metrics = metrics
+        self._failures = failures
+        self._flights: dict[ModelId, asyncio.Task[Model]] = {}
+        #: artifact digest of every model loaded (the owner prunes it on eviction)
+        self.digests = digests if digests is not None else {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    async def load(self, mid: ModelId, mv: ModelVersion) -> Model:
+        """The loaded model for ``mid`` (admitted to the cache), sharing any load under way."""
+        task = self._flights.get(mid)
+        if task is None:
+            err = self._failures.check(mid)
+            if err is not None:
+                raise err
+            task = asyncio.get_running_loop().create_task(self._load(mid, mv))
+            self._flights[mid] = task
+            task.add_done_callback(self._landed(mid))
+        return await asyncio.shield(task)
+
+    def _landed(self, mid: ModelId) -> Callable[[asyncio.Task[Model]], None]:
+        def done(task: asyncio.Task[Model]) -> None:
+            self._flights.pop(mid, None)
+            if not task.cancelled():
+                task.exception()  # retrieved here: every waiter may have gone
+
+        return done
+
+    async def _load(self, mid: ModelId, mv: ModelVersion) -> Model:
+        resident = self._cache.peek(mid)
+        if resident is not None and resident.value is not None:
+            return resident.value  # admitted by a flight that just ended
+        started = time.perf_counter()
+        self.digests[mid] = mv.sha256
+        self._metrics.loads_in_flight.inc()
+        estimate = estimate_bytes(mv.framework, mv.size)
+        tier = Tier.HOST
+        if (
+            self._device == "cuda"
+            and gpu_capable(mv.framework)
+            and self._cache.fits(Tier.GPU, estimate)
+        ):
+            tier = Tier.GPU
+        self._cache.reserve(mid, tier, estimate)
+        admitted = False
+        try:
+            data = await self._artifact(mid, mv)
+            device = "cuda" if tier is Tier.GPU else "cpu"
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(
+                self._executor, load_model, data, mv.framework, device
+            )
+            del data
+            self._cache.admit(
+                mid, model, model.nbytes, Tier.GPU if model.device == "cuda" else Tier.HOST
+            )
+            admitted = True
+        except WorkerError as exc:
+            self._fail(mid, exc)
+            raise
+        except CorruptArtifact as exc:
+            err: WorkerError = FailedPrecondition(f"cannot load {mid}: corrupt artifact: {exc}")
+            self._fail(mid, err)
+            raise err from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("loading %s failed", mid)
+            err = Internal(f"loading {mid} failed: {type(exc).__name__}: {exc}")
+            self._fail(mid, err)
+            raise err from None
+        finally:
+            if not admitted:
+                self._cache.unreserve(mid)
+            self._metrics.loads_in_flight.dec()
+        self._failures.clear(mid)
+        self._metrics.child(self._metrics.loads, "OK").inc()
+        self._metrics.child(self._metrics.load_seconds, mv.framework).observe(
+            time.perf_counter() - started
+        )
+        return model
+
+    def _fail(self, mid: ModelId, err: WorkerError) -> None:
+        delay = self._failures.record(mid, err)
+        self._metrics.child(self._metrics.loads, err.code.value).inc()
+        log.warning("load of %s failed (%s: %s); retry after %.1fs", mid, err.code, err, delay)
+
+    async def _artifact(self, mid: ModelId, mv: ModelVersion) -> bytes:
+        """Verified artifact bytes: disk tier first, then the object store (kept on disk)."""
+        sha = mv.sha256
+        data = await asyncio.to_thread(self._disk.read, sha)
+        if data is not None:
+            if await asyncio.to_thread(sha256_hex, data) == sha:
+                self._metrics.child(self._metrics.hits, "disk").inc()
+                return data
+            log.warning("disk cache: %s does not match its digest; fetching it again", sha)
+            await asyncio.to_thread(self._disk.remove, sha)
+        self._metrics.child(self._metrics.misses, "disk").inc()
+        key = object_key(mv, self._store.url)
+        try:
+            data = await self._store.get(key)
+        except ObjectNotFound:
+            raise NotFound(f"artifact of {mid} not found in the object store ({key})") from None
+        except ObjectStoreUnavailable as exc:
+            raise Unavailable(f"object store unreachable loading {mid}: {exc}") from None
+        got = await asyncio.to_thread(sha256_hex, data)
+        if got != sha:
+            raise FailedPrecondition(
+                f"cannot load {mid}: checksum mismatch: the record says sha256 {sha}, "
+                f"the artifact at {key} has {got}"
+            )
+        await asyncio.to_thread(self._disk.write, sha, data)
+        return data

@@ -1,0 +1,106 @@
+"""Prometheus metrics of one worker process, in their own registry (never the global one).
+
+Names (counters get ``_total`` in the exposition):
+
+* ``shoal_worker_requests{method,code}``, ``shoal_worker_request_seconds{method}``;
+* ``shoal_worker_cache_hits{tier}`` (gpu, host: model resident; disk: artifact on disk),
+  ``shoal_worker_cache_misses{tier}`` (memory: not resident; disk: fetched from the store),
+  ``shoal_worker_cache_evictions{tier}``, ``shoal_worker_cache_demotions{tier,to}``;
+* ``shoal_worker_loads{result}`` (one per load attempt: OK or the failure code),
+  ``shoal_worker_load_seconds{framework}``, ``shoal_worker_loads_in_flight``;
+* ``shoal_worker_resident_bytes{tier}``, ``shoal_worker_models_resident{tier}``,
+  ``shoal_worker_budget_bytes{tier}`` (read from the cache when scraped);
+* ``shoal_worker_requests_in_flight``, ``shoal_worker_batch_rows`` (rows per runtime call).
+
+Labelled children used on the request path are resolved once (``child()`` caches them): a
+``labels()`` lookup per request would cost more than the counter increment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+_LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "shoal_worker_requests",
+            "RPCs by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "shoal_worker_request_seconds",
+            "RPC latency seen by the worker",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.hits = Counter(
+            "shoal_worker_cache_hits", "lookups served by a tier", ["tier"], registry=r
+        )
+        self.misses = Counter(
+            "shoal_worker_cache_misses", "lookups a tier could not serve", ["tier"], registry=r
+        )
+        self.evictions = Counter(
+            "shoal_worker_cache_evictions", "models dropped from a tier", ["tier"], registry=r
+        )
+        self.demotions = Counter(
+            "shoal_worker_cache_demotions",
+            "models moved to a slower tier",
+            ["tier", "to"],
+            registry=r,
+        )
+        self.loads = Counter(
+            "shoal_worker_loads", "load attempts by result", ["result"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "shoal_worker_load_seconds",
+            "fetch + verify + deserialize time of successful loads",
+            ["framework"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.loads_in_flight = Gauge("shoal_worker_loads_in_flight", "loads running", registry=r)
+        self.requests_in_flight = Gauge(
+            "shoal_worker_requests_in_flight", "RPCs being served", registry=r
+        )
+        self.batch_rows = Histogram(
+            "shoal_worker_batch_rows", "rows per runtime call", buckets=_ROW_BUCKETS, registry=r
+        )
+        self.resident_bytes = Gauge(
+            "shoal_worker_resident_bytes", "bytes of models resident per tier", ["tier"], registry=r
+        )
+        self.models_resident = Gauge(
+            "shoal_worker_models_resident", "models resident per tier", ["tier"], registry=r
+        )
+        self.budget_bytes = Gauge(
+            "shoal_worker_budget_bytes", "byte budget per tier", ["tier"], registry=r
+        )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
+    def watch_tier(
+        self, tier: str, nbytes: Callable[[], float], count: Callable[[], float], budget: int
+    ) -> None:
+        """Report a tier's bytes and model count by calling these when scraped."""
+        self.resident_bytes.labels(tier).set_function(nbytes)
+        self.models_resident.labels(tier).set_function(count)
+        self.budget_bytes.labels(tier).set(budget)

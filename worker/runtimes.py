@@ -1,0 +1,232 @@
+"""Model runtimes: XGBoost (JSON/UBJ), LightGBM (text), ONNX (onnxruntime).
+
+``load_model`` turns verified artifact bytes into a ``Model`` (blocking: call it from a worker
+thread). Every runtime is pinned to one thread per call (the worker parallelises across
+requests instead: library default threading burns every core on 1-row calls). Nothing here
+unpickles: the bytes are parsed by each library's own model format reader only.
+
+Sizes. ``estimate_bytes`` guesses the resident size from the artifact size before a load (the
+cache reserves that much). After the load, ``Model.nbytes`` is the *measured* growth of the C
+heap across the deserialisation (glibc ``mallinfo2``; loads run one at a time so other loads do
+not pollute it), falling back to the estimate where the heap cannot be read or the delta is not
+positive (another thread freed memory meanwhile). GPU-resident bytes cannot be measured this
+way; they are estimated.
+
+Failures: bytes the library rejects raise ``CorruptArtifact`` (the caller reports
+FAILED_PRECONDITION with the library's first line); anything else propagates (INTERNAL).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from shoal.artifacts import FORMATS, ArtifactError, detect_format
+from worker.device import heap_in_use, onnx_cuda_available
+
+log = logging.getLogger(__name__)
+
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] [^ ]+:\d+: ")
+
+
+class CorruptArtifact(Exception):
+    """The artifact's bytes are not a model this runtime can load."""
+
+
+class Model(Protocol):
+    framework: str
+    device: str  # where it runs: cpu | cuda
+    nbytes: int
+
+    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs in the order of the signature's outputs. Thread-safe."""
+        ...
+
+    def to_host(self) -> Model | None:
+        """The same model on the CPU (a GPU model being demoted), or None if it cannot move."""
+        ...
+
+
+def estimate_bytes(framework: str, artifact_size: int) -> int:
+    """Resident size guessed from the artifact size (calibrated on small tree/MLP models)."""
+    if framework == "onnx":
+        return int(artifact_size * 1.5) + (128 << 10)
+    if framework == "lightgbm":
+        return int(artifact_size * 1.25) + (32 << 10)
+    return int(artifact_size * 1.25) + (16 << 10)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return _LOG_PREFIX.sub("", line)[:300]
+
+
+class XGBoostModel:
+    framework = "xgboost"
+
+    def __init__(self, booster: Any, device: str, nbytes: int) -> None:
+        self._booster = booster
+        self.device = device
+        self.nbytes = nbytes
+
+    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(self._booster.inplace_predict(inputs[0], validate_features=False))]
+
+    def to_host(self) -> XGBoostModel | None:
+        if self.device == "cpu":
+            return self
+        booster = self._booster.copy()
+        booster.set_param({"device": "cpu"})
+        return XGBoostModel(booster, "cpu", self.nbytes)
+
+
+class LightGBMModel:
+    framework = "lightgbm"
+    device = "cpu"
+
+    def __init__(self, booster: Any, nbytes: int) -> None:
+        self._booster = booster
+        self.nbytes = nbytes
+
+    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        # num_threads=1 per call (not a booster parameter: LightGBM ignores parameters given
+        # with a model string).
+        return [np.asarray(self._booster.predict(inputs[0], num_threads=1))]
+
+    def to_host(self) -> LightGBMModel | None:
+        return self
+
+
+class OnnxModel:
+    framework = "onnx"
+
+    def __init__(
+        self, session: Any, device: str, nbytes: int, artifact: bytes | None = None
+    ) -> None:
+        self._session = session
+        self._inputs = [i.name for i in session.get_inputs()]
+        self._outputs = [o.name for o in session.get_outputs()]
+        self.device = device
+        self.nbytes = nbytes
+        # A GPU session keeps its artifact so demotion can build the CPU session without a
+        # fetch; a few KiB to a few MiB of host memory per GPU-resident model.
+        self._artifact = artifact
+
+    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feed = dict(zip(self._inputs, inputs, strict=True))
+        return [np.asarray(a) for a in self._session.run(self._outputs, feed)]
+
+    def to_host(self) -> OnnxModel | None:
+        if self.device == "cpu":
+            return self
+        if self._artifact is None:
+            return None
+        return _onnx_load(self._artifact, "cpu")
+
+
+def _xgboost_load(data: bytes, device: str) -> Any:
+    import xgboost as xgb
+
+    params: dict[str, Any] = {"nthread": 1}
+    if device == "cuda":
+        # verbosity 0: a CPU input to a CUDA booster logs a device-mismatch warning per call.
+        params.update(device="cuda", verbosity=0)
+    booster = xgb.Booster(params=params)
+    buf = bytearray(data)
+    try:
+        booster.load_model(buf)
+    except xgb.core.XGBoostError as exc:
+        raise CorruptArtifact(f"invalid XGBoost model: {_first_line(exc)}") from None
+    finally:
+        del buf
+    return booster
+
+
+def _lightgbm_load(data: bytes) -> Any:
+    import lightgbm as lgb
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptArtifact("LightGBM model is not UTF-8 text") from None
+    if "end of trees" not in text:
+        raise CorruptArtifact("LightGBM model is truncated (no 'end of trees' marker)")
+    try:
+        return lgb.Booster(model_str=text)
+    except lgb.basic.LightGBMError as exc:
+        raise CorruptArtifact(f"invalid LightGBM model: {_first_line(exc)}") from None
+
+
+def _onnx_session(data: bytes, device: str) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    # Warnings and info (e.g. about the CUDA provider on a CPU host) would be logged per load.
+    opts.log_severity_level = 3
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device == "cuda"
+        else ["CPUExecutionProvider"]
+    )
+    try:
+        return ort.InferenceSession(data, sess_options=opts, providers=providers)
+    except MemoryError:
+        raise
+    except Exception as exc:  # onnxruntime raises pybind classes outside any hierarchy
+        raise CorruptArtifact(f"invalid ONNX model: {_first_line(exc)}") from None
+
+
+def _onnx_load(data: bytes, device: str) -> OnnxModel:
+    before = heap_in_use()
+    session = _onnx_session(data, device)
+    after = heap_in_use()
+    on_cuda = device == "cuda" and "CUDAExecutionProvider" in session.get_providers()
+    estimate = estimate_bytes("onnx", len(data))
+    if on_cuda:
+        return OnnxModel(session, "cuda", estimate, artifact=data)
+    return OnnxModel(session, "cpu", _measured(before, after, estimate))
+
+
+def _measured(before: int | None, after: int | None, estimate: int) -> int:
+    if before is None or after is None or after - before <= 0:
+        return estimate
+    return after - before
+
+
+def gpu_capable(framework: str) -> bool:
+    """Whether this framework's models can be placed in GPU memory here."""
+    if framework == "onnx":
+        return onnx_cuda_available()
+    return framework == "xgboost"
+
+
+def load_model(data: bytes, framework: str, device: str) -> Model:
+    """Deserialize ``data`` (already sha256-verified) for ``device`` (cpu | cuda). Blocking.
+
+    The format is re-detected from the bytes and must belong to ``framework``; pickles and
+    archives are refused before any runtime sees them.
+    """
+    try:
+        fmt = detect_format(data)
+    except ArtifactError as exc:
+        raise CorruptArtifact(str(exc)) from None
+    if FORMATS[fmt] != framework:
+        raise CorruptArtifact(f"model is registered as {framework} but the artifact is {fmt}")
+    estimate = estimate_bytes(framework, len(data))
+    if framework == "onnx":
+        return _onnx_load(data, device if gpu_capable("onnx") else "cpu")
+    before = heap_in_use()
+    if framework == "xgboost":
+        booster = _xgboost_load(data, device)
+        after = heap_in_use()
+        nbytes = estimate if device == "cuda" else _measured(before, after, estimate)
+        return XGBoostModel(booster, device, nbytes)
+    booster = _lightgbm_load(data)
+    return LightGBMModel(booster, _measured(before, heap_in_use(), estimate))

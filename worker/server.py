@@ -1,0 +1,281 @@
+"""The worker process: wiring and lifecycle (``start()`` / ``stop()``, nothing in __init__).
+
+Start: resolve device and budgets, open etcd and the object store, rebuild the disk tier's
+index, start the model watch, bind gRPC (inference protocol + WorkerAdmin) and the metrics
+HTTP port, then register in etcd. ``serve()`` prints ``worker: HOST:PORT`` once all of that is
+done, so a parent process can read the address from the first line of stdout.
+
+Stop (SIGTERM/SIGINT), uvicorn-style: mark the record ``draining``, revoke the lease (the key
+disappears at once; routers stop choosing this worker), stop accepting RPCs and give in-flight
+ones ``drain_grace_s`` to finish (then they are cancelled), and close everything. Exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TextIO
+
+import grpc
+from prometheus_client import start_http_server
+
+from shoal.etcd import EtcdStore
+from shoal.objstore import ObjectStore
+from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
+from shoal.records import WorkerInfo, check_ident, worker_key
+from worker.batching import Batcher
+from worker.cache import CacheEvent, Tier, TieredCache
+from worker.catalog import Catalog
+from worker.dataplane import Dataplane
+from worker.device import cuda_devices, resolve_device
+from worker.diskcache import DiskCache
+from worker.loader import FailureMemory, Loader
+from worker.metrics import WorkerMetrics
+from worker.registration import Registration
+from worker.runtimes import Model
+from worker.servicer import AdminServicer, Edge, inference_handler
+from worker.settings import WorkerSettings, host_memory_bytes, resolve_budget
+from worker.types import ModelId, Stats
+
+log = logging.getLogger(__name__)
+
+
+def _demote(_key: Any, model: Any) -> tuple[Any, int] | None:
+    """GPU -> host: the same model rebuilt for the CPU (None: it cannot move, drop it)."""
+    try:
+        host = model.to_host()
+    except Exception:
+        log.exception("demoting a model to host memory failed; dropping it")
+        return None
+    return (host, host.nbytes) if host is not None else None
+
+
+class WorkerServer:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics()
+        self.address = ""
+        self.metrics_address = ""
+        self.worker_id = ""
+        self.device = "cpu"
+        self.started_at = 0.0
+        self.draining = False
+        self.budgets: dict[str, int] = {}
+        self._server: grpc.aio.Server | None = None
+        self._http: Any = None
+        self._etcd: EtcdStore | None = None
+        self._catalog: Catalog | None = None
+        self._registration: Registration | None = None
+        self._predict_pool: ThreadPoolExecutor | None = None
+        self._load_pool: ThreadPoolExecutor | None = None
+        self._rate_mark = (0.0, 0)
+        self._digests: dict[ModelId, str] = {}
+        self._disk: DiskCache | None = None
+        self.edge = Edge(self.metrics)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        check_ident("pool", s.pool)
+        self.device = resolve_device(s.device)
+        self.budgets = self._budgets()
+        self.started_at = time.time()
+
+        self._etcd = await EtcdStore(s.etcd).connect()
+        store = ObjectStore(s.store_url(), s)
+        disk = DiskCache(s.data_dir / "cache" / "sha256", self.budgets["disk"])
+        await asyncio.to_thread(disk.scan)
+        self._disk = disk
+        # Artifact digest of each model in memory, so an eviction from host can tell whether
+        # the model stays on the disk tier (a demotion) or leaves the machine (an eviction).
+        digests = self._digests
+        cache: TieredCache[ModelId, Model] = TieredCache(
+            {Tier.GPU: self.budgets["gpu"], Tier.HOST: self.budgets["host"]},
+            demote=_demote,
+            on_disk=lambda mid: digests.get(mid, "") in disk,
+            listener=self._cache_event,
+        )
+        m = self.metrics
+        for tier in (Tier.GPU, Tier.HOST):
+            m.watch_tier(
+                tier.value,
+                lambda t=tier: cache.resident_bytes(t),  # type: ignore[misc]
+                lambda t=tier: cache.count(t),  # type: ignore[misc]
+                self.budgets[tier.value],
+            )
+        m.watch_tier("disk", lambda: disk.used, lambda: len(disk), self.budgets["disk"])
+
+        self._predict_pool = ThreadPoolExecutor(s.threads(), thread_name_prefix="shoal-predict")
+        self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-load")
+        self._catalog = Catalog(self._etcd, s.record_cache_size)
+        await self._catalog.start()
+        loader = Loader(
+            cache,
+            disk,
+            store,
+            self.device,
+            self._load_pool,
+            m,
+            FailureMemory(s.load_backoff_s, s.load_backoff_max_s),
+            digests,
+        )
+        self.dataplane = dp = Dataplane(self._catalog, cache, loader, self._predict_pool, m)
+        if s.batching_enabled(self.device):
+            dp._batcher = Batcher(
+                dp.run_batch, s.max_batch_rows, s.max_delay_us / 1e6, m.batch_rows.observe
+            )
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((inference_handler(dp, self.edge, lambda: self.ready),))
+        cpb_grpc.add_WorkerAdminServicer_to_server(AdminServicer(dp, self.edge, self.stats), server)
+        port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if port == 0:
+            raise OSError(f"cannot bind {s.host}:{s.port}")
+        await server.start()
+        self._server = server
+        self.address = s.advertise or f"{s.host}:{port}"
+        self.worker_id = s.resolve_worker_id(port)
+        check_ident("worker id", self.worker_id)
+
+        if s.metrics_port >= 0:
+            self._http, _thread = start_http_server(s.metrics_port, s.host, m.registry)
+            self.metrics_address = f"{s.host}:{self._http.server_port}"
+
+        self._registration = Registration(
+            self._etcd, worker_key(s.pool, self.worker_id), self.info, s.lease_ttl
+        )
+        await self._registration.start()
+
+    async def stop(self) -> None:
+        """Drain and shut down; safe to call once after ``start`` (or a failed start)."""
+        self.draining = True
+        if self._registration is not None:
+            await self._registration.publish()
+            await self._registration.stop()
+        if self._server is not None:
+            await self._server.stop(self.settings.drain_grace_s)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._catalog is not None:
+            await self._catalog.stop()
+        for pool in (self._predict_pool, self._load_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        if self._etcd is not None:
+            await self._etcd.close()
+
+    # --- views ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._registration is not None and not self.draining
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            pool=self.settings.pool,
+            address=self.address,
+            zone=self.settings.zone,
+            device=self.device,
+            host_budget=self.budgets["host"],
+            gpu_budget=self.budgets["gpu"],
+            disk_budget=self.budgets["disk"],
+            started_at=self.started_at,
+            ready=not self.draining,
+            draining=self.draining,
+            metrics_address=self.metrics_address,
+        )
+
+    def stats(self) -> Stats:
+        cache = self.dataplane.cache
+        now = time.monotonic()
+        total = self.edge.total
+        mark_t, mark_n = self._rate_mark
+        rate = (total - mark_n) / (now - mark_t) if mark_t and now > mark_t else 0.0
+        if not mark_t or now - mark_t > 10.0:
+            self._rate_mark = (now, total)
+        disk_used = self._disk.used if self._disk is not None else 0
+        return Stats(
+            worker_id=self.worker_id,
+            pool=self.settings.pool,
+            address=self.address,
+            zone=self.settings.zone,
+            device=self.device,
+            ready=self.ready,
+            draining=self.draining,
+            started_at=self.started_at,
+            budgets=dict(self.budgets),
+            resident_bytes={
+                "gpu": cache.resident_bytes(Tier.GPU),
+                "host": cache.resident_bytes(Tier.HOST),
+                "disk": disk_used,
+            },
+            models_resident=len(cache),
+            requests_per_s=rate,
+            in_flight=self.edge.in_flight,
+            metrics_address=self.metrics_address,
+        )
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _budgets(self) -> dict[str, int]:
+        s = self.settings
+        gpu_total = cuda_devices().total_memory if self.device == "cuda" else 0
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        disk_total = shutil.disk_usage(s.data_dir).total
+        return {
+            "host": resolve_budget(s.host_budget, host_memory_bytes(), "host"),
+            "gpu": resolve_budget(s.gpu_budget, gpu_total, "gpu") if gpu_total else 0,
+            "disk": resolve_budget(s.disk_budget, disk_total, "disk"),
+        }
+
+    def _cache_event(self, ev: CacheEvent) -> None:
+        m = self.metrics
+        if ev.kind == "demote" and ev.dst is not None:
+            m.child(m.demotions, ev.src.value, ev.dst.value).inc()
+        else:
+            m.child(m.evictions, ev.src.value).inc()
+        if ev.dst is not Tier.GPU and ev.dst is not Tier.HOST:
+            self._digests.pop(ev.key, None)
+
+
+async def serve(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
+    """Run a worker until SIGTERM/SIGINT; print ``worker: ADDRESS`` when ready. Returns 0."""
+    worker = WorkerServer(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.start()
+        print(f"worker: {worker.address}", file=out, flush=True)
+        log.info(
+            "worker %s (%s, pool %s) serving on %s, metrics on %s",
+            worker.worker_id,
+            worker.device,
+            settings.pool,
+            worker.address,
+            worker.metrics_address or "-",
+        )
+        await stop.wait()
+        log.info("draining (grace %.1fs)", settings.drain_grace_s)
+    finally:
+        await worker.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return 0

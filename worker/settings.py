@@ -1,0 +1,79 @@
+"""Worker settings: one frozen object per process, filled from ``SHOAL_*`` variables.
+
+Budgets are strings (``"512MiB"``, ``"2G"``, ``"0.25"``): a fraction applies to the machine's
+memory (host), the GPU's memory (gpu) or the disk holding ``data_dir`` (disk); ``resolve_*``
+turn them into bytes once the machine is known.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from shoal.records import DEFAULT_POOL
+from shoal.settings import CommonSettings, doc, parse_bytes
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WorkerSettings(CommonSettings):
+    """Everything ``shoal worker`` reads at start; see ``shoal worker --help``."""
+
+    host: str = doc("address the inference protocol binds to", "127.0.0.1")
+    port: int = doc("inference protocol port (0: a free port)", 0)
+    advertise: str = doc("host:port published in etcd (empty: host:port as bound)", "")
+    metrics_port: int = doc("Prometheus metrics HTTP port (0: a free port, -1: off)", 0)
+    worker_id: str = doc("worker id in the pool (empty: HOSTNAME-PORT)", "")
+    pool: str = doc("pool this worker joins", DEFAULT_POOL)
+    zone: str = doc("failure zone label (placement spreads shards across zones)", "")
+    device: str = doc("auto | cpu | cuda: where models run (auto: cuda when a GPU exists)", "auto")
+    host_budget: str = doc("host memory for models: bytes or a fraction of RAM", "0.25")
+    gpu_budget: str = doc("GPU memory for models: bytes or a fraction of the GPU", "0.5")
+    disk_budget: str = doc(
+        "local disk cache for artifacts: bytes or a fraction of the disk", "2GiB"
+    )
+    lease_ttl: int = doc("etcd lease TTL in seconds (a dead worker vanishes after this)", 5)
+    drain_grace_s: float = doc("on SIGTERM, seconds in-flight requests get to finish", 20.0)
+    predict_threads: int = doc("prediction threads (0: one per core)", 0)
+    batching: str = doc("adaptive batching: auto (on for cuda) | on | off", "auto")
+    max_batch_rows: int = doc("largest merged batch, rows", 256)
+    max_delay_us: int = doc("longest a request waits for others to batch with, µs", 500)
+    load_backoff_s: float = doc("first retry delay after a failed load, seconds", 1.0)
+    load_backoff_max_s: float = doc("longest retry delay after repeated failed loads", 60.0)
+    record_cache_size: int = doc("model records kept in memory (LRU)", 100_000)
+
+    # --- derived values -------------------------------------------------------------------
+
+    def threads(self) -> int:
+        return self.predict_threads if self.predict_threads > 0 else _cores()
+
+    def batching_enabled(self, device: str) -> bool:
+        if self.batching == "auto":
+            return device == "cuda"
+        return self.batching.lower() in ("on", "1", "true", "yes")
+
+    def resolve_worker_id(self, port: int) -> str:
+        return self.worker_id or f"{socket.gethostname().lower()}-{port}"
+
+
+def host_memory_bytes() -> int:
+    """Total RAM in bytes (``sysconf``); 0 where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        return 0
+
+
+def resolve_budget(value: str, total: int, what: str) -> int:
+    """Bytes for a budget setting; a fraction needs ``total`` (raises ``ValueError`` naming it)."""
+    try:
+        n = parse_bytes(value, total or None)
+    except ValueError as exc:
+        raise ValueError(f"{what} budget {value!r}: {exc}") from None
+    if n < 0:
+        raise ValueError(f"{what} budget {value!r} is negative")
+    return n
