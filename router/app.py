@@ -14,11 +14,13 @@ import grpc
 from prometheus_client import start_http_server
 
 from router.core import Router
+from router.load import LoadReporter
 from router.metrics import RouterMetrics
 from router.server import RouterService
 from router.settings import RouterSettings
 from router.shadow import RotatingJsonl, ShadowSender
 from router.view import ClusterView
+from shoal import tls
 from shoal.etcd import EtcdStore
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,13 @@ class RouterApp:
             ]
         )
         self._server.add_generic_rpc_handlers((RouterService(router).handler(),))
-        port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        port = tls.add_port(self._server, f"{s.host}:{s.port}", s)
         await self._server.start()
         self.address = f"{s.host}:{port}"
+        router.load = LoadReporter(
+            self._store, s.router_id or f"router-{s.host}-{port}", s.load_interval_s
+        )
+        router.load.start()
         if s.metrics_port >= 0:
             httpd, _ = start_http_server(s.metrics_port, s.host, registry=self.metrics.registry)
             self.metrics_address = f"{s.host}:{httpd.server_port}"
@@ -68,6 +74,8 @@ class RouterApp:
         if self.router is not None:
             if self.router.shadow is not None:
                 await self.router.shadow.stop()
+            if self.router.load is not None:
+                await self.router.load.stop()
             await self.router.view.stop()
             await self.router.close()
         if self._store is not None:

@@ -22,11 +22,15 @@ from dataclasses import dataclass
 import grpc
 
 from router.choose import Ejector, MemberPolicy, WarmPrimaryPolicy
+from router.load import LoadReporter
 from router.metrics import RouterMetrics
+from router.quota import QuotaExceeded, Quotas
 from router.resolve import NotFound, resolve
 from router.settings import RouterSettings
 from router.shadow import ShadowJob, ShadowSender
 from router.view import ClusterView
+from shoal import tls
+from shoal.auth import Principal
 from shoal.oip import InferenceStub
 from shoal.pb import shoal_inference_pb2 as pb
 from shoal.records import InvalidName, Member, ModelVersion, split_model_name
@@ -59,9 +63,11 @@ def _version_field(version: int) -> bytes:
 
 
 class Channels:
-    """One lazily opened channel (and stub) per worker address."""
+    """One lazily opened channel (and stub) per worker address (mTLS when configured)."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, settings: RouterSettings) -> None:
+        self._settings = settings
+        max_message_bytes = settings.max_message_bytes
         self._stubs: dict[str, InferenceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._options = [
@@ -75,7 +81,7 @@ class Channels:
     def stub(self, address: str) -> InferenceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            ch = grpc.aio.insecure_channel(address, options=self._options)
+            ch = tls.channel(address, self._settings, self._options)
             self._channels[address] = ch
             stub = self._stubs[address] = InferenceStub(ch)
         return stub
@@ -103,19 +109,29 @@ class Router:
         self.policy = policy or WarmPrimaryPolicy(settings.spill_at)
         self.rng = rng or random.Random(settings.seed or None)
         self.ejector = Ejector(now, settings.eject_s)
-        self.channels = Channels(settings.max_message_bytes)
+        self.channels = Channels(settings)
         self.in_flight: defaultdict[str, int] = defaultdict(int)
         self.shadow: ShadowSender | None = None
+        self.quotas = Quotas(now, settings.tenant_rate_limit, settings.tenant_max_in_flight)
+        self.load: LoadReporter | None = None
 
     # --- resolution ---------------------------------------------------------------------
 
-    def route(self, model_name: str, model_version: str) -> Route:
+    def route(
+        self, model_name: str, model_version: str, principal: Principal | None = None
+    ) -> Route:
+        """Resolve the model and version; with ``principal``, only the caller's own tenant.
+
+        Another tenant's model answers exactly like a model that does not exist, so a key
+        cannot probe which models other tenants have.
+        """
         try:
             tenant, name = split_model_name(model_name)
         except InvalidName as exc:
             raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         record = self.view.model(tenant, name)
-        if record is None:
+        foreign = principal is not None and not principal.admin and principal.tenant != tenant
+        if record is None or foreign:
             raise RouteError(grpc.StatusCode.NOT_FOUND, f"unknown model {model_name}")
         try:
             res = resolve(record, model_version, self.rng)
@@ -183,7 +199,7 @@ class Router:
         )
 
     async def infer(
-        self, raw: bytes, timeout: float | None, metadata: tuple[tuple[str, str], ...] | None = None
+        self, raw: bytes, timeout: float | None, principal: Principal | None = None
     ) -> bytes:
         try:
             header = pb.InferRoutingHeader.FromString(raw)
@@ -191,12 +207,23 @@ class Router:
             raise RouteError(
                 grpc.StatusCode.INVALID_ARGUMENT, "malformed ModelInferRequest"
             ) from None
-        route = self.route(header.model_name, header.model_version)
-        members = self.candidates(route.tenant, route.name, route.version)
-        timeout = timeout if timeout is not None else self.settings.default_timeout_s
-        resp = await self.forward(
-            raw + _version_field(route.version.version), members, timeout, metadata
-        )
+        route = self.route(header.model_name, header.model_version, principal)
+        cfg = self.view.tenant(route.tenant)
+        try:
+            self.quotas.acquire(
+                route.tenant, cfg.rate_limit if cfg else 0.0, cfg.max_in_flight if cfg else 0
+            )
+        except QuotaExceeded as exc:
+            raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        try:
+            if self.load is not None:
+                self.load.count(route.tenant)
+            members = self.candidates(route.tenant, route.name, route.version)
+            timeout = timeout if timeout is not None else self.settings.default_timeout_s
+            payload = raw + _version_field(route.version.version)
+            resp = await self.forward(payload, members, timeout)
+        finally:
+            self.quotas.release(route.tenant)
         self._maybe_shadow(route, raw, resp)
         return resp
 

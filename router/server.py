@@ -14,6 +14,7 @@ import grpc
 
 from router.core import RouteError, Router
 from shoal import __version__
+from shoal.auth import AuthError, KeyChecker, Principal, bearer
 from shoal.oip import generic_handler
 from shoal.pb import shoal_inference_pb2 as pb
 
@@ -24,6 +25,20 @@ class RouterService:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.metrics = router.metrics
+        self.keys: KeyChecker | None = None
+        if router.settings.auth:
+            self.keys = KeyChecker(router.view.tenant)
+            router.view.on_tenants_change.append(self.keys.invalidate)
+
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal | None:
+        """The caller, when keys are required; aborts with UNAUTHENTICATED otherwise."""
+        if self.keys is None:
+            return None
+        try:
+            return self.keys.check(bearer(context.invocation_metadata()))
+        except AuthError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise
 
     def handler(self) -> grpc.GenericRpcHandler:
         return generic_handler(
@@ -43,7 +58,8 @@ class RouterService:
         self.metrics.in_flight.inc()
         code = "OK"
         try:
-            return await self.router.infer(raw, context.time_remaining())
+            principal = await self._principal(context)
+            return await self.router.infer(raw, context.time_remaining(), principal)
         except RouteError as exc:
             code = exc.code.name
             await context.abort(exc.code, exc.message)
@@ -75,8 +91,9 @@ class RouterService:
     async def model_ready(
         self, req: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        principal = await self._principal(context)
         try:
-            route = self.router.route(req.name, req.version)
+            route = self.router.route(req.name, req.version, principal)
             members = self.router.candidates(route.tenant, route.name, route.version)
         except RouteError:
             return pb.ModelReadyResponse(ready=False)
@@ -86,8 +103,9 @@ class RouterService:
     async def model_metadata(
         self, req: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
+        principal = await self._principal(context)
         try:
-            route = self.router.route(req.name, req.version)
+            route = self.router.route(req.name, req.version, principal)
         except RouteError as exc:
             await context.abort(exc.code, exc.message)
             raise

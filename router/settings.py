@@ -22,3 +22,7 @@ class RouterSettings(CommonSettings):
     shadow_atol: float = doc("absolute tolerance for primary/shadow output agreement", 1e-6)
     max_message_bytes: int = doc("largest request or response accepted", 64 << 20)
     seed: int = doc("seed of the traffic-split and shadow sampling (0: from the OS)", 0)
+    tenant_rate_limit: float = doc("default per-tenant requests/s (0: unlimited)", 0.0)
+    tenant_max_in_flight: int = doc("default per-tenant requests in flight (0: unlimited)", 0)
+    router_id: str = doc("this router's id in load reports (empty: host-port)", "")
+    load_interval_s: float = doc("how often per-tenant request rates are published", 2.0)

@@ -12,6 +12,7 @@ known models keep answering.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from placement.shard import Placement, Pool
 from shoal.mirror import PrefixMirror
@@ -28,6 +29,7 @@ from shoal.records import (
     WorkerInfo,
     model_key,
     placement_key,
+    tenant_key,
 )
 from shoal.state import StateStore
 
@@ -54,6 +56,7 @@ class ClusterView:
         self._mirrors = (self.models, self.snapshots, self.tenants, self.workers, self.cluster)
         self._placements: dict[str, Placement] = {}
         self._live: dict[str, frozenset[str]] = {}
+        self.on_tenants_change: list[Callable[[], None]] = []
 
     async def start(self, ready_within: float = 30.0) -> None:
         await asyncio.gather(*(m.start(ready_within=ready_within) for m in self._mirrors))
@@ -74,6 +77,11 @@ class ClusterView:
 
     def _tenants_changed(self, keys: set[str]) -> None:
         self._placements.clear()
+        for hook in self.on_tenants_change:
+            hook()
+
+    def tenant(self, tenant: str) -> TenantConfig | None:
+        return self.tenants.get(tenant_key(tenant))
 
     def _cluster_changed(self, keys: set[str]) -> None:
         self._placements.clear()

@@ -128,6 +128,11 @@ class CommonSettings:
     s3_access_key_id: str = doc("S3 access key id", "")
     s3_secret_access_key: str = doc("S3 secret access key", "")
     s3_allow_http: bool = doc("allow plain-HTTP S3 endpoints (local SeaweedFS/MinIO)", True)
+    tls_cert: str = doc("PEM certificate of this process (empty: plaintext listeners)", "")
+    tls_key: str = doc("PEM private key of tls_cert", "")
+    tls_ca: str = doc("PEM CA bundle that peers' certificates must chain to", "")
+    tls_client_auth: bool = doc("listeners require client certificates signed by tls_ca", False)
+    auth: bool = doc("require API keys (authorization: Bearer <key>) on public endpoints", False)
 
     def store_url(self) -> str:
         return self.store or (self.data_dir.resolve() / "objects").as_uri()

@@ -198,3 +198,22 @@ async def test_shadow_copies_are_sent_and_logged(tmp_path: Path) -> None:
         assert versions == ["1", "1", "1", "2", "2", "2"]
         lines = (tmp_path / "shadow.jsonl").read_text().splitlines()
         assert len(lines) == 3 and '"shadow_version":2' in lines[0]
+
+
+async def test_a_key_cannot_reach_or_probe_another_tenant(tmp_path: Path) -> None:
+    from shoal.auth import Principal
+
+    async with cluster(tmp_path, aliases={"stable": 1}) as (router, workers, _):
+        own = Principal("acme", "k1")
+        resp = pb.ModelInferResponse.FromString(await router.infer(_request(), 5.0, own))
+        assert resp.model_version == "1"
+        other = Principal("globex", "k2")
+        with pytest.raises(RouteError) as foreign:
+            await router.infer(_request("1"), 5.0, other)
+        with pytest.raises(RouteError) as missing:
+            router.route("globex/none", "1", other)
+        assert foreign.value.code == missing.value.code == grpc.StatusCode.NOT_FOUND
+        # Same words as for a model that does not exist: nothing about versions or existence.
+        assert foreign.value.message == "unknown model acme/churn"
+        assert missing.value.message == "unknown model globex/none"
+        assert sum(len(w.seen) for w in workers) == 1
