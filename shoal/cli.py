@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "router.cli",
     "worker.cli",
     "placement.cli",
+    "shoal.cli_keys",
 )
 
 
