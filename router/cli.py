@@ -38,6 +38,7 @@ def register(sub: Any) -> None:
         "--version", default="", help="version number or alias (default: routing policy)"
     )
     q.add_argument("--router", default=None, help="router HOST:PORT (default $SHOAL_ROUTER)")
+    q.add_argument("--key", default=None, help="API key (default $SHOAL_KEY)")
     q.add_argument("--timeout", type=float, default=30.0)
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=_predict)
@@ -71,7 +72,8 @@ def _predict(ns: argparse.Namespace) -> int:
     if rows.ndim == 1:
         rows = rows[None, :]
     try:
-        result = asyncio.run(_predict_async(address, ns.model, ns.version, rows, ns.timeout))
+        key = ns.key or os.environ.get("SHOAL_KEY", "")
+        result = asyncio.run(_predict_async(address, ns.model, ns.version, rows, ns.timeout, key))
     except grpc.aio.AioRpcError as exc:
         raise CliError(f"{exc.code().name}: {exc.details()}") from None
     if ns.json:
@@ -84,7 +86,7 @@ def _predict(ns: argparse.Namespace) -> int:
 
 
 async def _predict_async(
-    address: str, model: str, version: str, rows: np.ndarray, timeout: float
+    address: str, model: str, version: str, rows: np.ndarray, timeout: float, key: str = ""
 ) -> dict[str, Any]:
     from router.shadow import outputs
     from shoal.cli import CliError
@@ -93,8 +95,9 @@ async def _predict_async(
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = InferenceStub(channel)
+        md = (("authorization", f"Bearer {key}"),) if key else None
         meta = await stub.ModelMetadata(
-            pb.ModelMetadataRequest(name=model, version=version), timeout=timeout
+            pb.ModelMetadataRequest(name=model, version=version), timeout=timeout, metadata=md
         )
         if not meta.inputs:
             raise CliError(f"model {model} declares no inputs")
@@ -106,7 +109,7 @@ async def _predict_async(
         req = pb.ModelInferRequest(model_name=model, model_version=version)
         req.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(arr.shape))
         req.raw_input_contents.append(arr.tobytes())
-        resp = await stub.ModelInfer(req, timeout=timeout)
+        resp = await stub.ModelInfer(req, timeout=timeout, metadata=md)
     return {
         "model": resp.model_name,
         "version": resp.model_version,

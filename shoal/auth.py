@@ -17,8 +17,11 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
+
+import grpc
 
 from shoal.records import TenantConfig, check_ident, tenant_key
 from shoal.state import Conflict, StateStore, cas_put
@@ -170,3 +173,58 @@ async def revoke_key(store: StateStore, tenant: str, key_id: str) -> bool:
 
     await _update(store, tenant, drop)
     return found
+
+
+# --- server side: a gRPC interceptor for services that need a key --------------------------
+
+
+class KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Rejects calls without a valid key (UNAUTHENTICATED) or, with ``admin_only``, without
+    an admin key (PERMISSION_DENIED). Methods in ``open_methods`` (full paths) pass freely."""
+
+    def __init__(
+        self,
+        checker: KeyChecker,
+        admin_only: bool = True,
+        open_methods: frozenset[str] = frozenset(),
+    ) -> None:
+        self.checker = checker
+        self.admin_only = admin_only
+        self.open_methods = open_methods
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method in self.open_methods:
+            return handler
+        try:
+            principal = self.checker.check(bearer(details.invocation_metadata))
+        except AuthError as exc:
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if self.admin_only and not principal.admin:
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, "this call needs an admin key")
+        return handler
+
+
+def _deny(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same kind as ``handler`` that fails with ``code``."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    kind = (bool(handler.request_streaming), bool(handler.response_streaming))
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[kind]
+    fn = streaming if kind[1] else unary
+    return make(
+        fn,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
