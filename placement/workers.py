@@ -58,7 +58,7 @@ class WorkerAdminClient:
             self._channels[address] = channel
             # grpc is untyped here, so mypy cannot pick the stub's aio overload by itself.
             self._stubs[address] = cast(
-                pb_grpc.WorkerAdminAsyncStub, pb_grpc.WorkerAdminStub(channel)
+                "pb_grpc.WorkerAdminAsyncStub", pb_grpc.WorkerAdminStub(channel)
             )
         return self._stubs[address]
 
