@@ -116,6 +116,22 @@ class Procs:
         self.started.append(proc.start())
         return proc
 
+    def real_worker(self, worker_id: str) -> ManagedProcess:
+        """``shoal worker`` on CPU (prints ``worker: HOST:PORT`` when registered)."""
+        env = self._env(
+            SHOAL_ETCD=self.etcd_url,
+            SHOAL_STORE=self.store_url,
+            SHOAL_WORKER_ID=worker_id,
+            SHOAL_DEVICE="cpu",
+            SHOAL_LEASE_TTL="2",
+            SHOAL_METRICS_PORT="-1",
+            SHOAL_DATA_DIR=str(self.tmp / worker_id),
+        )
+        args = [sys.executable, "-m", "shoal.cli", "worker"]
+        proc = ManagedProcess(args, self.tmp / f"{worker_id}.log", env=env, cwd=ROOT)
+        self.started.append(proc.start())
+        return proc
+
     def stop_all(self) -> None:
         for proc in reversed(self.started):
             proc.stop(grace=5)

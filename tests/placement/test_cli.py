@@ -134,3 +134,36 @@ def test_placement_show_and_unreachable_control(
 
     monkeypatch.setenv("SHOAL_CONTROL", "127.0.0.1:1")
     assert "unavailable" in fails(capsys, "models")
+
+
+def test_wait_loaded_warms_a_real_worker(
+    tmp_path: Path,
+    etcd_url: str,
+    file_store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model_bytes: dict[str, Any],
+) -> None:
+    """Register through the control plane, promote with --wait-loaded: `shoal worker` loads
+    the version from the object store before the alias moves."""
+    procs = Procs(tmp_path, etcd_url, file_store_url)
+    try:
+        wait_banner(procs.real_worker("rw1"), "worker: ")
+        address = wait_banner(procs.placement("p1", shard_size="1"), "control: ")
+        monkeypatch.setenv("SHOAL_CONTROL", address)
+        f = tmp_path / "m.ubj"
+        f.write_bytes(model_bytes["xgboost-ubj"])
+        code, out, err = shoal(capsys, "register", "--tenant", "acme", "--name", "fraud", str(f))
+        assert (code, out.strip()) == (0, "1"), err
+
+        def promoted() -> bool:
+            # Retried until the first snapshot with the worker is out (debounced).
+            code = main(["alias", "set", "acme/fraud", "stable", "1", "--wait-loaded"])
+            capsys.readouterr()
+            return code == 0
+
+        wait_until(promoted, 30, 0.2, "a promotion with --wait-loaded")
+        (worker,) = ok_json(capsys, "workers")
+        assert worker["worker_id"] == "rw1" and worker["models_resident"] >= 1
+    finally:
+        procs.stop_all()
