@@ -7,6 +7,7 @@ only (in ``_edge``), never here method by method.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,9 @@ from shoal.state import StateStore
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+#: Most BulkRegister items registered together (one etcd transaction per 128 models).
+BULK_BATCH = 64
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
 
 
@@ -101,23 +105,62 @@ class ControlService(pb_grpc.ControlServicer):
     async def BulkRegister(
         self, request_iterator: AsyncIterator[pb.BulkRegisterItem], context: Any
     ) -> AsyncIterator[pb.BulkRegisterResult]:
-        """One result per item, echoing ``seq``; one item's failure does not stop the rest."""
-        async for item in request_iterator:
+        """One result per item, echoing ``seq``; one item's failure does not stop the rest.
+
+        Items are taken in batches of what has arrived (up to ``BULK_BATCH``, never waiting
+        for more), so a busy stream is written to etcd in few transactions
+        (``Registry.register_many``) while a trickle still gets prompt answers.
+        """
+        queue: asyncio.Queue[pb.BulkRegisterItem | None] = asyncio.Queue(maxsize=2 * BULK_BATCH)
+
+        async def read() -> None:
             try:
-                spec = convert.spec_from_proto(item.header)
-                if item.header.uri:
-                    result = await self.registry.register_uri(spec, item.header.uri)
-                else:
-                    result = await self.registry.register(spec, item.data)
-            except Exception as exc:
-                code, detail = grpc_status(exc)
+                async for item in request_iterator:
+                    await queue.put(item)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            done = False
+            while not done:
+                first = await queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < BULK_BATCH and not queue.empty():
+                    item = queue.get_nowait()
+                    if item is None:
+                        done = True
+                        break
+                    batch.append(item)
+                for result in await self._bulk(batch):
+                    yield result
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+
+    async def _bulk(self, batch: list[pb.BulkRegisterItem]) -> list[pb.BulkRegisterResult]:
+        items = [
+            (convert.spec_from_proto(it.header), it.header.uri or bytes(it.data)) for it in batch
+        ]
+        outcomes = await self.registry.register_many(items)
+        results = []
+        for it, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                code, detail = grpc_status(outcome)
                 if code == grpc.StatusCode.INTERNAL:
-                    log.exception("bulk item %d failed", item.seq)
-                yield pb.BulkRegisterResult(seq=item.seq, ok=False, error=detail, code=code.name)
-                continue
-            yield pb.BulkRegisterResult(
-                seq=item.seq, ok=True, result=convert.registered_to_proto(result)
-            )
+                    log.error("bulk item %d failed: %r", it.seq, outcome)
+                results.append(
+                    pb.BulkRegisterResult(seq=it.seq, ok=False, error=detail, code=code.name)
+                )
+            else:
+                results.append(
+                    pb.BulkRegisterResult(
+                        seq=it.seq, ok=True, result=convert.registered_to_proto(outcome)
+                    )
+                )
+        return results
 
     # --- registry -------------------------------------------------------------------------
 

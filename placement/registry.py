@@ -18,6 +18,8 @@ Registration (``register``):
    still make one version.
 
 A crash between 3 and 4 leaves an unreferenced artifact, never a record pointing nowhere.
+``register_many`` does steps 1-3 per item concurrently and step 4 for up to ``MAX_TXN_OPS``
+models per etcd transaction (so bulk registration is not one round trip per model).
 
 Retention (``delete_versions``) keeps the newest N versions and never removes one an alias,
 the split or the shadow points to. Artifacts are content-addressed and so may be shared by
@@ -34,7 +36,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -51,7 +53,7 @@ from shoal.records import (
     check_ident,
     model_key,
 )
-from shoal.state import Compare, Put, StateStore, iter_prefix
+from shoal.state import MAX_TXN_OPS, Compare, Put, StateStore, iter_prefix
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +150,10 @@ class Registry:
     async def register(self, spec: RegisterSpec, data: bytes) -> Registered:
         """Register ``data`` as a new version (or find the identical one); see module doc."""
         tenant, name = self._check_spec(spec)
-        if len(data) > self.max_artifact_bytes:
-            raise TooLarge(
-                f"artifact is {len(data)} bytes, over the limit of {self.max_artifact_bytes}"
-            )
-        digest = sha256_hex(data)
-        if spec.sha256 and spec.sha256.lower() != digest:
-            raise InvalidArgument(f"artifact sha256 is {digest}, expected {spec.sha256}")
-        current = await self._read(tenant, name)
-        if current is not None and (hit := _version_with_sha(current, digest)) is not None:
-            return Registered(tenant, name, hit.version, False, digest, current)
-        info = await asyncio.to_thread(inspect_artifact, data, spec.framework or None)
-        pool = spec.pool or self._default_pools.get(info.framework) or DEFAULT_POOL
-        check_ident("pool", pool)
-        key, _ = await self._objects.put_artifact(digest, data)
-        return await self._commit(spec, tenant, name, info, key, pool)
+        ready = await self._prepare(spec, data, await self._read(tenant, name))
+        if isinstance(ready, Registered):
+            return ready
+        return await self._commit(ready)
 
     async def register_uri(self, spec: RegisterSpec, uri: str) -> Registered:
         """Register an object already in the store (a key, or a URL under the store's URL).
@@ -170,6 +161,106 @@ class Registry:
         The bytes are fetched, hashed (and checked against ``spec.sha256`` and, for a
         content-addressed key, against the digest in the key) and validated like uploads.
         """
+        return await self.register(spec, await self._fetch(uri))
+
+    async def register_many(
+        self, items: Sequence[tuple[RegisterSpec, bytes | str]], concurrency: int = 8
+    ) -> list[Registered | Exception]:
+        """Register a batch of (spec, bytes or store URI); one outcome per item, in order.
+
+        1. read the record of each distinct model once (concurrently);
+        2. hash, reuse-check, validate and upload each item, ``concurrency`` at a time;
+        3. fold each model's new versions into its record (items in order, so two items with
+           the same bytes make one version) and write the records in transactions of up to
+           ``MAX_TXN_OPS`` models, each guarded by its own compare. When a transaction loses
+           (another writer touched one of its models), its items are committed one by one
+           with the usual retries instead.
+
+        An item's failure (invalid artifact, store error) is its outcome; others go on.
+        """
+        out: list[Registered | Exception | None] = [None] * len(items)
+        names: dict[int, tuple[str, str]] = {}
+        for i, (spec, _) in enumerate(items):
+            try:
+                names[i] = self._check_spec(spec)
+            except Exception as exc:
+                out[i] = exc
+        distinct = sorted(set(names.values()))
+        current = await asyncio.gather(*(self._read(t, n) for t, n in distinct))
+        records = dict(zip(distinct, current, strict=True))
+        prepared: dict[int, _Prepared] = {}
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def prepare(i: int) -> None:
+            spec, payload = items[i]
+            async with gate:
+                try:
+                    data = payload if isinstance(payload, bytes) else await self._fetch(payload)
+                    ready = await self._prepare(spec, data, records[names[i]])
+                except Exception as exc:
+                    out[i] = exc
+                    return
+            if isinstance(ready, Registered):
+                out[i] = ready
+            else:
+                prepared[i] = ready
+
+        await asyncio.gather(*(prepare(i) for i in names))
+        by_model: dict[tuple[str, str], list[int]] = {}
+        for i in sorted(prepared):
+            by_model.setdefault(names[i], []).append(i)
+        models = list(by_model)
+        for lo in range(0, len(models), MAX_TXN_OPS):
+            await self._commit_chunk(
+                models[lo : lo + MAX_TXN_OPS], by_model, records, prepared, out
+            )
+        return [o if o is not None else RuntimeError("item not processed") for o in out]
+
+    async def _commit_chunk(
+        self,
+        chunk: list[tuple[str, str]],
+        by_model: dict[tuple[str, str], list[int]],
+        records: dict[tuple[str, str], ModelRecord | None],
+        prepared: dict[int, _Prepared],
+        out: list[Registered | Exception | None],
+    ) -> None:
+        compares, puts = [], []
+        staged: dict[tuple[str, str], tuple[ModelRecord, dict[int, tuple[int, bool]]]] = {}
+        for m in chunk:
+            old = records[m]
+            record = old or ModelRecord(*m)
+            outcomes: dict[int, tuple[int, bool]] = {}
+            for i in by_model[m]:
+                new, version, created = _add_version(record, prepared[i], self._now())
+                outcomes[i] = (version, created)
+                record = new or record
+            staged[m] = (record, outcomes)
+            key = model_key(*m)
+            compares.append(Compare(key, old.mod_revision if old is not None else 0))
+            puts.append(Put(key, record.encode()))
+        try:
+            res = await self._state.txn(compares, puts)
+        except Exception as exc:
+            for m in chunk:
+                for i in by_model[m]:
+                    out[i] = exc
+            return
+        if res.succeeded:
+            for record, outcomes in staged.values():
+                written = record.with_revision(res.revision)
+                for i, (version, created) in outcomes.items():
+                    p = prepared[i]
+                    out[i] = Registered(p.tenant, p.name, version, created, p.info.sha256, written)
+            return
+        self.conflicts += 1
+        for m in chunk:
+            for i in by_model[m]:
+                try:
+                    out[i] = await self._commit(prepared[i])
+                except Exception as exc:
+                    out[i] = exc
+
+    async def _fetch(self, uri: str) -> bytes:
         key = uri
         if key.startswith(self._objects.url.rstrip("/") + "/"):
             key = key[len(self._objects.url.rstrip("/")) + 1 :]
@@ -177,64 +268,56 @@ class Registry:
             raise InvalidArgument(f"{uri!r} is not a key in the object store {self._objects.url}")
         data = await self._objects.get(key)
         digest = sha256_hex(data)
-        addressed = key.rsplit("/", 1)[-1]
-        if key.startswith("artifacts/sha256/") and addressed != digest:
+        if key.startswith("artifacts/sha256/") and key.rsplit("/", 1)[-1] != digest:
             raise InvalidArgument(f"object {key} is corrupt: its bytes hash to {digest}")
-        return await self.register(spec, data)
+        return data
 
     def _check_spec(self, spec: RegisterSpec) -> tuple[str, str]:
         tenant = check_ident("tenant", spec.tenant)
         name = check_ident("model name", spec.name)
         if spec.alias:
             check_alias(spec.alias)
+        if spec.pool:
+            check_ident("pool", spec.pool)
         for k, v in spec.labels.items():
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise InvalidArgument(f"label {k!r}={v!r}: labels are non-empty string pairs")
         return tenant, name
 
-    async def _commit(
-        self,
-        spec: RegisterSpec,
-        tenant: str,
-        name: str,
-        info: ArtifactInfo,
-        key: str,
-        pool: str,
-    ) -> Registered:
+    async def _prepare(
+        self, spec: RegisterSpec, data: bytes, current: ModelRecord | None
+    ) -> Registered | _Prepared:
+        """Steps 1-3 of registration: the existing version, or a validated, uploaded one."""
+        tenant, name = self._check_spec(spec)
+        if len(data) > self.max_artifact_bytes:
+            raise TooLarge(
+                f"artifact is {len(data)} bytes, over the limit of {self.max_artifact_bytes}"
+            )
+        digest = sha256_hex(data)
+        if spec.sha256 and spec.sha256.lower() != digest:
+            raise InvalidArgument(f"artifact sha256 is {digest}, expected {spec.sha256}")
+        if current is not None and (hit := _version_with_sha(current, digest)) is not None:
+            return Registered(tenant, name, hit.version, False, digest, current)
+        info = await asyncio.to_thread(inspect_artifact, data, spec.framework or None)
+        pool = spec.pool or self._default_pools.get(info.framework) or DEFAULT_POOL
+        check_ident("pool", pool)
+        key, _ = await self._objects.put_artifact(digest, data)
+        return _Prepared(spec, tenant, name, info, key, pool)
+
+    async def _commit(self, p: _Prepared) -> Registered:
+        """Step 4 of registration, alone: CAS the new version into the record (retried)."""
         outcome: list[tuple[int, bool]] = []
 
         def mutate(current: ModelRecord | None) -> ModelRecord | None:
-            outcome.clear()
-            record = current or ModelRecord(tenant, name)
-            hit = _version_with_sha(record, info.sha256)
-            if hit is not None:  # registered concurrently: reuse, write nothing
-                outcome.append((hit.version, False))
-                return None
-            number = record.next_version
-            version = ModelVersion(
-                version=number,
-                uri=key,
-                framework=info.framework,
-                format=info.format,
-                pool=pool,
-                sha256=info.sha256,
-                size=info.size,
-                signature=info.signature,
-                created_at=self._now(),
-                labels=dict(spec.labels),
+            new, version, created = _add_version(
+                current or ModelRecord(p.tenant, p.name), p, self._now()
             )
-            aliases = {**record.aliases, spec.alias: number} if spec.alias else record.aliases
-            outcome.append((number, True))
-            return replace(
-                record,
-                versions={**record.versions, number: version},
-                aliases=aliases,
-                next_version=number + 1,
-            )
+            outcome[:] = [(version, created)]
+            return new
 
-        record = await self._update(tenant, name, mutate)
-        number, created = outcome[0]
-        return Registered(tenant, name, number, created, info.sha256, record)
+        record = await self._update(p.tenant, p.name, mutate)
+        version, created = outcome[0]
+        return Registered(p.tenant, p.name, version, created, p.info.sha256, record)
 
     # --- routing state --------------------------------------------------------------------
 
@@ -345,6 +428,49 @@ class Registry:
             f"model {tenant}/{name} was changed concurrently {self._retries} times in a row; "
             "retry the request"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A validated, uploaded artifact waiting for its version record."""
+
+    spec: RegisterSpec
+    tenant: str
+    name: str
+    info: ArtifactInfo
+    key: str
+    pool: str
+
+
+def _add_version(
+    record: ModelRecord, p: _Prepared, now: float
+) -> tuple[ModelRecord | None, int, bool]:
+    """(new record or None when unchanged, version, created): reuse a version with the same
+    sha256, else append ``next_version`` (and point the alias at it, if one was asked for)."""
+    hit = _version_with_sha(record, p.info.sha256)
+    if hit is not None:
+        return None, hit.version, False
+    number = record.next_version
+    version = ModelVersion(
+        version=number,
+        uri=p.key,
+        framework=p.info.framework,
+        format=p.info.format,
+        pool=p.pool,
+        sha256=p.info.sha256,
+        size=p.info.size,
+        signature=p.info.signature,
+        created_at=now,
+        labels=dict(p.spec.labels),
+    )
+    aliases = {**record.aliases, p.spec.alias: number} if p.spec.alias else record.aliases
+    new = replace(
+        record,
+        versions={**record.versions, number: version},
+        aliases=aliases,
+        next_version=number + 1,
+    )
+    return new, number, True
 
 
 def _version_with_sha(record: ModelRecord, sha256: str) -> ModelVersion | None:

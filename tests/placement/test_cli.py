@@ -4,6 +4,7 @@ real etcd, a file:// store, and fake worker processes that serve WorkerAdmin."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,11 @@ def test_register_models_alias_traffic_shadow(
     )
 
 
-def test_placement_show_and_unreachable_control(
-    control: Procs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_placement_show_bulk_register_and_unreachable_control(
+    control: Procs,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    model_bytes: dict[str, Any],
 ) -> None:
     view = ok_json(capsys, "placement", "show", "acme")
     (pool,) = view["pools"]
@@ -131,6 +135,22 @@ def test_placement_show_and_unreachable_control(
     assert all(m["in_shard"] and m["up"] for m in pool["members"])
     code, out, _ = shoal(capsys, "placement", "show", "acme")
     assert code == 0 and "k=2" in out
+
+    # BulkRegister over gRPC: one result per item, failures named, the rest registered.
+    good = model_bytes["lightgbm-text"]
+    items = [
+        pb.BulkRegisterItem(seq=i, header=pb.RegisterHeader(tenant="bulk", name=f"m{i}"), data=good)
+        for i in range(5)
+    ]
+    items.append(
+        pb.BulkRegisterItem(seq=99, header=pb.RegisterHeader(tenant="bulk", name="bad"), data=b"")
+    )
+    with grpc.insecure_channel(os.environ["SHOAL_CONTROL"]) as channel:
+        stub = pb_grpc.ControlStub(channel)
+        results = {r.seq: r for r in stub.BulkRegister(iter(items), timeout=60)}
+    assert all(results[i].ok and results[i].result.version == 1 for i in range(5))
+    assert not results[99].ok and results[99].code == "INVALID_ARGUMENT"
+    assert "empty" in results[99].error
 
     monkeypatch.setenv("SHOAL_CONTROL", "127.0.0.1:1")
     assert "unavailable" in fails(capsys, "models")

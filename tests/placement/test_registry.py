@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from placement.errors import Aborted, InvalidArgument, NotFound, TooLarge
-from placement.registry import RegisterSpec, Registry
+from placement.registry import Registered, RegisterSpec, Registry
 from shoal.artifacts import ArtifactError
 from shoal.etcd import EtcdStore
-from shoal.objstore import ObjectStore, artifact_key
+from shoal.objstore import ObjectNotFound, ObjectStore, artifact_key
 from shoal.records import InvalidName, ModelRecord, model_key
 
 
@@ -212,3 +212,34 @@ async def test_concurrent_alias_updates_never_lose_one(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_register_many_batches_and_reports_per_item(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    async with EtcdStore(etcd_url) as store:
+        reg = _registry(store, file_store_url)
+        await reg.register(RegisterSpec("acme", "m0"), model_bytes["onnx"])
+        lgb, xgb = model_bytes["lightgbm-text"], model_bytes["xgboost-json"]
+        items: list[tuple[RegisterSpec, bytes | str]] = [
+            (RegisterSpec("acme", "m0"), model_bytes["onnx"]),  # already there
+            (RegisterSpec("acme", "m0"), lgb),
+            (RegisterSpec("acme", "m0", alias="stable"), xgb),
+            (RegisterSpec("acme", "m0"), lgb),  # same bytes twice in one batch: one version
+            (RegisterSpec("acme", "bad"), pickle.dumps([1])),
+            (RegisterSpec("BAD", "x"), lgb),
+            (RegisterSpec("acme", "uri"), "artifacts/sha256/00/" + "0" * 64),  # no such object
+        ] + [(RegisterSpec(f"t{i:03d}", "m"), lgb) for i in range(150)]  # > one transaction
+        out = await reg.register_many(items)
+        assert isinstance(out[0], Registered) and (out[0].version, out[0].created) == (1, False)
+        assert isinstance(out[1], Registered) and (out[1].version, out[1].created) == (2, True)
+        assert isinstance(out[2], Registered) and (out[2].version, out[2].created) == (3, True)
+        assert isinstance(out[3], Registered) and (out[3].version, out[3].created) == (2, False)
+        assert isinstance(out[4], ArtifactError)
+        assert isinstance(out[5], InvalidName)
+        assert isinstance(out[6], ObjectNotFound)
+        assert all(isinstance(o, Registered) and o.version == 1 for o in out[7:])
+        m0 = await reg.get("acme", "m0")
+        assert sorted(m0.versions) == [1, 2, 3] and m0.aliases == {"stable": 3}
+        again = await reg.register_many(items[7:])
+        assert all(isinstance(o, Registered) and not o.created for o in again)
