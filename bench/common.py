@@ -1,8 +1,9 @@
 """What every benchmark result carries: date, commit, machine and package versions.
 
 ``write_results(name, figures)`` writes ``bench/results/<date>-<commit>-<name>.json`` and a
-markdown table beside it. A figure is ``{"name", "value", "unit", "target", "met"}``; a figure
-without context is not a result.
+markdown table beside it (smoke runs, ``BENCH_SMOKE=1``, write under ``bench/.peers/``
+instead). A figure is ``{"name", "value", "unit", "target", "met"}``; a figure without
+context is not a result.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def commit() -> str:
 
 
 def context() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
@@ -84,12 +85,23 @@ def figure(
     return {"name": name, "value": value, "unit": unit, "target": target, "met": met}
 
 
+def results_dir() -> Path:
+    """``$BENCH_RESULTS`` if set, else ``bench/.peers/results-smoke`` for smoke runs (kept out
+    of git), else ``bench/results``."""
+    if os.environ.get("BENCH_RESULTS"):
+        return Path(os.environ["BENCH_RESULTS"])
+    if os.environ.get("BENCH_SMOKE", "0") not in ("", "0", "false", "no"):
+        return RESULTS.parent / ".peers" / "results-smoke"
+    return RESULTS
+
+
 def write_results(name: str, figures: list[dict[str, Any]], extra: Any = None) -> Path:
     ctx = context()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
     stem = f"{ctx['date'][:10]}-{ctx['commit']}-{name}"
     doc = {**ctx, "bench": name, "figures": figures, "extra": extra}
-    path = RESULTS / f"{stem}.json"
+    path = out / f"{stem}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     m = ctx["machine"]
     lines = [

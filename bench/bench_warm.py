@@ -1,0 +1,230 @@
+"""Warm path (issue 8, item 1): 1-row predictions against Shoal, MLServer and the Python floor.
+
+What is measured: closed-loop ModelInfer calls carrying one row of 30 float32 features (the
+first row of scikit-learn's breast cancer table, as ``raw_input_contents``) to a model that
+is already resident, at each concurrency of ``BENCH_CONCURRENCY`` (1 and 32), for
+
+* **router**: Shoal through its router (a ``LocalCluster`` of etcd, placement, one worker and
+  the router as real processes; models registered through the control plane, ``stable``
+  alias), i.e. two gRPC hops;
+* **worker**: the same worker called directly (one hop), so ``router - worker`` is what
+  routing costs;
+* **mlserver**: MLServer (``bench.peers``, its own venv, one process, the same artifact bytes;
+  XGBoost and LightGBM only: MLServer's peer set has no ONNX runtime);
+* **echo**: a bare grpc.aio server returning a fixed response (``bench.echo_server``), the
+  ceiling of any one-hop Python gRPC server on this machine.
+
+Models (``bench.models``): XGBoost 100 trees (JSON), LightGBM 100 trees (text), a small ONNX
+MLP. Load comes from h2load (C, one thread; see ``bench.loadgen``), which reports latencies
+per request; client and server CPU are read from ``/proc`` over each phase. Servers run one at
+a time (echo, then Shoal, then MLServer), so they do not compete for the 2 cores.
+
+Ratios and the issue's targets: router/MLServer req/s at concurrency 32 (>= 3x), router p99
+vs MLServer p99 (lower), router/echo req/s (>= 0.5x), router's added p50 at concurrency 1
+vs the worker direct (<= 0.3 ms). Written with ``bench.common.write_results("warm", ...)``.
+
+Run alone: ``.venv/bin/python -m bench.bench_warm`` (``BENCH_SMOKE=1`` for a < 1 minute
+plumbing check; see ``bench.config`` for every knob).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python bench/bench_warm.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import figure, write_results
+from bench.config import BenchConfig, scratch, wait_for
+from bench.echo_server import EchoProcess
+from bench.loadgen import Load, LoadResult, h2load_version, run_load
+from bench.models import BenchModel, bench_models
+from bench.peers import IMPLEMENTATIONS, MLServerProcess, PeerModel, installed_versions
+from bench.shoal_harness import ShoalBench
+from bench.wire import infer_once, infer_request
+
+TENANT = "bench"
+#: Worker settings for the warm path: CPU only, defaults otherwise (what `shoal up` runs).
+WORKER_ENV = {"SHOAL_DEVICE": "cpu", "SHOAL_HOST_BUDGET": "1GiB"}
+
+
+NO_ONNX = (
+    "\nMLServer has no ONNX runtime in the peer set (mlserver-xgboost, mlserver-lightgbm): "
+    "ONNX is compared with the echo floor only.\n"
+)
+
+
+class Runs:
+    """Every load phase of this run, keyed by (server, model, concurrency)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str, int], LoadResult] = {}
+
+    def add(self, server: str, model: str, res: LoadResult) -> None:
+        self.by_key[(server, model, res.concurrency)] = res
+        print(f"  {server:8} {model:5} c={res.concurrency:<3} {res.line()}", flush=True)
+
+    def get(self, server: str, model: str, c: int) -> LoadResult | None:
+        return self.by_key.get((server, model, c))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"server": s, "model": m, **r.as_dict()} for (s, m, _), r in self.by_key.items()]
+
+
+def run_echo(cfg: BenchConfig, tmp: Path, body: bytes, runs: Runs) -> None:
+    echo = EchoProcess(tmp).start()
+    try:
+        for c in cfg.concurrency:
+            res = run_load(echo.address, body, Load(c, cfg.duration_s, cfg.warmup_s),
+                           {"echo": echo.pid})  # fmt: skip
+            runs.add("echo", "-", res)
+    finally:
+        echo.stop()
+
+
+def run_shoal(cfg: BenchConfig, tmp: Path, models: dict[str, BenchModel], runs: Runs) -> None:
+    sb = ShoalBench(tmp / "shoal", workers=1, shard_size=1, worker_env=WORKER_ENV).start()
+    try:
+        for key, m in models.items():
+            sb.register(TENANT, key, m.data)
+        pids = {"router": sb.router_pid, "worker": sb.worker_pid()}
+        for key, m in models.items():
+            body = infer_request(f"{TENANT}/{key}", m.row, m.input_name)
+            # The router learns of the new record through its etcd watch: wait for it.
+            wait_for(f"{key} through the router", partial(infer_once, sb.router_address, body))
+            for c in cfg.concurrency:
+                load = Load(c, cfg.duration_s, cfg.warmup_s)
+                runs.add("router", key, run_load(sb.router_address, body, load, pids))
+                direct = {"worker": pids["worker"]}
+                runs.add("worker", key, run_load(sb.worker_address(), body, load, direct))
+    finally:
+        sb.stop()
+
+
+def run_mlserver(
+    cfg: BenchConfig, tmp: Path, models: dict[str, BenchModel], runs: Runs
+) -> dict[str, Any]:
+    peer = [
+        PeerModel(k, m.format, m.data) for k, m in models.items() if m.format in IMPLEMENTATIONS
+    ]
+    if not peer:
+        return {}
+    env = {"OMP_NUM_THREADS": cfg.mlserver_omp_threads} if cfg.mlserver_omp_threads else {}
+    ml = MLServerProcess(tmp / "mlserver", peer, env=env).start()
+    try:
+        for p in peer:
+            m = models[p.name]
+            body = infer_request(p.name, m.row, m.input_name)
+            for c in cfg.concurrency:
+                load = Load(c, cfg.duration_s, cfg.warmup_s)
+                runs.add(
+                    "mlserver", p.name, run_load(ml.grpc_address, body, load, {"mlserver": ml.pid})
+                )
+    finally:
+        ml.stop()
+    return {"env": env, "versions": installed_versions(), "served": [p.name for p in peer]}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def figures(cfg: BenchConfig, runs: Runs, models: dict[str, BenchModel]) -> list[dict[str, Any]]:
+    """Headline ratios (with the issue's targets), then each phase's req/s, p50 and p99."""
+    out: list[dict[str, Any]] = []
+    hi = 32 if 32 in cfg.concurrency else max(cfg.concurrency)
+    lo = 1 if 1 in cfg.concurrency else min(cfg.concurrency)
+    for key in models:
+        r_hi, m_hi = runs.get("router", key, hi), runs.get("mlserver", key, hi)
+        if r_hi and m_hi:
+            v = _ratio(r_hi.rps, m_hi.rps)
+            out.append(figure(f"{key}: router/MLServer req/s, c={hi}", v, "x", ">= 3", v >= 3))
+        for c in cfg.concurrency:
+            r, m = runs.get("router", key, c), runs.get("mlserver", key, c)
+            if r and m:
+                v = _ratio(r.p99_ms, m.p99_ms)
+                out.append(figure(f"{key}: router p99 / MLServer p99, c={c}", v, "x", "< 1", v < 1))
+        for c in cfg.concurrency:
+            r, e = runs.get("router", key, c), runs.get("echo", "-", c)
+            if r and e:
+                v = _ratio(r.rps, e.rps)
+                out.append(figure(f"{key}: router/echo req/s, c={c}", v, "x", ">= 0.5", v >= 0.5))
+        r, w = runs.get("router", key, lo), runs.get("worker", key, lo)
+        if r and w:
+            v = r.p50_ms - w.p50_ms
+            out.append(figure(f"{key}: router added p50 vs worker, c={lo}", v, "ms", "<= 0.3",
+                              v <= 0.3))  # fmt: skip
+        w_hi = runs.get("worker", key, hi)
+        if w_hi and m_hi:
+            v = _ratio(w_hi.rps, m_hi.rps)
+            out.append(figure(f"{key}: worker/MLServer req/s, c={hi}", v, "x"))
+    for (server, model, c), res in runs.by_key.items():
+        label = f"{server} {model} c={c}" if model != "-" else f"{server} c={c}"
+        out.append(figure(f"{label}: req/s", res.rps, "req/s"))
+        out.append(figure(f"{label}: p50", res.p50_ms, "ms"))
+        out.append(figure(f"{label}: p99", res.p99_ms, "ms"))
+    return out
+
+
+def runs_table(runs: Runs) -> str:
+    lines = [
+        "",
+        "## Phases",
+        "",
+        "| server | model | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req | "
+        "client CPU µs/req | client CPU % of a core | tool |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (server, model, c), r in runs.by_key.items():
+        by = ", ".join(
+            f"{k} {v * 1e6 / max(r.requests, 1):.0f}" for k, v in r.server_cpu_by.items()
+        )
+        lines.append(
+            f"| {server} | {model} | {c} | {r.rps:.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+            f"{r.errors} | {r.server_cpu_us_per_req:.0f} ({by}) | {r.client_cpu_us_per_req:.0f} | "
+            f"{100 * r.client_cpu_s / r.duration_s:.0f} | {r.tool} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    cfg = BenchConfig.from_env()
+    all_models = bench_models()
+    models = {k: all_models[k] for k in cfg.models}
+    first = next(iter(models.values()))
+    runs = Runs()
+    extra: dict[str, Any] = {"config": cfg.as_dict(), "h2load": h2load_version(),
+                             "worker_env": WORKER_ENV}  # fmt: skip
+    extra["models"] = {
+        k: {"format": m.format, "sha256": m.sha256, "bytes": m.size} for k, m in models.items()
+    }
+    with scratch("warm", cfg.keep) as tmp:
+        print("== echo (bare grpc.aio floor)", flush=True)
+        run_echo(cfg, tmp, infer_request(f"{TENANT}/echo", first.row, first.input_name), runs)
+        print("== shoal (router, worker direct)", flush=True)
+        run_shoal(cfg, tmp, models, runs)
+        print("== mlserver", flush=True)
+        extra["mlserver"] = run_mlserver(cfg, tmp, models, runs)
+    extra["mlserver"]["not_served"] = [
+        k for k, m in models.items() if m.format not in IMPLEMENTATIONS
+    ]
+    extra["runs"] = runs.rows()
+    figs = figures(cfg, runs, models)
+    path = write_results("warm", figs, extra)
+    with path.with_suffix(".md").open("a") as md:
+        md.write(runs_table(runs))
+        if extra["mlserver"]["not_served"]:
+            md.write(NO_ONNX)
+    for f in figs:
+        if f["target"]:
+            met = {True: "met", False: "NOT MET", None: ""}[f["met"]]
+            print(f"  {f['name']}: {f['value']:.3g} {f['unit']} (target {f['target']}: {met})")
+    print(f"wrote {path} and {path.with_suffix('.md').name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Process helpers for the benchmarks: banners, CPU time and resident memory from ``/proc``.
+
+CPU time is ``utime + stime`` of a process *and its threads* (``/proc/<pid>/stat`` fields 14
+and 15, in clock ticks); it is read before and after a load phase to give the CPU that a
+server spent per request. Resident memory is ``VmRSS`` from ``/proc/<pid>/status``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from shoal.procs import ManagedProcess, wait_until
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def wait_banner(proc: ManagedProcess, prefix: str, timeout: float) -> str:
+    """Wait for a ``<prefix>: VALUE`` line in the process log; return VALUE."""
+    found: list[str] = []
+
+    def seen() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"{prefix} process exited:\n{proc.log_tail()}")
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            if line.startswith(f"{prefix}: "):
+                found.append(line.split(": ", 1)[1].strip())
+                return True
+        return False
+
+    try:
+        wait_until(seen, timeout, 0.05, f"'{prefix}: ' from {proc.args}")
+    except TimeoutError:
+        raise TimeoutError(f"{prefix} did not start:\n{proc.log_tail()}") from None
+    return found[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads) so far; 0.0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces; the fields after it are space-separated.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _TICK
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (MLServer forks; a load phase counts them all)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in tree_pids(pid))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (``VmRSS``); 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
