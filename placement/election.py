@@ -18,7 +18,7 @@ import contextlib
 import logging
 
 from shoal.records import ELECTION
-from shoal.state import Compare, Lease, Put, StateError, StateStore, StateUnavailable
+from shoal.state import Compare, Lease, Put, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class LeaderElection:
                     log.info("%s became leader", self.instance_id)
                     return
                 await self._wait_vacant()
-            except StateUnavailable as exc:
-                log.warning("election: etcd unavailable (%s); retrying", exc)
+            except StateError as exc:  # unreachable etcd, a broken or compacted watch
+                log.warning("election: %s; retrying", exc)
                 await asyncio.sleep(self._retry_s)
 
     async def _try_acquire(self) -> bool:

@@ -127,8 +127,13 @@ async def test_draining_worker_leaves_before_it_goes(procs: Procs, etcd_url: str
         w1, w2 = procs.worker("w1"), procs.worker("w2")
         for p in (w1, w2):
             await await_banner(p, "ready ")
-        await await_banner(procs.placement("p1"), "control: ")
+        placement = procs.placement("p1")
+        await await_banner(placement, "control: ")
         seen = await snapshots_until(store, "cpu", lambda s: ids(s) == ["w1", "w2"])
         w2.stop()  # SIGTERM: the fake worker marks itself draining, then revokes its lease
         after = await snapshots_until(store, "cpu", lambda s: ids(s) == ["w1"])
         assert after[-1].epoch == seen[-1].epoch + 1
+        # SIGTERM on the service: a clean exit that resigns (the election key goes at once).
+        assert await store.get(ELECTION) is not None
+        assert placement.stop(grace=10) == 0
+        assert await store.get(ELECTION) is None
