@@ -7,6 +7,9 @@ finishes, (b) it reaches ``max_rows``, or (c) its oldest request has waited ``ma
 Batch size therefore grows with load, which is where merging pays: a tree ensemble costs about
 the same for 64 rows as for 1.
 
+With ``when_idle=False`` the batcher always waits, Triton-style: a queue goes out only when it
+reaches ``max_rows`` or its oldest request has waited ``max_delay``.
+
 Rows are concatenated along axis 0 (single-input models whose first dimension is the batch);
 every output is split back by the same row counts, so each caller gets exactly the rows it
 sent. A runtime error fails every request of that batch. Not thread-safe: event loop only.
@@ -48,11 +51,13 @@ class Batcher:
         max_rows: int,
         max_delay_s: float,
         observe_rows: Callable[[int], None] | None = None,
+        when_idle: bool = True,
     ) -> None:
         self._run = run
         self.max_rows = max(1, max_rows)
         self.max_delay_s = max_delay_s
         self._observe = observe_rows or (lambda _n: None)
+        self.when_idle = when_idle
         self._queues: dict[object, _Queue] = {}
 
     def __len__(self) -> int:
@@ -67,7 +72,7 @@ class Batcher:
         fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
         q.items.append(_Item(model, rows, fut))
         q.rows += len(rows)
-        if q.running == 0 or q.rows >= self.max_rows:
+        if q.rows >= self.max_rows or (self.when_idle and q.running == 0):
             self._dispatch(key, q)
         elif q.timer is None:
             q.timer = loop.call_later(self.max_delay_s, self._dispatch, key, q)
@@ -114,7 +119,7 @@ class Batcher:
                 raise
         finally:
             q.running -= 1
-            if q.items and q.running == 0:
+            if q.items and q.running == 0 and self.when_idle:
                 self._dispatch(key, q)
             elif not q.items and q.running == 0:
                 self._queues.pop(key, None)

@@ -1,6 +1,7 @@
 """Loading a model version into the cache: single flight, verified bytes, remembered failures.
 
-A load is: reserve the estimated bytes in the target tier (displacing LRU models), read the
+A load is: reserve the estimated bytes in the target tier (displacing LRU models; the estimate
+is calibrated by the sizes measured in earlier loads, ``SizeEstimator``), read the
 artifact from the disk tier — or fetch it from the object store and keep it on disk — check
 its sha256 against the record (for disk bytes too: a flipped bit on disk is a miss, not a
 model), deserialize it on the load thread, then admit it with its measured size.
@@ -38,7 +39,7 @@ from worker.cache import Tier, TieredCache
 from worker.diskcache import DiskCache
 from worker.errors import FailedPrecondition, Internal, NotFound, Unavailable, WorkerError
 from worker.metrics import WorkerMetrics
-from worker.runtimes import CorruptArtifact, Model, estimate_bytes, gpu_capable, load_model
+from worker.runtimes import CorruptArtifact, Model, SizeEstimator, gpu_capable, load_model
 from worker.types import ModelId
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Loader:
         self._metrics = metrics
         self._failures = failures
         self._flights: dict[ModelId, asyncio.Task[Model]] = {}
+        self.sizes = SizeEstimator()
         #: artifact digest of every model loaded (the owner prunes it on eviction)
         self.digests = digests if digests is not None else {}
 
@@ -161,7 +163,7 @@ class Loader:
         started = time.perf_counter()
         self.digests[mid] = mv.sha256
         self._metrics.loads_in_flight.inc()
-        estimate = estimate_bytes(mv.framework, mv.size)
+        estimate = self.sizes.estimate(mv.framework, mv.size)
         tier = Tier.HOST
         if (
             self._device == "cuda"
@@ -179,9 +181,10 @@ class Loader:
                 self._executor, load_model, data, mv.framework, device
             )
             del data
-            self._cache.admit(
-                mid, model, model.nbytes, Tier.GPU if model.device == "cuda" else Tier.HOST
-            )
+            placed = Tier.GPU if model.device == "cuda" else Tier.HOST
+            if placed is Tier.HOST:  # GPU sizes are estimates: nothing to learn from them
+                self.sizes.observe(mv.framework, mv.size, model.nbytes)
+            self._cache.admit(mid, model, model.nbytes, placed)
             admitted = True
         except WorkerError as exc:
             self._fail(mid, exc)

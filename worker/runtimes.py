@@ -10,7 +10,9 @@ cache reserves that much). After the load, ``Model.nbytes`` is the *measured* gr
 heap across the deserialisation (glibc ``mallinfo2``; loads run one at a time so other loads do
 not pollute it), falling back to the estimate where the heap cannot be read or the delta is not
 positive (another thread freed memory meanwhile). GPU-resident bytes cannot be measured this
-way; they are estimated.
+way; they are estimated. The first load of each framework in a process is done twice and the
+first result thrown away: it pays the runtime's one-time initialisation (thread pools,
+registries: up to a few MiB), which would otherwise be charged to that one model.
 
 Failures: bytes the library rejects raise ``CorruptArtifact`` (the caller reports
 FAILED_PRECONDITION with the library's first line); anything else propagates (INTERNAL).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -58,6 +61,35 @@ def estimate_bytes(framework: str, artifact_size: int) -> int:
     if framework == "lightgbm":
         return int(artifact_size * 1.25) + (32 << 10)
     return int(artifact_size * 1.25) + (16 << 10)
+
+
+class SizeEstimator:
+    """Resident-size guesses before a load, calibrated by the sizes measured after loads.
+
+    Per framework, the bytes-per-artifact-byte ratio follows an exponential moving average
+    (weight ``alpha``) of measured/artifact size; until the first measurement the static
+    ``estimate_bytes`` applies. Guesses carry ``margin`` (10%) so a reservation rarely falls
+    short; a guess far above reality would evict models needlessly before every load. Event
+    loop only.
+    """
+
+    def __init__(self, alpha: float = 0.2, margin: float = 1.1) -> None:
+        self.alpha = alpha
+        self.margin = margin
+        self._ratio: dict[str, float] = {}
+
+    def estimate(self, framework: str, artifact_size: int) -> int:
+        r = self._ratio.get(framework)
+        if r is None:
+            return estimate_bytes(framework, artifact_size)
+        return int(artifact_size * r * self.margin) + 1
+
+    def observe(self, framework: str, artifact_size: int, measured: int) -> None:
+        if artifact_size <= 0 or measured <= 0:
+            return
+        r = min(max(measured / artifact_size, 0.05), 500.0)
+        prev = self._ratio.get(framework)
+        self._ratio[framework] = r if prev is None else prev + self.alpha * (r - prev)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -207,6 +239,10 @@ def gpu_capable(framework: str) -> bool:
     return framework == "xgboost"
 
 
+_warmed: set[tuple[str, str]] = set()
+_warm_lock = threading.Lock()
+
+
 def load_model(data: bytes, framework: str, device: str) -> Model:
     """Deserialize ``data`` (already sha256-verified) for ``device`` (cpu | cuda). Blocking.
 
@@ -219,6 +255,14 @@ def load_model(data: bytes, framework: str, device: str) -> Model:
         raise CorruptArtifact(str(exc)) from None
     if FORMATS[fmt] != framework:
         raise CorruptArtifact(f"model is registered as {framework} but the artifact is {fmt}")
+    with _warm_lock:
+        if (framework, device) not in _warmed:
+            _load(data, framework, device)
+            _warmed.add((framework, device))
+    return _load(data, framework, device)
+
+
+def _load(data: bytes, framework: str, device: str) -> Model:
     estimate = estimate_bytes(framework, len(data))
     if framework == "onnx":
         return _onnx_load(data, device if gpu_capable("onnx") else "cpu")

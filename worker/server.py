@@ -129,7 +129,11 @@ class WorkerServer:
         self.dataplane = dp = Dataplane(self._catalog, cache, loader, self._predict_pool, m)
         if s.batching_enabled(self.device):
             dp._batcher = Batcher(
-                dp.run_batch, s.max_batch_rows, s.max_delay_us / 1e6, m.batch_rows.observe
+                dp.run_batch,
+                s.max_batch_rows,
+                s.max_delay_us / 1e6,
+                m.batch_rows.observe,
+                when_idle=s.batch_when_idle,
             )
 
         server = grpc.aio.server(

@@ -42,6 +42,11 @@ class WorkerSettings(CommonSettings):
     batching: str = doc("adaptive batching: auto (on for cuda) | on | off", "auto")
     max_batch_rows: int = doc("largest merged batch, rows", 256)
     max_delay_us: int = doc("longest a request waits for others to batch with, µs", 500)
+    batch_when_idle: bool = doc(
+        "send a request at once when its model has no batch running (false: always wait up "
+        "to max_delay_us or max_batch_rows)",
+        True,
+    )
     load_backoff_s: float = doc("first retry delay after a failed load, seconds", 1.0)
     load_backoff_max_s: float = doc("longest retry delay after repeated failed loads", 60.0)
     record_cache_size: int = doc("model records kept in memory (LRU)", 100_000)

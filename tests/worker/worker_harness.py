@@ -123,8 +123,8 @@ class WorkerProc:
             SHOAL_HOST_BUDGET="256MiB",
             SHOAL_DISK_BUDGET="256MiB",
             SHOAL_DEVICE="cpu",
-            **self.env,
         )
+        env.update(self.env)
         self.worker_id = env["SHOAL_WORKER_ID"]
         self.pool = env.get("SHOAL_POOL", "cpu")
         self.proc = ManagedProcess(

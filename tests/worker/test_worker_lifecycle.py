@@ -1,0 +1,150 @@
+"""A worker's key in etcd through its life: SIGKILL (lease expiry), SIGTERM (drain), and the
+S3 object store; the GPU placement test runs only where a CUDA device exists."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from worker_harness import Client, WorkerProc, put_model
+
+from shoal.cluster import etcd_get
+from shoal.procs import wait_until
+from shoal.settings import CommonSettings
+from worker.device import cuda_devices, onnx_cuda_available
+
+
+def slow_identity_onnx(features: int = 1024, layers: int = 64) -> bytes:
+    """An ONNX graph that returns its input after ``layers`` identity MatMuls (slow on CPU)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    eye = numpy_helper.from_array(np.eye(features, dtype=np.float32), "eye")
+    nodes = []
+    prev = "input"
+    for i in range(layers):
+        out = "output" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "eye"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "slow_identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", features])],
+        [eye],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def start_worker(etcd: str, tmp: Path, env: dict[str, str], store: str = "") -> WorkerProc:
+    return WorkerProc(etcd, store or (tmp / "objects").as_uri(), tmp / "w", env).start()
+
+
+def test_sigkill_key_disappears_within_lease_ttl(etcd_url: str, tmp_path: Path) -> None:
+    w = start_worker(etcd_url, tmp_path, {"SHOAL_LEASE_TTL": "2"})
+    try:
+        assert w.info() is not None
+        assert w.proc is not None
+        w.proc.kill()
+        # etcd expires a lease at most TTL after its last renewal (plus its own tick).
+        wait_until(lambda: etcd_get(etcd_url, w.key) is None, 2 + 1.5, 0.05, "the key to expire")
+    finally:
+        w.stop()
+
+
+async def test_sigterm_removes_key_at_once_and_drains(
+    etcd_url: str, tmp_path: Path, session_run: Any
+) -> None:
+    w = start_worker(etcd_url, tmp_path, {"SHOAL_DRAIN_GRACE_S": "60", "SHOAL_LEASE_TTL": "30"})
+    try:
+        await put_model(etcd_url, w.store_url, "drain", "slow", slow_identity_onnx())
+        x = np.random.default_rng(0).normal(size=(256, 1024)).astype(np.float32)
+        async with Client(w.address) as c:
+            await c.infer("drain/slow", x[:1], "1", name="input")  # loaded: only predicts remain
+            pending = [asyncio.ensure_future(c.infer("drain/slow", x, "1", name="input"))]
+            pending += [asyncio.ensure_future(c.infer("drain/slow", x, "1", name="input"))]
+
+            def in_flight() -> bool:
+                return w.scrape().get("shoal_worker_requests_in_flight") >= 2
+
+            await asyncio.to_thread(wait_until, in_flight, 30, 0.01, "2 requests in flight")
+            assert w.proc is not None
+            w.proc.signal(signal.SIGTERM)
+            # The key goes at once (the lease is revoked), not after the 30 s TTL.
+            await asyncio.to_thread(
+                wait_until, lambda: etcd_get(etcd_url, w.key) is None, 10, 0.02, "key removal"
+            )
+            outs = await asyncio.wait_for(asyncio.gather(*pending), 60)
+        for out in outs:
+            np.testing.assert_allclose(out, x, rtol=1e-5)
+        assert w.proc.proc is not None
+        assert await asyncio.to_thread(w.proc.proc.wait, 30) == 0
+        assert "draining" in w.log_tail()
+    finally:
+        w.stop()
+
+
+async def test_loads_from_the_s3_object_store(
+    etcd_url: str, tmp_path: Path, s3_settings: CommonSettings, model_bytes: dict[str, Any]
+) -> None:
+    store = "s3://shoal-test/worker-test"
+    w = start_worker(
+        etcd_url, tmp_path, {"SHOAL_S3_ENDPOINT": s3_settings.s3_endpoint}, store=store
+    )
+    try:
+        data = model_bytes["lightgbm-text"]
+        await put_model(etcd_url, store, "s3", "lgb", data, settings=s3_settings)
+        x = model_bytes["x"][:4]
+        async with Client(w.address) as c:
+            got = await c.infer("s3/lgb", x, "1")
+        import lightgbm as lgb
+
+        want = lgb.Booster(model_str=data.decode()).predict(x, num_threads=1)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert w.scrape().get("shoal_worker_cache_misses_total", tier="disk") == 1
+    finally:
+        w.stop()
+
+
+@pytest.mark.gpu
+async def test_onnx_runs_on_cuda_and_demotes_to_host(
+    etcd_url: str, tmp_path: Path, model_bytes: dict[str, Any]
+) -> None:
+    if cuda_devices().count == 0:
+        pytest.skip("no CUDA device on this machine (libcuda reports none)")
+    if not onnx_cuda_available():
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider")
+    from worker.runtimes import estimate_bytes
+
+    data = model_bytes["onnx"]
+    gpu_budget = estimate_bytes("onnx", len(data)) + 1  # room for exactly one model
+    w = start_worker(
+        etcd_url, tmp_path, {"SHOAL_DEVICE": "cuda", "SHOAL_GPU_BUDGET": str(gpu_budget)}
+    )
+    try:
+        await put_model(etcd_url, w.store_url, "gpu", "a", data)
+        other = data + b""  # same graph, distinct registration
+        await put_model(etcd_url, w.store_url, "gpu", "b", other, version=1)
+        x = np.ascontiguousarray(model_bytes["x"][:8])
+        async with Client(w.address) as c:
+            a = await c.infer("gpu/a", x, "1", name="input")
+            m = w.scrape()
+            assert m.get("shoal_worker_models_resident", tier="gpu") == 1
+            b = await c.infer("gpu/b", x, "1", name="input")
+            m = w.scrape()
+            assert m.get("shoal_worker_cache_demotions_total", tier="gpu", to="host") == 1
+            assert m.get("shoal_worker_models_resident", tier="host") == 1
+            again = await c.infer("gpu/a", x, "1", name="input")  # answered from host memory
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        want = sess.run(None, {"input": x})[0]
+        for got in (a, b, again):
+            np.testing.assert_allclose(got, want, rtol=1e-4)
+    finally:
+        w.stop()
