@@ -37,10 +37,13 @@ from placement.publisher import NotLeader, SnapshotPublisher
 from placement.registry import ArtifactGC, Registry
 from placement.settings import PlacementSettings
 from placement.workers import WorkerAdminClient
+from shoal import tls
+from shoal.auth import ADMIN, KeyChecker, KeyInterceptor
 from shoal.etcd import EtcdStore
+from shoal.mirror import PrefixMirror
 from shoal.objstore import ObjectStore
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
-from shoal.records import CLUSTER, ClusterConfig
+from shoal.records import CLUSTER, ClusterConfig, TenantConfig, tenant_key
 from shoal.state import Compare, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class PlacementService:
         self._election: LeaderElection | None = None
         self._lead_task: asyncio.Task[None] | None = None
         self.cluster: ClusterConfig | None = None
+        self._admin_keys: PrefixMirror[TenantConfig] | None = None
 
     @property
     def election(self) -> LeaderElection:
@@ -106,14 +110,28 @@ class PlacementService:
             artifact_gc=_gc_mode(s.artifact_gc),
             now=self._now,
         )
-        self._workers = WorkerAdminClient()
+        self._workers = WorkerAdminClient(s)
         servicer = ControlService(
             registry, store, self._workers, s.warm_timeout_s, s.stats_timeout_s
         )
+        interceptors = []
+        if s.auth:
+            # Control-plane calls need an admin key (SECURITY.md); keys come from etcd.
+            checker = KeyChecker(lambda t: admin.get(tenant_key(t)) if t == ADMIN else None)
+            admin = self._admin_keys = PrefixMirror(
+                store,
+                tenant_key(ADMIN),
+                lambda k, v, rev: TenantConfig.decode(v),
+                on_change=lambda keys: checker.invalidate(),
+            )
+            await admin.start()
+            interceptors.append(KeyInterceptor(checker, admin_only=True))
         # Artifacts arrive in chunks; the whole-message cap only needs to fit one chunk.
-        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", 64 << 20)], interceptors=interceptors
+        )
         pb_grpc.add_ControlServicer_to_server(servicer, self._server)
-        port = self._server.add_insecure_port(f"{s.host}:{s.control_port}")
+        port = tls.add_port(self._server, f"{s.host}:{s.control_port}", s)
         if port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.control_port}")
         await self._server.start()
@@ -189,6 +207,8 @@ class PlacementService:
             self._server = None
         if self._workers is not None:
             await self._workers.close()
+        if self._admin_keys is not None:
+            await self._admin_keys.stop()
         self.metrics.close()
         if self._store is not None:
             await self._store.close()

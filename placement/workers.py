@@ -21,9 +21,11 @@ import grpc
 
 from placement.errors import FailedPrecondition
 from placement.lookup import RankedMember, live_workers
+from shoal import tls
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.records import WorkerInfo
+from shoal.settings import CommonSettings
 from shoal.state import StateStore
 
 
@@ -48,13 +50,14 @@ class WorkerView:
 class WorkerAdminClient:
     """One cached channel per worker address; ``close()`` closes them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: CommonSettings | None = None) -> None:
+        self._settings = settings or CommonSettings()
         self._stubs: dict[str, pb_grpc.WorkerAdminAsyncStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, address: str) -> pb_grpc.WorkerAdminAsyncStub:
         if address not in self._stubs:
-            channel = grpc.aio.insecure_channel(address)
+            channel = tls.channel(address, self._settings)  # mTLS when configured
             self._channels[address] = channel
             # grpc is untyped here, so mypy cannot pick the stub's aio overload by itself.
             self._stubs[address] = cast(
