@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "router.cli",
     "worker.cli",
     "placement.cli",
+    "placement.cli_simulate",
     "shoal.cli_keys",
 )
 

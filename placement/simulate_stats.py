@@ -1,0 +1,208 @@
+"""Fleet statistics for ``shoal simulate``: spreads, blast radius and their closed forms.
+
+Closed forms hold for a pool of N workers without zones where every tenant has a shard of k
+distinct workers chosen uniformly at random (what rendezvous hashing approximates): the overlap
+of two shards is hypergeometric, ``P(j) = C(k,j) C(N-k,k-j) / C(N,k)``; two shards are equal
+with probability ``1/C(N,k)``; removing one tenant's shard touches another tenant with
+probability ``1 - C(N-k,k)/C(N,k)``. With zones the simulated figures are exact for the zoned
+placement, and the closed forms remain the unzoned reference beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Spread:
+    """min / mean / p99 / max of a per-worker figure, and max/mean (1.0 = perfectly even)."""
+
+    min: float
+    mean: float
+    p99: float
+    max: float
+    max_over_mean: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Spread:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[~np.isnan(v)]
+        if len(v) == 0:
+            return cls(math.nan, math.nan, math.nan, math.nan, math.nan)
+        mean = float(v.mean())
+        return cls(
+            float(v.min()),
+            mean,
+            float(np.percentile(v, 99)),
+            float(v.max()),
+            float(v.max() / mean) if mean > 0 else math.nan,
+        )
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A simulated figure beside its closed form (``stderr``: the sampling error of the
+    simulated figure, 0 when it is exact over the whole population)."""
+
+    simulated: float
+    closed_form: float
+    stderr: float = 0.0
+
+
+def hypergeometric(n: int, k: int) -> list[float]:
+    """``P(j)``, j = 0..k: workers shared by two random k-subsets of n workers."""
+    total = math.comb(n, k)
+    return [math.comb(k, j) * math.comb(n - k, k - j) / total for j in range(k + 1)]
+
+
+def full_overlap_probability(n: int, k: int) -> float:
+    return 1.0 / math.comb(n, k)
+
+
+def touch_probability(n: int, k: int) -> float:
+    """Probability that a random k-shard shares at least one worker with a given one."""
+    return 1.0 - math.comb(n - k, k) / math.comb(n, k)
+
+
+@dataclass(frozen=True)
+class OverlapBin:
+    shared_workers: int
+    simulated: float
+    closed_form: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class BlastRadius:
+    """How much tenants share, over the ``tenants`` tenants with the pool's default shard size
+    (hot and pinned tenants excluded: the closed forms are for one k).
+
+    * ``overlap``: distribution of workers shared by two distinct tenants, from ``pairs``
+      random pairs;
+    * ``full_overlap_probability``: that another tenant has the very same shard (exact count of
+      equal shards over all pairs);
+    * ``expected_full_overlap_tenants``: how many other tenants share a tenant's whole shard, on
+      average (closed form ``(T-1)/C(N,k)``);
+    * ``tenants_with_full_overlap``: share of tenants whose shard at least one other tenant has
+      in full (closed form ``1 - (1 - 1/C(N,k))**(T-1)``);
+    * ``losing_a_worker``: share of the other tenants that lose at least one worker when one
+      tenant's whole shard is taken out, averaged over ``victims`` random tenants (exact over
+      all tenants for each); ``losing_a_worker_max``: the worst victim.
+    """
+
+    tenants: int
+    workers: int
+    shard_size: int
+    pairs: int
+    overlap: list[OverlapBin]
+    full_overlap_probability: Versus
+    expected_full_overlap_tenants: Versus
+    tenants_with_full_overlap: Versus
+    victims: int
+    losing_a_worker: Versus
+    losing_a_worker_max: float
+    zoned: bool
+
+
+#: Set bits per byte value: a popcount that needs no numpy >= 2 (``np.bitwise_count``).
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per row of a ``[T, W]`` uint64 array."""
+    bits: np.ndarray = _POPCOUNT[np.ascontiguousarray(x).view(np.uint8)]
+    out: np.ndarray = bits.reshape(len(x), -1).sum(axis=1)
+    return out
+
+
+def shard_bitsets(rows: np.ndarray, n: int) -> np.ndarray:
+    """Each shard as a set of workers: ``[T, ceil(n/64)]`` uint64 words, bit i = member i."""
+    t, k = rows.shape
+    words = np.zeros((t, -(-n // 64)), dtype=np.uint64)
+    ar = np.arange(t)
+    for j in range(k):
+        col = rows[:, j]
+        words[ar, col >> 6] |= np.left_shift(np.uint64(1), (col & 63).astype(np.uint64))
+    return words
+
+
+def blast_radius(
+    rows: np.ndarray,
+    n_workers: int,
+    rng: np.random.Generator,
+    pairs: int = 1_000_000,
+    victims: int = 32,
+    zoned: bool = False,
+) -> BlastRadius | None:
+    """Blast-radius figures for tenants whose shards are ``rows`` (``[T, k]`` member indices).
+
+    Pair sampling draws ``pairs`` ordered pairs of distinct tenants (with replacement), so the
+    overlap bins carry a binomial standard error ``sqrt(p(1-p)/pairs)``. Equal shards are
+    counted exactly over all tenants (sorting their bitsets), and each victim's reach exactly
+    over all tenants. Returns None with fewer than two tenants. Cost: O((pairs + victims T)
+    N/64 + T log T).
+    """
+    t, k = rows.shape
+    if t < 2 or k == 0:
+        return None
+    sets = shard_bitsets(rows, n_workers)
+    a = rng.integers(0, t, pairs)
+    b = rng.integers(0, t - 1, pairs)
+    b += b >= a  # a uniform tenant other than a
+    shared = _popcount(sets[a] & sets[b])
+    freq = np.bincount(shared, minlength=k + 1)[: k + 1] / pairs
+    closed = hypergeometric(n_workers, k)
+    overlap = [
+        OverlapBin(j, float(freq[j]), closed[j], math.sqrt(freq[j] * (1 - freq[j]) / pairs))
+        for j in range(k + 1)
+    ]
+
+    if sets.shape[1] == 1:
+        _, counts = np.unique(sets[:, 0], return_counts=True)
+    else:
+        _, counts = np.unique(sets, axis=0, return_counts=True)
+    same_pairs = float((counts * (counts - 1)).sum())  # ordered pairs with equal shards
+    p_full = full_overlap_probability(n_workers, k)
+
+    victims = min(victims, t)
+    chosen = rng.choice(t, victims, replace=False)
+    losing = np.empty(victims)
+    for i, v in enumerate(chosen.tolist()):
+        touched = ((sets & sets[v]) != 0).any(axis=1)
+        losing[i] = (int(touched.sum()) - 1) / (t - 1)  # the victim itself does not count
+    p_touch = touch_probability(n_workers, k)
+    return BlastRadius(
+        tenants=t,
+        workers=n_workers,
+        shard_size=k,
+        pairs=pairs,
+        overlap=overlap,
+        full_overlap_probability=Versus(same_pairs / (t * (t - 1)), p_full),
+        expected_full_overlap_tenants=Versus(same_pairs / t, (t - 1) * p_full),
+        tenants_with_full_overlap=Versus(
+            float(counts[counts >= 2].sum()) / t, 1.0 - (1.0 - p_full) ** (t - 1)
+        ),
+        victims=victims,
+        losing_a_worker=Versus(
+            float(losing.mean()),
+            p_touch,
+            float(losing.std(ddof=1) / math.sqrt(victims)) if victims > 1 else 0.0,
+        ),
+        losing_a_worker_max=float(losing.max()),
+        zoned=zoned,
+    )
+
+
+def new_members(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Per row, how many entries of ``after`` are not in ``before`` (``-1`` pads ignored)."""
+    fresh = np.zeros(len(after), dtype=np.int64)
+    for j in range(after.shape[1]):
+        col = after[:, j]
+        seen = np.zeros(len(after), dtype=bool)
+        for i in range(before.shape[1]):
+            seen |= before[:, i] == col
+        fresh += (~seen) & (col >= 0)
+    return fresh
