@@ -128,7 +128,7 @@ def tenant_shards(
                 pinned[i] = True
             elif cfg.shard_size > 0:
                 k[i] = min(cfg.shard_size, n)
-    rows = np.full((n_t, int(k.max())), -1, dtype=np.int64)
+    rows = np.full((n_t, int(k.max()) if n_t else 0), -1, dtype=np.int64)
     for i, members_idx in explicit.items():
         rows[i, : len(members_idx)] = members_idx
     todo = [(kv, np.flatnonzero((k == kv) & ~pinned)) for kv in np.unique(k[~pinned]).tolist()]

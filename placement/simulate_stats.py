@@ -83,7 +83,7 @@ class BlastRadius:
     * ``overlap``: distribution of workers shared by two distinct tenants, from ``pairs``
       random pairs;
     * ``full_overlap_probability``: that another tenant has the very same shard (exact count of
-      equal shards over all pairs);
+      equal shards over all pairs; its ``stderr`` is the spread expected under random shards);
     * ``expected_full_overlap_tenants``: how many other tenants share a tenant's whole shard, on
       average (closed form ``(T-1)/C(N,k)``);
     * ``tenants_with_full_overlap``: share of tenants whose shard at least one other tenant has
@@ -166,6 +166,10 @@ def blast_radius(
         _, counts = np.unique(sets, axis=0, return_counts=True)
     same_pairs = float((counts * (counts - 1)).sum())  # ordered pairs with equal shards
     p_full = full_overlap_probability(n_workers, k)
+    # Under uniformly random shards, "a and b have equal shards" is pairwise independent over
+    # unordered pairs (given a's shard, b and c match it independently), so the share of the
+    # T(T-1)/2 pairs that match has a binomial spread.
+    sd_full = math.sqrt(p_full * (1 - p_full) / (t * (t - 1) / 2))
 
     victims = min(victims, t)
     chosen = rng.choice(t, victims, replace=False)
@@ -180,8 +184,8 @@ def blast_radius(
         shard_size=k,
         pairs=pairs,
         overlap=overlap,
-        full_overlap_probability=Versus(same_pairs / (t * (t - 1)), p_full),
-        expected_full_overlap_tenants=Versus(same_pairs / t, (t - 1) * p_full),
+        full_overlap_probability=Versus(same_pairs / (t * (t - 1)), p_full, sd_full),
+        expected_full_overlap_tenants=Versus(same_pairs / t, (t - 1) * p_full, (t - 1) * sd_full),
         tenants_with_full_overlap=Versus(
             float(counts[counts >= 2].sum()) / t, 1.0 - (1.0 - p_full) ** (t - 1)
         ),

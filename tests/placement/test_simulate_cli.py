@@ -1,0 +1,79 @@
+"""``shoal simulate`` end to end, in process (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from shoal.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["simulate", "--models", "20000", "--workers", "16", "--shard-size", "4", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert doc["inputs"]["models"] == 20000 and doc["inputs"]["workers"] == 16
+    assert len(doc["per_worker"]) == 16
+    assert sum(w["models"] for w in doc["per_worker"]) == 4 * 20000
+    bins = doc["blast_radius"]["overlap"]
+    assert [b["shared_workers"] for b in bins] == [0, 1, 2, 3, 4]
+    assert math.isclose(sum(b["closed_form"] for b in bins), 1.0)
+    assert {m["event"] for m in doc["movement"]} == {"join", "leave"}
+    assert 0 < doc["cache"]["hit_rate"] <= doc["cache"]["max_hit_rate"] <= 1
+    assert out.err == ""  # no progress bar without a TTY or --progress
+
+
+def test_simulate_table_plot_and_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "out.png"
+    args = ["simulate", "--models", "5000", "--workers", "8", "--shard-size", "3",
+            "--zones", "2", "--hot", "20:6", "--model-bytes", "256KiB",
+            "--model-bytes-sigma", "0.7", "--budget-bytes", "64MiB", "--requests", "20000",
+            "--plot", str(png), "--progress"]  # fmt: skip
+    assert main(args) == 0
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    out = capsys.readouterr()
+    assert "Per worker" in out.out and "Blast radius" in out.out and "Movement" in out.out
+    assert "20 hot" in out.out
+    assert "simulate [" in out.err and "100%" in out.err
+
+
+def test_simulate_replays_a_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "\n".join(
+            json.dumps({"ts": i / 100, "tenant": f"t{(i * 7) % 50}", "model": f"m{i % 3}"})
+            for i in range(3000)
+        )
+    )
+    assert main(["simulate", "--trace", str(trace), "--workers", "6", "--shard-size", "2",
+                 "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["inputs"]["requests"] == 3000
+    assert doc["inputs"]["rps"] == pytest.approx(3000 / 29.99)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "100", "--workers", "3", "--shard-size", "4"], "shard size"),
+        (["--models", "100", "--hot", "ten:8"], "TOP:K"),
+        (["--trace", "/nonexistent.csv"], "cannot read trace"),
+        (["--models", "10", "--trace", "x.csv"], "--models"),
+        (["--models", "100", "--budget-bytes", "lots"], "lots"),
+    ],
+)
+def test_simulate_fails_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("shoal: ") and message in err and "\n" not in err
