@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     p.add_argument("--shard-size", type=int, default=2)
     p.add_argument("--demo", action="store_true", help="register demo tenants' models")
     p.add_argument("--demo-tenants", type=int, default=300)
+    p.add_argument(
+        "--no-auth", action="store_true", help="run open: no API keys (never outside a laptop)"
+    )
     p.set_defaults(func=_up)
 
 
@@ -52,6 +55,7 @@ def _up(ns: argparse.Namespace) -> int:
         router_port=ns.router_port,
         control_port=ns.control_port,
         shard_size=ns.shard_size,
+        auth=not ns.no_auth,
     )
     try:
         cluster.start()
@@ -66,6 +70,11 @@ def _up(ns: argparse.Namespace) -> int:
         print(f"control: {info['control']}")
         print(f"etcd: {info['etcd']}")
         print(f"cluster: {cluster.write_info()}")
+        if cluster.auth:
+            print(f"admin key: {cluster.admin_key}")
+            print("  (export SHOAL_KEY=<admin key> for register/alias/traffic/shadow/models)")
+        else:
+            print("auth: off (--no-auth): anyone who reaches the router can use any model")
         if example:
             print(example)
         print("Ctrl-C stops the cluster.", flush=True)
@@ -78,6 +87,7 @@ def _up(ns: argparse.Namespace) -> int:
 def _demo(cluster: Any, data_dir: Path, tenants: int) -> str:
     from shoal import demo
     from shoal.cli import CliError
+    from shoal.cluster import add_key
     from shoal.manifest import run_manifest
 
     out = data_dir / "demo"
@@ -87,7 +97,10 @@ def _demo(cluster: Any, data_dir: Path, tenants: int) -> str:
         print(f"training {tenants} demo models ...", flush=True)
         demo.build(out, tenants)
         stamp.write_text(json.dumps(want))
-    summary = asyncio.run(run_manifest(cluster.placement.address, out / "manifest.jsonl"))
+    md = (("authorization", f"Bearer {cluster.admin_key}"),) if cluster.auth else None
+    summary = asyncio.run(
+        run_manifest(cluster.placement.address, out / "manifest.jsonl", metadata=md)
+    )
     print(
         f"demo: {summary.registered} registered, {summary.unchanged} unchanged, "
         f"{summary.failed} failed",
@@ -99,9 +112,20 @@ def _demo(cluster: Any, data_dir: Path, tenants: int) -> str:
     row = json.dumps(demo.sample_row())
     router = cluster.router.address
     lines = ["", "Try it (tenants rotate XGBoost, LightGBM, ONNX):"]
+    keys = {}
     for i in range(3):
+        tenant = demo.demo_tenant(i)
+        key = ""
+        if cluster.auth:
+            key = keys[tenant] = add_key(cluster.etcd_url, tenant)
+            lines.append(f"  demo key ({tenant}): {key}")
         lines.append(
-            f"  .venv/bin/shoal predict {demo.demo_tenant(i)}/churn --router {router}"
-            f" --input '[{row}]'"
+            f"  .venv/bin/shoal predict {tenant}/churn --router {router}"
+            + (f" --key {key}" if key else "")
+            + f" --input '[{row}]'"
         )
+    if keys:
+        path = data_dir / "demo" / "keys.json"
+        path.write_text(json.dumps(keys, indent=2) + "\n")
+        path.chmod(0o600)
     return "\n".join(lines)

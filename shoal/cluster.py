@@ -19,12 +19,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from shoal.auth import ADMIN, new_key
 from shoal.devservers import LocalEtcd
 from shoal.procs import ManagedProcess, wait_until
-from shoal.records import PoolSnapshot, placement_key, worker_key
+from shoal.records import PoolSnapshot, TenantConfig, placement_key, tenant_key, worker_key
 
 
 def etcd_get(url: str, key: str, timeout: float = 2.0) -> bytes | None:
@@ -35,6 +36,32 @@ def etcd_get(url: str, key: str, timeout: float = 2.0) -> bytes | None:
         doc = json.loads(r.read())
     kvs = doc.get("kvs") or []
     return base64.b64decode(kvs[0]["value"]) if kvs else None
+
+
+def etcd_put(url: str, key: str, value: bytes, timeout: float = 2.0) -> None:
+    """Write one key through etcd's v3 JSON gateway."""
+    body = json.dumps(
+        {
+            "key": base64.b64encode(key.encode()).decode(),
+            "value": base64.b64encode(value).decode(),
+        }
+    ).encode()
+    req = urllib.request.Request(f"{url}/v3/kv/put", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        r.read()
+
+
+def add_key(url: str, tenant: str) -> str:
+    """Create an API key for ``tenant`` (``shoal.auth.ADMIN`` for admin) in the cluster's etcd.
+
+    A plain read-modify-write: meant for cluster start-up, before anything else writes
+    tenant records (``shoal keys`` does the compare-and-swap version).
+    """
+    key, entry = new_key(tenant)
+    raw = etcd_get(url, tenant_key(tenant))
+    cfg = TenantConfig.decode(raw) if raw else TenantConfig(tenant)
+    etcd_put(url, tenant_key(tenant), replace(cfg, key_hashes=(*cfg.key_hashes, entry)).encode())
+    return key
 
 
 @dataclass
@@ -63,6 +90,7 @@ class LocalCluster:
         worker_env: Mapping[str, str] | None = None,
         etcd_url: str = "",
         store: str = "",
+        auth: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.n_workers = workers
@@ -78,6 +106,8 @@ class LocalCluster:
         self.workers: list[Role] = []
         self.router: Role | None = None
         self._next_worker = 0
+        self.auth = auth
+        self.admin_key = ""
 
     # --- process plumbing ---------------------------------------------------------------
 
@@ -86,6 +116,7 @@ class LocalCluster:
         env.update(
             SHOAL_ETCD=self.etcd_url,
             SHOAL_STORE=self.store,
+            SHOAL_AUTH="1" if self.auth else "0",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.env)
@@ -125,6 +156,8 @@ class LocalCluster:
             if not self.etcd_url:
                 self.etcd = LocalEtcd(self.data_dir / "etcd").start()
                 self.etcd_url = self.etcd.url
+            if self.auth:
+                self.admin_key = add_key(self.etcd_url, ADMIN)
             self.start_placement(timeout)
             for _ in range(self.n_workers):
                 self.add_worker(timeout, wait_in_snapshot=False)
@@ -210,6 +243,7 @@ class LocalCluster:
                 **({"router": self.router.proc.pid} if self.router else {}),
             },
             "workers": {w.name: w.address for w in self.workers},
+            "auth": self.auth,
             "started_at": time.time(),
         }
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as triton
 
 from shoal import demo
@@ -41,7 +42,9 @@ def test_shoal_up_demo_then_predict(tmp_path: Path) -> None:
         )  # fmt: skip
     try:
         wait_until(
-            lambda: "Try it" in out.read_text() or proc.poll() is not None, 240, what="shoal up"
+            lambda: "Ctrl-C stops" in out.read_text() or proc.poll() is not None,
+            240,
+            what="shoal up",
         )
         text = out.read_text()
         assert proc.poll() is None, text
@@ -52,19 +55,35 @@ def test_shoal_up_demo_then_predict(tmp_path: Path) -> None:
         info = json.loads((tmp_path / "data" / "cluster.json").read_text())
         pids = list(info["pids"].values())
         assert len(pids) == 1 + 1 + 2 + 1  # etcd, placement, 2 workers, router
+        assert "admin key: shoal._admin." in text
+        keys = {
+            line.split("(")[1].split(")")[0]: line.rsplit(": ", 1)[1]
+            for line in text.splitlines()
+            if line.strip().startswith("demo key (")
+        }
+        assert len(keys) == 3
         client = triton.InferenceServerClient(f"127.0.0.1:{router_port}")
         row = np.asarray([demo.sample_row()], dtype=np.float32)
         for i in range(3):  # XGBoost, LightGBM, ONNX tenants
-            model = f"{demo.demo_tenant(i)}/churn"
-            name = client.get_model_metadata(model).inputs[0].name
+            tenant = demo.demo_tenant(i)
+            model = f"{tenant}/churn"
+            auth = {"authorization": f"Bearer {keys[tenant]}"}
+            name = client.get_model_metadata(model, headers=auth).inputs[0].name
             inp = triton.InferInput(name, [1, 30], "FP32")
             inp.set_data_from_numpy(row)
-            result = client.infer(model, [inp])
-            assert result.get_response().model_version == "1"
-            value = float(
-                np.asarray(result.as_numpy(result.get_response().outputs[0].name)).reshape(-1)[0]
-            )
+            result = client.infer(model, [inp], headers=auth)
+            out = result.get_response()
+            assert out.model_version == "1"
+            value = float(np.asarray(result.as_numpy(out.outputs[0].name)).reshape(-1)[0])
             assert 0.0 <= value <= 1.0  # a probability from a real model
+        # Auth is on by default: no key is refused, another tenant's key sees nothing.
+        inp = triton.InferInput("input__0", [1, 30], "FP32")
+        inp.set_data_from_numpy(row)
+        with pytest.raises(triton.InferenceServerException, match="UNAUTHENTICATED"):
+            client.infer(f"{demo.demo_tenant(0)}/churn", [inp])
+        other = {"authorization": f"Bearer {keys[demo.demo_tenant(1)]}"}
+        with pytest.raises(triton.InferenceServerException, match="unknown model tenant-0000"):
+            client.infer(f"{demo.demo_tenant(0)}/churn", [inp], headers=other)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
