@@ -276,9 +276,14 @@ class TieredCache(Generic[K, V]):
         src = victim.tier
         if src is Tier.GPU and self._demote is not None and self._budget[Tier.HOST] > 0:
             moved = self._demote(victim.key, victim.value)
-            if moved is not None:
+            # Demote only into room that can be made: host is never pushed over budget for a
+            # model nobody is using (it is dropped instead).
+            if (
+                moved is not None
+                and self.fits(Tier.HOST, moved[1])
+                and self._make_room(Tier.HOST, moved[1])
+            ):
                 value, nbytes = moved
-                self._make_room(Tier.HOST, nbytes)
                 self._insert(Entry(victim.key, value, nbytes, Tier.HOST))
                 self._listener(CacheEvent("demote", victim.key, src, Tier.HOST, nbytes))
                 return

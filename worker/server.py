@@ -166,11 +166,14 @@ class WorkerServer:
     async def stop(self) -> None:
         """Drain and shut down; safe to call once after ``start`` (or a failed start)."""
         self.draining = True
+        t0 = time.monotonic()
         if self._registration is not None:
             await self._registration.publish()
             await self._registration.stop()
+            log.info("deregistered in %.3fs", time.monotonic() - t0)
         if self._server is not None:
             await self._server.stop(self.settings.drain_grace_s)
+            log.info("drained in %.3fs", time.monotonic() - t0)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -181,6 +184,7 @@ class WorkerServer:
                 pool.shutdown(wait=False, cancel_futures=True)
         if self._etcd is not None:
             await self._etcd.close()
+        log.info("stopped in %.3fs", time.monotonic() - t0)
 
     # --- views ----------------------------------------------------------------------------
 
