@@ -11,32 +11,51 @@ Registration (``register``):
 1. hash the bytes; if the model already has a version with that sha256, return it
    (``created=False``) and write nothing: re-running a registration is a no-op, and an alias
    that was moved since is *not* moved back;
-2. validate the artifact by loading it (``shoal.artifacts.inspect_artifact``, off the loop);
+2. validate the artifact by loading it (``shoal.artifacts.inspect_artifact``) on the
+   registry's own bounded thread pool (``validate_threads``), never on the event loop and
+   never more loads at once than that pool has threads; results are cached by sha256, so
+   the same bytes registered for many models are loaded once;
 3. upload it to its content address (a no-op when already there);
 4. compare-and-swap the record: version number ``next_version``, the optional alias in the same
-   write. Step 1 is repeated inside the CAS, so two concurrent registrations of the same bytes
-   still make one version.
+   write, and (with ``keep_versions`` > 0) the retention pass in the same write too. Step 1 is
+   repeated inside the CAS, so two concurrent registrations of the same bytes still make one
+   version.
 
-A crash between 3 and 4 leaves an unreferenced artifact, never a record pointing nowhere.
-``register_many`` does steps 1-3 per item concurrently and step 4 for up to ``MAX_TXN_OPS``
-models per etcd transaction (so bulk registration is not one round trip per model).
+A crash between 3 and 4 leaves an unreferenced artifact, never a record pointing nowhere: a
+record only ever names an artifact that was uploaded and validated before the record was
+written. ``register_many`` does steps 1-3 per item concurrently and step 4 for many models per
+etcd transaction: at most ``MAX_TXN_OPS`` (128) models and ``MAX_TXN_BYTES`` of records per
+transaction, below etcd's defaults (``--max-txn-ops`` 128, ``--max-request-bytes`` 1.5 MiB),
+so bulk registration is not one round trip per model.
 
-Retention (``delete_versions``) keeps the newest N versions and never removes one an alias,
-the split or the shadow points to. Artifacts are content-addressed and so may be shared by
-several models; with ``artifact_gc="cluster"`` (the default) an artifact is deleted only when no
-model record anywhere still names its sha256 (one paged scan of ``/shoal/models/`` per call);
-``"model"`` checks only the model being trimmed (cheap, unsafe when models share bytes);
-``"off"`` never deletes artifacts. Limit: a registration of the same bytes for another model
-that commits *during* the scan can still lose its artifact; re-registering it restores it.
+Retention keeps the newest N versions and never removes one an alias, the split or the shadow
+points to (``rules.retention_victims``). It runs explicitly (``delete_versions``) or after every
+registration when ``keep_versions`` > 0. Records change first; artifacts are deleted after, so a
+failure in between leaves garbage in the store, never a record without its artifact.
+Artifacts are content-addressed and so may be shared by several models; with
+``artifact_gc="cluster"`` (the default) an artifact is deleted only when no model record
+anywhere still names its sha256 (one paged scan of ``/shoal/models/``, reading digests out of
+the raw JSON without decoding records); ``"model"`` checks only the model being trimmed
+(cheap, unsafe when models share bytes); ``"off"`` never deletes artifacts. Retention run by
+registration queues its candidates and scans once per ``gc_batch`` of them (or when
+``flush_gc`` is called, e.g. at the end of a bulk stream), so 100K registrations do not mean
+100K scans. An artifact that a registration in this process is preparing or committing, or
+prepared while the scan ran, is never deleted. Limit: a registration through *another*
+placement instance that commits the same bytes during the scan can still lose its artifact;
+re-registering it restores it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import re
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -63,6 +82,36 @@ ArtifactGC = Literal["off", "model", "cluster"]
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
+#: Most record bytes in one registration transaction. etcd refuses requests over
+#: ``--max-request-bytes`` (1.5 MiB by default); keys, compares and framing need the rest.
+MAX_TXN_BYTES = 1 << 20
+#: Largest single model record the registry writes (a record that grows past it, with
+#: thousands of versions, must be pruned: ``keep_versions`` / ``delete_versions``).
+MAX_RECORD_BYTES = MAX_TXN_BYTES
+#: Artifacts at most this large are hashed on the event loop (~30 µs); larger ones in the pool.
+_INLINE_HASH_BYTES = 64 << 10
+#: Validated artifacts remembered by sha256 (the same bytes registered for many models).
+_INFO_CACHE = 4096
+#: ``"sha256":"<hex>"`` as ``ModelRecord.encode`` writes it (compact JSON): the GC scan finds
+#: digests in raw values without decoding. A label that happens to look the same only keeps an
+#: artifact alive, never deletes one.
+_SHA_FIELD = re.compile(rb'"sha256":"([0-9a-f]{64})"')
+
+
+def _limit_native_threads() -> None:
+    """Pool-thread initializer: one OpenMP thread per load.
+
+    XGBoost loads with its (thread-local) global ``nthread``, which defaults to every core:
+    waking an OpenMP team per tiny model made a validation cost ~4 ms instead of ~1 ms. The
+    pool already runs loads in parallel, so one thread each is the right width.
+    """
+    try:
+        import xgboost
+
+        xgboost.set_config(nthread=1)
+    except Exception:  # validation still works, only slower
+        log.debug("could not limit XGBoost threads in the validation pool", exc_info=True)
+
 
 @dataclass(frozen=True, slots=True)
 class RegisterSpec:
@@ -85,6 +134,7 @@ class Registered:
     created: bool  # False: an identical artifact was already registered
     sha256: str
     record: ModelRecord
+    pruned: tuple[int, ...] = ()  # versions this write removed by retention (keep_versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +143,24 @@ class ModelPage:
     next_page_token: str  # "": no more pages
 
 
+@dataclass(slots=True)
+class _Staged:
+    """One model's record as a bulk commit will write it, and what each item gets."""
+
+    key: str
+    expect: int  # mod_revision compared (0: must not exist)
+    record: ModelRecord
+    value: bytes
+    outcomes: dict[int, tuple[int, bool]]  # item index -> (version, created)
+    pruned: list[ModelVersion]
+
+
 class Registry:
-    """Registry operations over a state store and an object store (see module docstring)."""
+    """Registry operations over a state store and an object store (see module docstring).
+
+    ``close()`` stops the validation pool; the constructor starts nothing (pool threads are
+    created on first use).
+    """
 
     def __init__(
         self,
@@ -105,19 +171,42 @@ class Registry:
         max_artifact_bytes: int = 256 << 20,
         cas_retries: int = 8,
         artifact_gc: ArtifactGC = "cluster",
+        keep_versions: int = 0,
+        validate_threads: int = 0,
+        gc_batch: int = 4096,
         now: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
+        if keep_versions < 0:
+            raise ValueError(f"keep_versions must be >= 0 (0: keep all), got {keep_versions}")
         self._state = state
         self._objects = objects
         self._default_pools = dict(default_pools or {})
         self.max_artifact_bytes = max_artifact_bytes
         self._retries = max(1, cas_retries)
         self._gc: ArtifactGC = artifact_gc
+        self.keep_versions = keep_versions
+        self._gc_batch = max(1, gc_batch)
         self._now = now
         self._rng = rng or random.Random()
+        threads = validate_threads if validate_threads > 0 else min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(
+            threads, thread_name_prefix="shoal-validate", initializer=_limit_native_threads
+        )
+        self._infos: OrderedDict[str, ArtifactInfo] = OrderedDict()
+        #: sha256 -> registrations between upload and commit (never garbage-collected).
+        self._inflight: Counter[str] = Counter()
+        #: One set per running GC scan: digests prepared while it runs (never collected).
+        self._gc_watch: list[set[str]] = []
+        self._gc_pending: set[str] = set()
         #: Lost compare-and-swaps (re-read and retried): a contention signal for metrics.
         self.conflicts = 0
+        #: Artifacts deleted by retention since start.
+        self.artifacts_deleted = 0
+
+    def close(self) -> None:
+        """Stop the validation pool (waits for loads already running)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -133,7 +222,8 @@ class Registry:
         """One page of models in key order (all tenants, or one), ``page_size`` <= 1000.
 
         The page token is the last key returned; pages are read at the latest revision, so a
-        model written between pages shows up if its key sorts after the token.
+        model written between pages shows up if its key sorts after the token. Memory per call
+        is one page, whatever the number of models.
         """
         prefix = MODELS + (f"{check_ident('tenant', tenant)}/" if tenant else "")
         size = DEFAULT_PAGE if page_size <= 0 else min(page_size, MAX_PAGE)
@@ -153,7 +243,12 @@ class Registry:
         ready = await self._prepare(spec, data, await self._read(tenant, name))
         if isinstance(ready, Registered):
             return ready
-        return await self._commit(ready)
+        try:
+            result = await self._commit(ready)
+        finally:
+            self._release(ready)
+        await self.flush_gc()
+        return result
 
     async def register_uri(self, spec: RegisterSpec, uri: str) -> Registered:
         """Register an object already in the store (a key, or a URL under the store's URL).
@@ -164,19 +259,23 @@ class Registry:
         return await self.register(spec, await self._fetch(uri))
 
     async def register_many(
-        self, items: Sequence[tuple[RegisterSpec, bytes | str]], concurrency: int = 8
+        self, items: Sequence[tuple[RegisterSpec, bytes | str]], concurrency: int = 16
     ) -> list[Registered | Exception]:
         """Register a batch of (spec, bytes or store URI); one outcome per item, in order.
 
         1. read the record of each distinct model once (concurrently);
-        2. hash, reuse-check, validate and upload each item, ``concurrency`` at a time;
+        2. hash, reuse-check, validate and upload each item, ``concurrency`` at a time
+           (validation itself is further bounded by the pool's threads);
         3. fold each model's new versions into its record (items in order, so two items with
-           the same bytes make one version) and write the records in transactions of up to
-           ``MAX_TXN_OPS`` models, each guarded by its own compare. When a transaction loses
-           (another writer touched one of its models), its items are committed one by one
-           with the usual retries instead.
+           the same bytes make one version), apply retention (``keep_versions``), and write
+           the records in transactions of up to ``MAX_TXN_OPS`` models and ``MAX_TXN_BYTES``,
+           each model guarded by its own compare. When a transaction loses (another writer
+           touched one of its models), its items are committed one by one with the usual
+           retries instead.
 
-        An item's failure (invalid artifact, store error) is its outcome; others go on.
+        An item's failure (invalid artifact, store error) is its outcome; others go on. If
+        the caller is cancelled midway, each transaction has either landed whole or not at
+        all, and every record written names an uploaded artifact.
         """
         out: list[Registered | Exception | None] = [None] * len(items)
         names: dict[int, tuple[str, str]] = {}
@@ -205,55 +304,76 @@ class Registry:
             else:
                 prepared[i] = ready
 
-        await asyncio.gather(*(prepare(i) for i in names))
-        by_model: dict[tuple[str, str], list[int]] = {}
-        for i in sorted(prepared):
-            by_model.setdefault(names[i], []).append(i)
-        models = list(by_model)
-        for lo in range(0, len(models), MAX_TXN_OPS):
-            await self._commit_chunk(
-                models[lo : lo + MAX_TXN_OPS], by_model, records, prepared, out
-            )
+        try:
+            await asyncio.gather(*(prepare(i) for i in names))
+            by_model: dict[tuple[str, str], list[int]] = {}
+            for i in sorted(prepared):
+                by_model.setdefault(names[i], []).append(i)
+            staged: list[tuple[tuple[str, str], _Staged]] = []
+            for m, idx in by_model.items():
+                try:
+                    staged.append((m, self._stage(m, records[m], [prepared[i] for i in idx], idx)))
+                except Exception as exc:
+                    for i in idx:
+                        out[i] = exc
+            for chunk in _chunks(staged):
+                await self._commit_chunk(chunk, by_model, prepared, out)
+        finally:
+            for p in prepared.values():
+                self._release(p)
+        if len(self._gc_pending) >= self._gc_batch:
+            await self.flush_gc()
         return [o if o is not None else RuntimeError("item not processed") for o in out]
+
+    def _stage(
+        self,
+        model: tuple[str, str],
+        old: ModelRecord | None,
+        items: list[_Prepared],
+        idx: list[int],
+    ) -> _Staged:
+        """Fold ``items`` into the model's record, then retention; raise if it grew too big."""
+        record = old or ModelRecord(*model)
+        outcomes: dict[int, tuple[int, bool]] = {}
+        for i, p in zip(idx, items, strict=True):
+            new, version, created = _add_version(record, p, self._now())
+            outcomes[i] = (version, created)
+            record = new or record
+        record, pruned = self._retain(record)
+        value = record.encode()
+        _check_record_size(record, value)
+        expect = old.mod_revision if old is not None else 0
+        return _Staged(model_key(*model), expect, record, value, outcomes, pruned)
 
     async def _commit_chunk(
         self,
-        chunk: list[tuple[str, str]],
+        chunk: list[tuple[tuple[str, str], _Staged]],
         by_model: dict[tuple[str, str], list[int]],
-        records: dict[tuple[str, str], ModelRecord | None],
         prepared: dict[int, _Prepared],
         out: list[Registered | Exception | None],
     ) -> None:
-        compares, puts = [], []
-        staged: dict[tuple[str, str], tuple[ModelRecord, dict[int, tuple[int, bool]]]] = {}
-        for m in chunk:
-            old = records[m]
-            record = old or ModelRecord(*m)
-            outcomes: dict[int, tuple[int, bool]] = {}
-            for i in by_model[m]:
-                new, version, created = _add_version(record, prepared[i], self._now())
-                outcomes[i] = (version, created)
-                record = new or record
-            staged[m] = (record, outcomes)
-            key = model_key(*m)
-            compares.append(Compare(key, old.mod_revision if old is not None else 0))
-            puts.append(Put(key, record.encode()))
+        compares = [Compare(s.key, s.expect) for _, s in chunk]
+        puts = [Put(s.key, s.value) for _, s in chunk]
         try:
             res = await self._state.txn(compares, puts)
         except Exception as exc:
-            for m in chunk:
+            for m, _ in chunk:
                 for i in by_model[m]:
                     out[i] = exc
             return
         if res.succeeded:
-            for record, outcomes in staged.values():
-                written = record.with_revision(res.revision)
-                for i, (version, created) in outcomes.items():
+            for _, s in chunk:
+                written = s.record.with_revision(res.revision)
+                pruned = tuple(mv.version for mv in s.pruned)
+                for i, (version, created) in s.outcomes.items():
                     p = prepared[i]
-                    out[i] = Registered(p.tenant, p.name, version, created, p.info.sha256, written)
+                    out[i] = Registered(
+                        p.tenant, p.name, version, created, p.info.sha256, written, pruned
+                    )
+                self._queue_gc(written, s.pruned)
             return
         self.conflicts += 1
-        for m in chunk:
+        for m, _ in chunk:
             for i in by_model[m]:
                 try:
                     out[i] = await self._commit(prepared[i])
@@ -284,40 +404,108 @@ class Registry:
                 raise InvalidArgument(f"label {k!r}={v!r}: labels are non-empty string pairs")
         return tenant, name
 
+    async def _hash(self, data: bytes) -> str:
+        if len(data) <= _INLINE_HASH_BYTES:
+            return sha256_hex(data)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, sha256_hex, data)
+
+    async def _validate(self, data: bytes, digest: str, framework: str) -> ArtifactInfo:
+        """``inspect_artifact`` on the pool, or its cached answer for these exact bytes.
+
+        The cache is used only when no framework was asked for or it matches, so every error
+        message (unknown framework, mismatch) still comes from ``inspect_artifact``.
+        """
+        info = self._infos.get(digest)
+        if info is not None and framework in ("", info.framework):
+            self._infos.move_to_end(digest)
+            return info
+        info = await asyncio.get_running_loop().run_in_executor(
+            self._pool, inspect_artifact, data, framework or None
+        )
+        self._infos[digest] = info
+        while len(self._infos) > _INFO_CACHE:
+            self._infos.popitem(last=False)
+        return info
+
     async def _prepare(
         self, spec: RegisterSpec, data: bytes, current: ModelRecord | None
     ) -> Registered | _Prepared:
-        """Steps 1-3 of registration: the existing version, or a validated, uploaded one."""
+        """Steps 1-3 of registration: the existing version, or a validated, uploaded one.
+
+        A returned ``_Prepared`` holds its digest in ``_inflight`` (safe from GC) until the
+        caller passes it to ``_release``.
+        """
         tenant, name = self._check_spec(spec)
         if len(data) > self.max_artifact_bytes:
             raise TooLarge(
                 f"artifact is {len(data)} bytes, over the limit of {self.max_artifact_bytes}"
             )
-        digest = sha256_hex(data)
+        digest = await self._hash(data)
         if spec.sha256 and spec.sha256.lower() != digest:
             raise InvalidArgument(f"artifact sha256 is {digest}, expected {spec.sha256}")
         if current is not None and (hit := _version_with_sha(current, digest)) is not None:
             return Registered(tenant, name, hit.version, False, digest, current)
-        info = await asyncio.to_thread(inspect_artifact, data, spec.framework or None)
+        info = await self._validate(data, digest, spec.framework)
         pool = spec.pool or self._default_pools.get(info.framework) or DEFAULT_POOL
         check_ident("pool", pool)
-        key, _ = await self._objects.put_artifact(digest, data)
+        self._inflight[digest] += 1
+        for watch in self._gc_watch:
+            watch.add(digest)
+        try:
+            key, _ = await self._objects.put_artifact(digest, data)
+        except BaseException:
+            self._inflight[digest] -= 1
+            if self._inflight[digest] <= 0:
+                del self._inflight[digest]
+            raise
         return _Prepared(spec, tenant, name, info, key, pool)
+
+    def _release(self, p: _Prepared) -> None:
+        sha = p.info.sha256
+        self._inflight[sha] -= 1
+        if self._inflight[sha] <= 0:
+            del self._inflight[sha]
 
     async def _commit(self, p: _Prepared) -> Registered:
         """Step 4 of registration, alone: CAS the new version into the record (retried)."""
         outcome: list[tuple[int, bool]] = []
+        pruned: list[ModelVersion] = []
 
         def mutate(current: ModelRecord | None) -> ModelRecord | None:
             new, version, created = _add_version(
                 current or ModelRecord(p.tenant, p.name), p, self._now()
             )
             outcome[:] = [(version, created)]
+            pruned.clear()
+            if new is None:
+                return None
+            new, doomed = self._retain(new)
+            pruned[:] = doomed
             return new
 
         record = await self._update(p.tenant, p.name, mutate)
         version, created = outcome[0]
-        return Registered(p.tenant, p.name, version, created, p.info.sha256, record)
+        self._queue_gc(record, pruned)
+        return Registered(
+            p.tenant,
+            p.name,
+            version,
+            created,
+            p.info.sha256,
+            record,
+            tuple(mv.version for mv in pruned),
+        )
+
+    def _retain(self, record: ModelRecord) -> tuple[ModelRecord, list[ModelVersion]]:
+        """Apply ``keep_versions`` (0: keep all): (record after, versions it drops)."""
+        if self.keep_versions <= 0 or len(record.versions) <= self.keep_versions:
+            return record, []
+        victims = rules.retention_victims(record, self.keep_versions)
+        if not victims:
+            return record, []
+        doomed = [record.versions[v] for v in victims]
+        kept = {v: mv for v, mv in record.versions.items() if v not in victims}
+        return replace(record, versions=kept), doomed
 
     # --- routing state --------------------------------------------------------------------
 
@@ -368,22 +556,58 @@ class Registry:
             return replace(record, versions=kept)
 
         record = await self._update(tenant, name, mutate)
-        await self._collect_artifacts(record, doomed)
+        self._queue_gc(record, doomed)
+        await self.flush_gc()
         return [mv.version for mv in doomed], record
 
-    async def _collect_artifacts(self, record: ModelRecord, doomed: list[ModelVersion]) -> None:
+    # --- artifact garbage collection ------------------------------------------------------
+
+    def _queue_gc(self, record: ModelRecord, doomed: Sequence[ModelVersion]) -> None:
+        """Queue the artifacts of ``doomed`` versions that ``record`` itself no longer names."""
         if self._gc == "off" or not doomed:
             return
-        candidates = {mv.sha256 for mv in doomed} - {mv.sha256 for mv in record.versions.values()}
-        if self._gc == "cluster" and candidates:
-            async for kv, _ in iter_prefix(self._state, MODELS):
-                other = ModelRecord.decode(kv.value)
-                candidates -= {mv.sha256 for mv in other.versions.values()}
-                if not candidates:
-                    break
-        for sha in sorted(candidates):
-            await self._objects.delete(artifact_key(sha))
+        still = {mv.sha256 for mv in record.versions.values()}
+        self._gc_pending |= {mv.sha256 for mv in doomed} - still
+
+    async def flush_gc(self) -> int:
+        """Delete the queued artifacts no record names any more; return how many were deleted.
+
+        ``"model"`` mode trusts the queue (built from the trimmed model alone); ``"cluster"``
+        first scans every record once for the whole queue. Digests held by registrations in
+        flight, or prepared while the scan ran, stay queued for the next flush. A store error
+        leaves the rest queued and is raised.
+        """
+        if self._gc == "off" or not self._gc_pending:
+            self._gc_pending.clear()
+            return 0
+        candidates, self._gc_pending = self._gc_pending, set()
+        watch: set[str] = set()
+        self._gc_watch.append(watch)
+        try:
+            if self._gc == "cluster":
+                async for kv, _ in iter_prefix(self._state, MODELS):
+                    candidates.difference_update(m.decode() for m in _SHA_FIELD.findall(kv.value))
+                    if not candidates:
+                        break
+        except BaseException:
+            self._gc_pending |= candidates
+            raise
+        finally:
+            self._gc_watch.remove(watch)
+        busy = {sha for sha in candidates if sha in watch or sha in self._inflight}
+        self._gc_pending |= busy
+        deleted = 0
+        todo = sorted(candidates - busy)
+        for n, sha in enumerate(todo):
+            try:
+                await self._objects.delete(artifact_key(sha))
+            except BaseException:
+                self._gc_pending.update(todo[n:])
+                raise
+            deleted += 1
             log.info("deleted artifact %s (no version references it)", sha)
+        self.artifacts_deleted += deleted
+        return deleted
 
     # --- compare-and-swap core ------------------------------------------------------------
 
@@ -408,7 +632,8 @@ class Registry:
         """Read, ``mutate`` (None: nothing to write), compare-and-swap; retry on conflict.
 
         ``mutate`` may run several times and must be pure apart from resetting what it
-        reports. Raises ``Aborted`` after ``cas_retries`` lost races.
+        reports. Raises ``Aborted`` after ``cas_retries`` lost races, ``TooLarge`` when the
+        record would exceed ``MAX_RECORD_BYTES``.
         """
         key = model_key(check_ident("tenant", tenant), check_ident("model name", name))
         for attempt in range(self._retries):
@@ -417,8 +642,10 @@ class Registry:
             new = mutate(current)
             if new is None:
                 return self._exists(current, tenant, name)
+            value = new.encode()
+            _check_record_size(new, value)
             expect = kv.mod_revision if kv is not None else 0
-            res = await self._state.txn([Compare(key, expect)], [Put(key, new.encode())])
+            res = await self._state.txn([Compare(key, expect)], [Put(key, value)])
             if res.succeeded:
                 return new.with_revision(res.revision)
             self.conflicts += 1
@@ -440,6 +667,34 @@ class _Prepared:
     info: ArtifactInfo
     key: str
     pool: str
+
+
+def _chunks(
+    staged: list[tuple[tuple[str, str], _Staged]],
+) -> list[list[tuple[tuple[str, str], _Staged]]]:
+    """Split staged records into transactions within ``MAX_TXN_OPS`` and ``MAX_TXN_BYTES``."""
+    out: list[list[tuple[tuple[str, str], _Staged]]] = []
+    chunk: list[tuple[tuple[str, str], _Staged]] = []
+    size = 0
+    for item in staged:
+        n = len(item[1].value) + len(item[1].key)
+        if chunk and (len(chunk) == MAX_TXN_OPS or size + n > MAX_TXN_BYTES):
+            out.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += n
+    if chunk:
+        out.append(chunk)
+    return out
+
+
+def _check_record_size(record: ModelRecord, value: bytes) -> None:
+    if len(value) > MAX_RECORD_BYTES:
+        raise TooLarge(
+            f"model {record.full_name} would have a {len(value)}-byte record "
+            f"({len(record.versions)} versions), over the limit of {MAX_RECORD_BYTES}: "
+            "delete old versions (shoal models prune, or the keep_versions setting)"
+        )
 
 
 def _add_version(

@@ -86,6 +86,7 @@ class PlacementService:
         self._store: EtcdStore | None = None
         self._server: grpc.aio.Server | None = None
         self._workers: WorkerAdminClient | None = None
+        self._registry: Registry | None = None
         self._election: LeaderElection | None = None
         self._lead_task: asyncio.Task[None] | None = None
         self.cluster: ClusterConfig | None = None
@@ -108,8 +109,12 @@ class PlacementService:
             max_artifact_bytes=s.max_artifact_bytes,
             cas_retries=s.cas_retries,
             artifact_gc=_gc_mode(s.artifact_gc),
+            keep_versions=s.keep_versions,
+            validate_threads=s.validate_threads,
+            gc_batch=s.gc_batch,
             now=self._now,
         )
+        self._registry = registry
         self._workers = WorkerAdminClient(s)
         servicer = ControlService(
             registry, store, self._workers, s.warm_timeout_s, s.stats_timeout_s
@@ -207,6 +212,9 @@ class PlacementService:
             self._server = None
         if self._workers is not None:
             await self._workers.close()
+        if self._registry is not None:
+            self._registry.close()  # after the server: no registration is running any more
+            self._registry = None
         if self._admin_keys is not None:
             await self._admin_keys.stop()
         self.metrics.close()

@@ -27,6 +27,13 @@ class PlacementSettings(CommonSettings):
     pool_xgboost: str = doc("default pool of XGBoost versions", DEFAULT_POOL)
     pool_lightgbm: str = doc("default pool of LightGBM versions", DEFAULT_POOL)
     pool_onnx: str = doc("default pool of ONNX versions", DEFAULT_POOL)
+    keep_versions: int = doc(
+        "retention after each registration: keep the newest N versions per model (0: all)", 0
+    )
+    validate_threads: int = doc(
+        "threads that validate (load) artifacts during registration (0: min(4, cores))", 0
+    )
+    gc_batch: int = doc("artifacts queued by retention before one cluster-wide GC scan", 4096)
     warm_timeout_s: float = doc("default deadline of a --wait-loaded warm-up per member", 60.0)
     stats_timeout_s: float = doc("deadline of a worker Stats call when listing workers", 0.5)
     hot_rate: float = doc("requests/s above which a tenant's shard grows (0: never)", 200.0)
