@@ -13,7 +13,8 @@ pool of ``config.workers`` workers, routes each model to its primary member
    bytes and traffic that move, beside ``k/(N+1)`` and ``k/N``;
 4. cache (``CacheFigures``): exact LRU hit rates (``simulate_cache``) of each worker's request
    stream under the byte budget, the hit-rate-vs-budget curve, and the budget needed for target
-   hit rates.
+   hit rates; beside them the steady state under independent requests (Che's approximation),
+   which a finite trace cannot reach when most models are requested only a few times in it.
 
 Failure modes: ``InputError`` for an unusable configuration (k > N, a tenant pinned to no worker
 of the pool). Memory is about 100 bytes per request plus ~200 bytes per model; 1M models and
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from placement.shard import Placement, Pool, shard_matrix, tenant_hashes
-from placement.simulate_cache import COLD, stack_distances
+from placement.simulate_cache import COLD, CheTable, stack_distances
 from placement.simulate_inputs import Fleet, InputError, Traffic, synthetic_members
 from placement.simulate_route import primary_index
 from placement.simulate_stats import BlastRadius, Spread, Versus, blast_radius, new_members
@@ -243,8 +244,22 @@ class CurvePoint:
 
 
 @dataclass(frozen=True)
+class SteadyState:
+    """Long-run LRU figures under independent requests with the simulated popularity (Che's
+    approximation, ``simulate_cache.CheTable``): what a long-running fleet converges to, free
+    of the first-request misses that cap a finite trace. Same curve budgets as the replay."""
+
+    hit_rate: float
+    worker_hit_rate: Spread
+    curve: list[CurvePoint]
+    budget_for: list[BudgetFor]
+    method: str = "Che's approximation, independent requests"
+
+
+@dataclass(frozen=True)
 class CacheFigures:
-    """LRU results. ``method``: how they were computed (exact, see ``simulate_cache``)."""
+    """LRU results: ``hit_rate``, ``curve`` and ``budget_for`` are the exact replay of the
+    request stream (``method``, see ``simulate_cache``); ``steady_state`` the long-run view."""
 
     budget_bytes: int
     requests: int
@@ -254,6 +269,7 @@ class CacheFigures:
     max_hit_rate: float  # with an unbounded budget: only first requests miss
     curve: list[CurvePoint]
     budget_for: list[BudgetFor]
+    steady_state: SteadyState
     method: str = "exact LRU replay per worker via byte stack distances"
 
 
@@ -387,9 +403,7 @@ def simulate(
     leave = _leave(pool, fleet, traffic, shards, hashes, overrides, primary, pidx, leaver)
 
     stages.start("cache")
-    cache, w_hit, w_measured = _cache(
-        traffic.requests, primary, fleet.sizes, n, config, stages.update
-    )
+    cache, w_hit, w_measured = _cache(traffic, primary, fleet.sizes, n, config, stages.update)
     with np.errstate(invalid="ignore", divide="ignore"):
         w_hitrate = np.where(w_measured > 0, w_hit / np.maximum(w_measured, 1), np.nan)
     w_miss = w_load * np.nan_to_num(1.0 - w_hitrate, nan=0.0)
@@ -565,10 +579,12 @@ def _movement(
 
 
 def _cache(
-    requests: np.ndarray, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
+    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
     progress: Callable[[float], None],
 ) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-worker streams (time order kept), their stack distances, and the figures."""
+    """Per-worker streams (time order kept), their stack distances, and the figures; then the
+    steady state from the popularity."""
+    requests = traffic.requests
     r = len(requests)
     worker = primary[requests]
     # A stable sort by worker keeps each stream in time order; small ints sort by radix.
@@ -591,6 +607,9 @@ def _cache(
     # budget is added as a point of its own.
     lo = max(1, int(sizes.min()))
     hi = max(int(finite[-1]) if len(finite) else lo, lo)
+    routed = np.bincount(primary[traffic.popularity > 0], weights=sizes[traffic.popularity > 0],
+                         minlength=n)  # fmt: skip
+    hi = max(hi, int(routed.max()))  # where the steady state holds everything it is asked for
     budgets = np.unique(
         np.append(np.geomspace(lo, hi, config.curve_points).astype(np.int64), config.budget_bytes)
     )
@@ -614,6 +633,18 @@ def _cache(
             need = _quantile_budget(dw[dw != COLD], len(dw), target, presorted=False)
             worst = None if need is None or worst is None else max(worst, need)
         budget_for.append(BudgetFor(target, overall, worst))
+    progress(0.95)
+    che = CheTable(primary, traffic.popularity, sizes, n)
+    steady_targets = []
+    for target in config.targets:
+        overall_b, every_b = che.budget_for(target)
+        steady_targets.append(BudgetFor(target, _ceil_or_none(overall_b), _ceil_or_none(every_b)))
+    steady = SteadyState(
+        hit_rate=che.hit_rate_at(config.budget_bytes),
+        worker_hit_rate=Spread.of(che.worker_hit_rates(config.budget_bytes)),
+        curve=[CurvePoint(p.budget_bytes, che.hit_rate_at(p.budget_bytes)) for p in curve],
+        budget_for=steady_targets,
+    )
     progress(1.0)
     figures = CacheFigures(
         budget_bytes=config.budget_bytes,
@@ -624,8 +655,13 @@ def _cache(
         max_hit_rate=max_hit,
         curve=curve,
         budget_for=budget_for,
+        steady_state=steady,
     )
     return figures, w_hit, w_measured
+
+
+def _ceil_or_none(x: float) -> int | None:
+    return None if math.isinf(x) or math.isnan(x) else math.ceil(x)
 
 
 def _quantile_budget(

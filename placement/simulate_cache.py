@@ -33,6 +33,8 @@ O(R log R) sort to find ``prev``/``next``; memory O(R) (about 100 bytes per requ
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Stack distance of a request with no earlier request for its item in its stream (cold miss).
@@ -171,3 +173,89 @@ def _weighted_inversions(groups: np.ndarray, values: np.ndarray, weights: np.nda
 def hits_at(distances: np.ndarray, budget: int) -> np.ndarray:
     """Boolean ``[R]``: which requests hit an LRU cache of ``budget`` bytes."""
     return (distances >= 0) & (distances <= budget)
+
+
+# --- steady state under independent requests (Che's approximation) ---------------------------
+
+
+class CheTable:
+    """Steady-state LRU hit rates per worker under independent requests, by Che's approximation.
+
+    Each worker's cache sees its models' requests as independent Poisson streams of rates
+    ``rate[m]``; an LRU cache of ``B`` bytes then behaves as if every model stayed for a
+    characteristic time ``T`` after its last request, with ``sum_m size[m] (1 - exp(-rate[m] T))
+    = B`` and hit rate ``sum_m rate[m] (1 - exp(-rate[m] T)) / sum_m rate[m]``. Both sides are
+    increasing in ``T``, so one sweep of ``points`` log-spaced ``T`` values per worker tabulates
+    (bytes, hit rate) pairs, and any budget is answered by interpolation. Che's approximation is
+    known to be accurate for LRU under independent requests (within a percent or two for
+    Zipf-like popularity; tests/placement/test_simulate.py checks it against the exact replay);
+    it ignores temporal locality, which a replayed trace may have. Cost: O(points x models).
+    """
+
+    def __init__(
+        self,
+        worker: np.ndarray,
+        rate: np.ndarray,
+        sizes: np.ndarray,
+        n_workers: int,
+        points: int = 80,
+    ) -> None:
+        lam = np.asarray(rate, dtype=np.float64)
+        pos = lam > 0
+        w = np.asarray(worker)
+        hi_rate = np.zeros(n_workers)
+        np.maximum.at(hi_rate, w[pos], lam[pos])
+        lo_rate = np.full(n_workers, np.inf)
+        np.minimum.at(lo_rate, w[pos], lam[pos])
+        busy = hi_rate > 0
+        # From "the hottest model is rarely resident" to "every model is almost always resident".
+        t_lo = np.where(busy, 1e-3 / np.where(busy, hi_rate, 1.0), 1.0)
+        t_hi = np.where(busy, 50.0 / np.where(busy, lo_rate, 1.0), 1.0)
+        steps = np.linspace(0.0, 1.0, points)[None, :]
+        self.times = np.exp(np.log(t_lo)[:, None] + np.log(t_hi / t_lo)[:, None] * steps)
+        self.bytes = np.zeros((n_workers, points))
+        hits = np.zeros((n_workers, points))
+        s = np.asarray(sizes, dtype=np.float64)
+        for g in range(points):
+            resident = -np.expm1(-lam * self.times[w, g])
+            self.bytes[:, g] = np.bincount(w, weights=s * resident, minlength=n_workers)
+            hits[:, g] = np.bincount(w, weights=lam * resident, minlength=n_workers)
+        self.load = np.bincount(w, weights=lam, minlength=n_workers)
+        self.full = np.bincount(w[pos], weights=s[pos], minlength=n_workers)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.hit_rate = np.where(self.load[:, None] > 0, hits / self.load[:, None], np.nan)
+
+    def worker_hit_rates(self, budget: float) -> np.ndarray:
+        """Hit rate of each worker with ``budget`` bytes (NaN for a worker with no requests)."""
+        out = np.full(len(self.load), np.nan)
+        for i in np.flatnonzero(self.load > 0).tolist():
+            if budget >= self.full[i]:
+                out[i] = 1.0  # everything it is asked for fits: only first requests miss
+            else:
+                out[i] = np.interp(budget, self.bytes[i], self.hit_rate[i], left=0.0)
+        return out
+
+    def hit_rate_at(self, budget: float) -> float:
+        """Pool-wide hit rate (each worker weighted by its request rate)."""
+        h = self.worker_hit_rates(budget)
+        busy = self.load > 0
+        return float((h[busy] * self.load[busy]).sum() / self.load[busy].sum())
+
+    def budget_for(self, target: float) -> tuple[float, float]:
+        """(pool-wide, every-worker) budgets reaching ``target`` (inf when target > 1)."""
+        if target > 1:
+            return math.inf, math.inf
+        busy = np.flatnonzero(self.load > 0)
+        every = 0.0
+        for i in busy.tolist():
+            h = self.hit_rate[i]
+            need = self.full[i] if target >= h[-1] else np.interp(target, h, self.bytes[i])
+            every = max(every, float(need))
+        lo, hi = 0.0, float(self.full.max())
+        for _ in range(60):  # bisection: the pool-wide rate is increasing in the budget
+            mid = (lo + hi) / 2
+            if self.hit_rate_at(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi, every

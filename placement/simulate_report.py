@@ -135,11 +135,22 @@ def render_table(report: Report) -> str:
             f"  budget per worker for {t.target:.0%} hits: {_budget(t.overall)} pool-wide, "
             f"{_budget(t.every_worker)} on every worker"
         )
+    ss = c.steady_state
+    lines += [
+        f"  steady state ({ss.method}): hit rate {_pct(ss.hit_rate)} with "
+        f"{human_bytes(c.budget_bytes)} per worker (worst worker {_pct(ss.worker_hit_rate.min)})",
+    ]
+    for t in ss.budget_for:
+        lines.append(
+            f"  steady-state budget per worker for {t.target:.0%} hits: {_budget(t.overall)} "
+            f"pool-wide, {_budget(t.every_worker)} on every worker"
+        )
     step = max(1, len(c.curve) // 10)
-    pts = c.curve[::step]
-    lines.append(
-        "  curve: " + ", ".join(f"{human_bytes(p.budget_bytes)} {_pct(p.hit_rate)}" for p in pts)
-    )
+    lines.append(f"  {'budget':>12}{'replay':>10}{'steady':>10}")
+    for p, q in list(zip(c.curve, ss.curve, strict=True))[::step]:
+        lines.append(
+            f"  {human_bytes(p.budget_bytes):>12}{_pct(p.hit_rate):>10}{_pct(q.hit_rate):>10}"
+        )
     if report.timings_s:
         total = sum(report.timings_s.values())
         parts = ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items())
@@ -178,7 +189,11 @@ def write_plot(report: Report, path: Path) -> None:
     ax1.set_title(f"Per-worker load, max/mean {report.workers.load_rps.max_over_mean:.2f}")
     ax1.legend()
     c = report.cache
-    ax2.plot([p.budget_bytes for p in c.curve], [p.hit_rate for p in c.curve], marker=".")
+    ax2.plot([p.budget_bytes for p in c.curve], [p.hit_rate for p in c.curve], marker=".",
+             label="replay (exact LRU)")  # fmt: skip
+    ss = c.steady_state.curve
+    ax2.plot([p.budget_bytes for p in ss], [p.hit_rate for p in ss], linestyle=":",
+             label="steady state (Che)")  # fmt: skip
     ax2.set_xscale("log")
     ax2.axvline(c.budget_bytes, color="tab:red", linestyle="--", label="budget")
     for t in c.budget_for:
@@ -186,7 +201,7 @@ def write_plot(report: Report, path: Path) -> None:
     ax2.set_xlabel("cache budget per worker (bytes)")
     ax2.set_ylabel("LRU hit rate")
     ax2.set_ylim(0, 1)
-    ax2.set_title("Hit rate vs budget (exact LRU)")
+    ax2.set_title("Hit rate vs budget per worker")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)

@@ -429,3 +429,20 @@ def test_traffic_shape_is_checked() -> None:
     with pytest.raises(InputError):
         zipf_traffic(fleet, -1.0, 10, 1.0, rng)
     assert isinstance(zipf_traffic(fleet, 0.0, 10, 1.0, rng), Traffic)
+
+
+def test_steady_state_che_agrees_with_the_exact_replay_of_a_long_trace() -> None:
+    """Che's approximation (the steady-state view) against the exact replay, where the trace
+    is long enough (~200 requests per model) for first-request misses to be negligible."""
+    rng = np.random.default_rng(5)
+    fleet = synthetic_fleet(2000, SizeModel(100_000, 0.8), rng)
+    traffic = zipf_traffic(fleet, 0.9, 400_000, 1000.0, rng)
+    config = SimConfig(workers=4, shard_size=2, budget_bytes=8 << 20, warmup=0.5, pairs=100)
+    cache = simulate(fleet, traffic, config).cache
+    assert cache.steady_state.hit_rate == pytest.approx(cache.hit_rate, abs=0.015)
+    for exact, che in zip(cache.curve, cache.steady_state.curve, strict=True):
+        assert exact.budget_bytes == che.budget_bytes
+        assert che.hit_rate == pytest.approx(exact.hit_rate, abs=0.02)
+    for need in cache.steady_state.budget_for:
+        assert need.overall is not None and need.every_worker is not None
+        assert need.overall <= need.every_worker
