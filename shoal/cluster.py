@@ -103,6 +103,7 @@ class LocalCluster:
         self.etcd_url = etcd_url
         self.store = store or (self.data_dir / "objects").as_uri()
         self.placement: Role | None = None
+        self.standbys: list[Role] = []
         self.workers: list[Role] = []
         self.router: Role | None = None
         self._next_worker = 0
@@ -174,10 +175,25 @@ class LocalCluster:
             SHOAL_CONTROL_PORT=str(self.control_port),
             SHOAL_SHARD_SIZE=str(self.shard_size),
             SHOAL_DATA_DIR=str(self.data_dir),
+            SHOAL_INSTANCE_ID="placement-0",
         )
         proc = self._spawn("placement", _shoal_cmd("placement"), env)
         self.placement = Role("placement", proc, self._banner(proc, "control", timeout))
         return self.placement
+
+    def add_placement(self, timeout: float = 60.0) -> Role:
+        """Start one more placement instance (a standby while another leads)."""
+        n = len(self.standbys) + 1
+        env = self._env(
+            SHOAL_CONTROL_PORT="0",
+            SHOAL_SHARD_SIZE=str(self.shard_size),
+            SHOAL_DATA_DIR=str(self.data_dir),
+            SHOAL_INSTANCE_ID=f"placement-{n}",
+        )
+        proc = self._spawn(f"placement-{n}", _shoal_cmd("placement"), env)
+        role = Role(f"placement-{n}", proc, self._banner(proc, "control", timeout))
+        self.standbys.append(role)
+        return role
 
     def add_worker(self, timeout: float = 60.0, wait_in_snapshot: bool = True) -> Role:
         i = self._next_worker
@@ -239,6 +255,7 @@ class LocalCluster:
             "pids": {
                 **({"etcd": self.etcd.proc.pid} if self.etcd and self.etcd.proc else {}),
                 **({"placement": self.placement.proc.pid} if self.placement else {}),
+                **{p.name: p.proc.pid for p in self.standbys},
                 **{w.name: w.proc.pid for w in self.workers},
                 **({"router": self.router.proc.pid} if self.router else {}),
             },
@@ -258,7 +275,8 @@ class LocalCluster:
             self.router.proc.stop(grace)
         for w in self.workers:
             w.proc.stop(grace)
-        if self.placement:
-            self.placement.proc.stop(grace)
+        for p in [self.placement, *self.standbys]:
+            if p is not None:
+                p.proc.stop(grace)
         if self.etcd:
             self.etcd.stop(grace)

@@ -115,6 +115,9 @@ class LocalSeaweedS3:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.s3_port = free_port()
+        # Chosen once, so a stopped server restarts on the same ports with the same data.
+        self._ports = {name: free_port() for name in ("master", "volume", "filer")}
+        self._grpc_ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         self.proc: ManagedProcess | None = None
 
     @property
@@ -123,8 +126,7 @@ class LocalSeaweedS3:
 
     def start(self, timeout: float = 60.0) -> LocalSeaweedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
-        grpc_ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        ports, grpc_ports = self._ports, self._grpc_ports
         self.proc = ManagedProcess(
             [
                 find_binary("weed"),
@@ -141,6 +143,11 @@ class LocalSeaweedS3:
                 "-s3",
                 f"-s3.port={self.s3_port}",
                 f"-s3.port.grpc={grpc_ports['s3']}",
+                # Side servers on fixed default ports would collide between instances.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                # No traffic beyond loopback: never report usage statistics.
+                "-master.telemetry=false",
                 "-master.volumeSizeLimitMB=64",
                 "-volume.max=8",
                 "-metricsPort=0",
