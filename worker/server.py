@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import grpc
 from prometheus_client import start_http_server
 
+from shoal import tls
 from shoal.etcd import EtcdStore
 from shoal.objstore import ObjectStore
 from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
@@ -145,7 +146,7 @@ class WorkerServer:
         )
         server.add_generic_rpc_handlers((inference_handler(dp, self.edge, lambda: self.ready),))
         cpb_grpc.add_WorkerAdminServicer_to_server(AdminServicer(dp, self.edge, self.stats), server)
-        port = server.add_insecure_port(f"{s.host}:{s.port}")
+        port = tls.add_port(server, f"{s.host}:{s.port}", s)  # TLS/mTLS when configured
         if port == 0:
             raise OSError(f"cannot bind {s.host}:{s.port}")
         await server.start()
@@ -271,6 +272,8 @@ async def serve(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
     try:
         await worker.start()
         print(f"worker: {worker.address}", file=out, flush=True)
+        if worker.metrics_address:
+            print(f"metrics: {worker.metrics_address}", file=out, flush=True)
         log.info(
             "worker %s (%s, pool %s) serving on %s, metrics on %s",
             worker.worker_id,

@@ -13,6 +13,8 @@ import pytest
 from worker_harness import Client, WorkerProc, put_model
 
 from shoal.cluster import etcd_get
+from shoal.devservers import LocalEtcd
+from shoal.etcd import EtcdStore
 from shoal.procs import wait_until
 from shoal.settings import CommonSettings
 from worker.device import cuda_devices, onnx_cuda_available
@@ -148,3 +150,47 @@ async def test_onnx_runs_on_cuda_and_demotes_to_host(
             np.testing.assert_allclose(got, want, rtol=1e-4)
     finally:
         w.stop()
+
+
+async def test_keeps_serving_through_an_etcd_outage_and_registers_again(
+    tmp_path: Path, model_bytes: dict[str, Any]
+) -> None:
+    # A private etcd (the session one must stay up), restarted on the same ports and data.
+    etcd = LocalEtcd(tmp_path / "etcd").start()
+    w: WorkerProc | None = None
+    try:
+        w = start_worker(etcd.url, tmp_path, {"SHOAL_LEASE_TTL": "2"})
+        await put_model(etcd.url, w.store_url, "outage", "m", model_bytes["xgboost-json"])
+        x = model_bytes["x"][:3]
+        async with EtcdStore(etcd.url) as s:
+            first = await s.get(w.key)
+        assert first is not None and first.lease
+        async with Client(w.address) as c:
+            before = await c.infer("outage/m", x, "1")
+            etcd.kill()
+            # Cached record and resident model: predictions go on without etcd.
+            np.testing.assert_array_equal(await c.infer("outage/m", x, "1"), before)
+        # Down for longer than the TTL: the lease is gone; once etcd is back the worker
+        # registers again under a new lease.
+        restarted = LocalEtcd(tmp_path / "etcd", etcd.client_port, etcd.peer_port)
+        wait_until(lambda: "registering again" in w.log_tail(), 30, 0.05, "the lease to be lost")
+        etcd = restarted.start()
+
+        async def registered_again() -> bool:
+            # etcd restores the old lease on restart (it then expires): wait for a new one.
+            async with EtcdStore(etcd.url) as s:
+                kv = await s.get(w.key)
+            return kv is not None and kv.lease != first.lease
+
+        for _ in range(600):
+            if await registered_again():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"the worker did not register again:\n{w.log_tail()}")
+        async with Client(w.address) as c:
+            np.testing.assert_array_equal(await c.infer("outage/m", x, "1"), before)
+    finally:
+        if w is not None:
+            w.stop()
+        etcd.stop()
