@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: python bench/bench_warm.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import figure, write_results
 from bench.config import BenchConfig, scratch, wait_for

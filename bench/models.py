@@ -56,3 +56,28 @@ def bench_models() -> dict[str, BenchModel]:
         name = info.signature.inputs[0].name if info.signature.inputs else TREE_INPUT
         out[key] = BenchModel(key, info.framework, info.format, data, info.sha256, name, row)
     return out
+
+
+def variants(key: str, n: int, seed: int = 1) -> list[bytes]:
+    """``n`` distinct artifacts of model ``key`` (distinct bytes, so distinct sha256 and no
+    sharing through the content-addressed store or disk cache): each is trained like
+    ``bench_models()[key]`` on its own seeded 90% sample of the rows."""
+    x, y = modelgen.dataset(real=True)
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(seed * 100_003 + i)
+        idx = np.sort(rng.choice(len(x), size=int(0.9 * len(x)), replace=False))
+        xs, ys = x[idx], y[idx]
+        if key == "xgb":
+            data = modelgen.train_xgboost(xs, ys, n_trees=XGB_TREES, depth=XGB_DEPTH, seed=SEED)
+        elif key == "lgbm":
+            data = modelgen.train_lightgbm(
+                xs, ys, n_trees=LGBM_TREES, leaves=LGBM_LEAVES, seed=SEED
+            )
+        elif key == "onnx":
+            data = modelgen.train_onnx_mlp(xs, ys, hidden=ONNX_HIDDEN, epochs=ONNX_EPOCHS,
+                                           seed=seed + i)  # fmt: skip
+        else:
+            raise ValueError(f"unknown bench model {key!r}")
+        out.append(data)
+    return out

@@ -10,7 +10,7 @@ worker's ``WorkerAdmin/Stats`` (resident bytes and models per tier).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,38 @@ class ShoalBench:
         with grpc.insecure_channel(self.control_address) as channel:
             resp = cgrpc.ControlStub(channel).Register(chunks(), timeout=120)
         return int(resp.version)
+
+    def bulk_register(
+        self,
+        items: Sequence[tuple[str, str, bytes | str]],
+        alias: str = "stable",
+        pool: str = "cpu",
+    ) -> list[int]:
+        """Register many small models on one ``BulkRegister`` stream; return their versions.
+
+        ``items`` are ``(tenant, name, data)``, where ``data`` is the artifact's bytes or, as a
+        ``str``, the key of an artifact already in the store. Raises on the first failed item.
+        """
+        from shoal.pb import shoal_control_pb2 as cpb
+        from shoal.pb import shoal_control_pb2_grpc as cgrpc
+
+        def stream() -> Iterator[Any]:
+            for seq, (tenant, name, data) in enumerate(items):
+                header = cpb.RegisterHeader(tenant=tenant, name=name, alias=alias, pool=pool)
+                if isinstance(data, str):
+                    header.uri = data
+                    yield cpb.BulkRegisterItem(seq=seq, header=header)
+                else:
+                    yield cpb.BulkRegisterItem(seq=seq, header=header, data=data)
+
+        versions = [0] * len(items)
+        with grpc.insecure_channel(self.control_address) as channel:
+            for res in cgrpc.ControlStub(channel).BulkRegister(stream(), timeout=600):
+                if not res.ok:
+                    tenant, name, _ = items[res.seq]
+                    raise RuntimeError(f"registering {tenant}/{name}: {res.code}: {res.error}")
+                versions[res.seq] = int(res.result.version)
+        return versions
 
     def worker_stats(self, i: int = 0) -> Any:
         """``shoal.v1.WorkerAdmin/Stats`` of worker ``i`` (a ``WorkerStatus`` message)."""

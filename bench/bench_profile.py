@@ -1,0 +1,111 @@
+"""Profiles (issue 8, item 6): py-spy on the router and on a worker under the warm-path load.
+
+What is recorded: a one-worker Shoal cluster (as in ``bench_warm``) serving the 100-tree
+XGBoost model (``BENCH_PROFILE_MODEL``) is driven by h2load at concurrency 32
+(``BENCH_PROFILE_CONCURRENCY``) through the router; after one second of warm-up, ``py-spy
+record --nonblocking`` samples the router and the worker at 100 Hz for
+``BENCH_PROFILE_DURATION`` seconds. For each process it saves a flame graph (``.svg``) and a
+speedscope profile (``.speedscope.json``) beside the results, named
+``<date>-<commit>-profile-<process>.*``, and summarises the top frames (self time, and
+inclusive time of Shoal's own functions) in the results' markdown.
+
+The req/s printed here was measured *while profiling* and is context, not a benchmark figure.
+Run alone: ``.venv/bin/python -m bench.bench_profile``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python bench/bench_profile.py
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import context, figure, results_dir, write_results
+from bench.config import BenchConfig, scratch, wait_for
+from bench.loadgen import Load, LoadResult, run_load
+from bench.models import bench_models
+from bench.pyspy import Recorder, ensure_pyspy, summarise, summary_markdown
+from bench.shoal_harness import ShoalBench
+from bench.wire import infer_once, infer_request
+
+TENANT = "bench"
+WORKER_ENV = {"SHOAL_DEVICE": "cpu", "SHOAL_HOST_BUDGET": "1GiB"}
+WARMUP_S = 1.0
+
+
+def main() -> int:
+    cfg = BenchConfig.from_env()
+    key = os.environ.get("BENCH_PROFILE_MODEL", "xgb")
+    conc = int(os.environ.get("BENCH_PROFILE_CONCURRENCY", "32"))
+    m = bench_models()[key]
+    ensure_pyspy()  # before any load starts: a first install takes a while
+    ctx = context()
+    out_dir = results_dir()
+    stem = f"{ctx['date'][:10]}-{ctx['commit']}-profile"
+    figs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"config": cfg.as_dict(), "model": key, "concurrency": conc}
+    with scratch("profile", cfg.keep) as tmp:
+        sb = ShoalBench(tmp / "shoal", workers=1, shard_size=1, worker_env=WORKER_ENV).start()
+        try:
+            sb.register(TENANT, key, m.data)
+            body = infer_request(f"{TENANT}/{key}", m.row, m.input_name)
+            wait_for("model through the router", partial(infer_once, sb.router_address, body))
+            pids = {"router": sb.router_pid, "worker": sb.worker_pid()}
+            load = Load(conc, cfg.profile_duration_s + 2.0, WARMUP_S)
+            result: list[LoadResult] = []
+            driver = threading.Thread(
+                target=lambda: result.append(run_load(sb.router_address, body, load, pids))
+            )
+            driver.start()
+            # run_load makes a verification call and a short probe first; start sampling once
+            # the measured phase is under way.
+            threading.Event().wait(WARMUP_S + 1.5)
+            recorders = {
+                name: Recorder(pid, out_dir / f"{stem}-{name}", cfg.profile_duration_s).start()
+                for name, pid in pids.items()
+            }
+            ok = {name: r.wait(cfg.profile_duration_s + 60) for name, r in recorders.items()}
+            driver.join()
+        finally:
+            sb.stop()
+    res = result[0] if result else None
+    if res is not None:
+        print(f"  under profiling: {res.line()}", flush=True)
+        figs += [
+            figure(f"router {key} c={conc} while profiled: req/s", res.rps, "req/s"),
+            figure(f"router {key} c={conc} while profiled: p50", res.p50_ms, "ms"),
+            figure(f"router {key} c={conc} while profiled: p99", res.p99_ms, "ms"),
+        ]
+        for name, cpu in res.server_cpu_by.items():
+            per = cpu * 1e6 / max(res.requests, 1)
+            figs.append(figure(f"{name} CPU per request while profiled", per, "µs"))
+        extra["load"] = res.as_dict()
+    md = ["", "## Top frames", ""]
+    extra["profiles"] = {}
+    for name, r in recorders.items():
+        if not ok[name]:
+            md.append(f"py-spy failed on {name}: see {r.stem.name}.py-spy.log\n")
+            continue
+        s = summarise(r.speedscope)
+        extra["profiles"][name] = {"svg": r.svg.name, "speedscope": r.speedscope.name, **s}
+        figs.append(figure(f"{name}: py-spy samples", s["samples"], "samples"))
+        md.append(summary_markdown(name, s))
+        md.append(f"Flame graph: [{r.svg.name}]({r.svg.name}), speedscope: "
+                  f"[{r.speedscope.name}]({r.speedscope.name})\n")  # fmt: skip
+        print(f"  {name}: {s['samples']} samples; top self frames:", flush=True)
+        for row in s["self"][:6]:
+            print(f"    {row['share'] * 100:5.1f}%  {row['frame']}", flush=True)
+    path = write_results("profile", figs, extra)
+    with path.with_suffix(".md").open("a") as f:
+        f.write("\n".join(md))
+    print(f"wrote {path} and {path.with_suffix('.md').name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
