@@ -198,15 +198,21 @@ class CheTable:
         rate: np.ndarray,
         sizes: np.ndarray,
         n_workers: int,
-        points: int = 80,
+        points: int = 48,
     ) -> None:
         lam = np.asarray(rate, dtype=np.float64)
         pos = lam > 0
         w = np.asarray(worker)
+        # Per-worker extreme rates by sorting (ufunc.at is slow on millions of models).
         hi_rate = np.zeros(n_workers)
-        np.maximum.at(hi_rate, w[pos], lam[pos])
         lo_rate = np.full(n_workers, np.inf)
-        np.minimum.at(lo_rate, w[pos], lam[pos])
+        wp, lp = w[pos], lam[pos]
+        if len(wp):
+            order = np.argsort(wp, kind="stable")
+            wp, lp = wp[order], lp[order]
+            starts = np.flatnonzero(np.r_[True, wp[1:] != wp[:-1]])
+            hi_rate[wp[starts]] = np.maximum.reduceat(lp, starts)
+            lo_rate[wp[starts]] = np.minimum.reduceat(lp, starts)
         busy = hi_rate > 0
         # From "the hottest model is rarely resident" to "every model is almost always resident".
         t_lo = np.where(busy, 1e-3 / np.where(busy, hi_rate, 1.0), 1.0)
