@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,45 @@ def test_simulate_fails_with_one_line(
     assert main(["simulate", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("shoal: ") and message in err and "\n" not in err
+
+
+async def test_simulate_from_the_registry_in_etcd(etcd_url: str) -> None:
+    """Wiring: a real etcd holds the models, overrides, salt and published pool; the command
+    (a separate process, as users run it) simulates exactly that pool."""
+    from shoal.artifacts import Signature
+    from shoal.etcd import EtcdStore
+    from shoal.records import (
+        CLUSTER,
+        ClusterConfig,
+        Member,
+        ModelRecord,
+        ModelVersion,
+        PoolSnapshot,
+        TenantConfig,
+        model_key,
+        placement_key,
+        tenant_key,
+    )
+
+    async with EtcdStore(etcd_url) as store:
+        for i in range(200):
+            v = ModelVersion(1, f"file:///{i}", "lightgbm", "text", "cpu", "0" * 64,
+                             1000 + i, Signature((), ()))  # fmt: skip
+            rec = ModelRecord(f"t{i}", "churn", {1: v})
+            await store.put(model_key(rec.tenant, rec.name), rec.encode())
+        await store.put(tenant_key("t0"), TenantConfig("t0", shard_size=4).encode())
+        await store.put(CLUSTER, ClusterConfig(salt="cd" * 16).encode())
+        members = tuple(Member(f"w{i}", f"127.0.0.1:{9000 + i}") for i in range(6))
+        await store.put(placement_key("cpu"), PoolSnapshot("cpu", 1, members, 2).encode())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shoal.cli", "simulate", "--from-registry", "--etcd", etcd_url,
+        "--resident-factor", "lightgbm=2", "--requests", "5000", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    doc = json.loads(out)
+    assert doc["inputs"]["models"] == 200 and doc["inputs"]["workers"] == 6
+    assert doc["inputs"]["shard_size"] == 2 and doc["inputs"]["hot_tenants"] == 1
+    assert doc["inputs"]["model_bytes_total"] == 2 * sum(1000 + i for i in range(200))
+    assert {w["worker_id"] for w in doc["per_worker"]} == {m.worker_id for m in members}
