@@ -7,6 +7,7 @@ logged and answered INTERNAL. Every RPC is counted by method and code and timed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,9 @@ class Edge:
         code = Code.OK
         try:
             return await work()
+        except asyncio.CancelledError:  # the client went away or the server is stopping
+            code = Code.CANCELLED
+            raise
         except WorkerError as exc:
             code = exc.code
             await context.abort(GRPC_CODE[code], exc.message)
