@@ -29,7 +29,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -168,15 +168,10 @@ def hot_overrides(
         cur = out.get(name)
         if cur is not None and cur.members:
             continue
-        out[name] = TenantConfig(name, shard_size=kv) if cur is None else _with_size(cur, kv)
+        out[name] = (
+            TenantConfig(name, shard_size=kv) if cur is None else replace(cur, shard_size=kv)
+        )
     return out
-
-
-def _with_size(cfg: TenantConfig, k: int) -> TenantConfig:
-    return TenantConfig(
-        cfg.tenant, k, cfg.members, cfg.hot_until, cfg.key_hashes, cfg.rate_limit,
-        cfg.max_in_flight,
-    )  # fmt: skip
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -284,8 +279,8 @@ class Inputs:
     workers: int
     zones: int
     shard_size: int
-    hot_tenants: int
-    pinned_tenants: int
+    hot_tenants: int  # tenants with a shard size other than the pool's (hot rules, overrides)
+    pinned_tenants: int  # tenants with an explicit member list
     traffic: str
     requests: int
     rps: float

@@ -14,7 +14,8 @@ from placement.simulate_stats import Spread, Versus
 
 def to_jsonable(report: Report) -> dict[str, Any]:
     """The report as plain JSON types; NaN (no data, e.g. an idle worker's hit rate) -> null."""
-    return _clean(dataclasses.asdict(report))  # type: ignore[no-any-return]
+    doc: dict[str, Any] = _clean(dataclasses.asdict(report))
+    return doc
 
 
 def _clean(x: Any) -> Any:
