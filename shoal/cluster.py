@@ -195,10 +195,16 @@ class LocalCluster:
         self.standbys.append(role)
         return role
 
-    def add_worker(self, timeout: float = 60.0, wait_in_snapshot: bool = True) -> Role:
-        i = self._next_worker
-        self._next_worker += 1
-        worker_id = f"worker-{i}"
+    def add_worker(
+        self, timeout: float = 60.0, wait_in_snapshot: bool = True, worker_id: str = ""
+    ) -> Role:
+        """Start a worker (a new id, or ``worker_id`` to bring a stopped one back)."""
+        if not worker_id:
+            worker_id = f"worker-{self._next_worker}"
+            self._next_worker += 1
+        if any(w.extra["worker_id"] == worker_id and w.proc.alive() for w in self.workers):
+            raise ValueError(f"{worker_id} is still running")
+        self.workers = [w for w in self.workers if w.extra["worker_id"] != worker_id]
         env = self._env(
             SHOAL_WORKER_ID=worker_id,
             SHOAL_PORT="0",
