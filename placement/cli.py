@@ -44,23 +44,59 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_workers)
 
-    p = sub.add_parser("models", help="list models, their versions, aliases, splits, shadows")
+    p = sub.add_parser(
+        "models",
+        help="list models, their versions, aliases, splits, shadows; prune old versions",
+        description="List models page by page (printed as each page arrives, so 100K+ "
+        "models never sit in memory at once), or `models prune T/M --keep N`.",
+    )
     _client_args(p)
     p.add_argument("--tenant", default="", help="only this tenant's models")
     p.add_argument("--page-size", type=int, default=500, help="models per control-plane call")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many models (0: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a JSON array)")
     p.set_defaults(func=_models)
+    acts = p.add_subparsers(dest="action", metavar="ACTION")
+    a = acts.add_parser(
+        "prune",
+        help="delete all but the newest N versions of T/M (never an aliased, split or "
+        "shadowed one) and their artifacts",
+    )
+    _client_args(a)
+    a.add_argument("model", metavar="T/M")
+    a.add_argument("--keep", type=int, required=True, metavar="N", help="versions to keep (>= 1)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=_prune)
 
-    p = sub.add_parser("register", help="register a model file as a new version")
+    p = sub.add_parser(
+        "register",
+        help="register a model file as a new version, or a JSONL manifest of many",
+        description="Register FILE as a new version of --tenant/--name (prints the version), "
+        "or every line of --manifest (one JSON object per line: tenant, name, path or uri, "
+        "and optionally framework, alias, pool, labels, sha256). A manifest run prints a "
+        "summary (registered, unchanged, failed) and one error line per failed manifest "
+        "line; it exits with status 1 when any line failed. Re-running a manifest is safe: "
+        "identical artifacts are reported unchanged and nothing is written.",
+    )
     _client_args(p)
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--name", required=True, help="model name within the tenant")
+    p.add_argument("--tenant", help="tenant (with FILE)")
+    p.add_argument("--name", help="model name within the tenant (with FILE)")
     p.add_argument("--framework", default="", help="xgboost, lightgbm or onnx (default: detect)")
     p.add_argument("--pool", default="", help="worker pool (default: the framework's pool)")
     p.add_argument("--alias", default="", help="point this alias at the new version")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("file", type=Path)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("file", type=Path, nargs="?", help="one model file")
+    what.add_argument("--manifest", type=Path, help="a JSONL manifest of models to register")
+    p.add_argument(
+        "--streams", type=int, default=4, help="concurrent upload streams (with --manifest)"
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw the progress bar on stderr even when it is not a terminal",
+    )
     p.set_defaults(func=_register)
 
     p = sub.add_parser("alias", help="point an alias at a version, or delete it")
@@ -132,6 +168,7 @@ def _placement_parser(sub: Any) -> None:
 
 def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", help=f"control plane host:port ($SHOAL_CONTROL, {DEFAULT_CONTROL})")
+    p.add_argument("--key", help="admin API key, sent as a bearer token ($SHOAL_KEY)")
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -176,9 +213,74 @@ async def _serve(settings: PlacementSettings) -> None:
 # --- client plumbing ------------------------------------------------------------------------
 
 
+def _target(ns: argparse.Namespace) -> str:
+    return str(ns.control or os.environ.get("SHOAL_CONTROL") or DEFAULT_CONTROL)
+
+
+def _metadata(ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """``authorization: Bearer <key>`` from --key or $SHOAL_KEY; nothing without a key."""
+    key = ns.key or os.environ.get("SHOAL_KEY", "")
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def _credentials() -> grpc.ChannelCredentials | None:
+    """TLS credentials when $SHOAL_TLS_CA is set (plus our certificate for mutual TLS)."""
+    from shoal.cli import CliError
+
+    ca = os.environ.get("SHOAL_TLS_CA", "")
+    if not ca:
+        return None
+    cert, key = os.environ.get("SHOAL_TLS_CERT", ""), os.environ.get("SHOAL_TLS_KEY", "")
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(ca).read_bytes(),
+            private_key=Path(key).read_bytes() if key and cert else None,
+            certificate_chain=Path(cert).read_bytes() if key and cert else None,
+        )
+    except OSError as exc:
+        raise CliError(f"cannot read TLS file: {exc}") from None
+
+
+class _AddMetadata(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds fixed metadata (the bearer key) to every call of a blocking channel."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    def intercept_unary_unary(self, cont: Any, details: Any, request: Any) -> Any:
+        return cont(self._details(details), request)
+
+    def intercept_stream_unary(self, cont: Any, details: Any, requests: Any) -> Any:
+        return cont(self._details(details), requests)
+
+    def intercept_unary_stream(self, cont: Any, details: Any, request: Any) -> Any:
+        return cont(self._details(details), request)
+
+    def intercept_stream_stream(self, cont: Any, details: Any, requests: Any) -> Any:
+        return cont(self._details(details), requests)
+
+
 def _stub(ns: argparse.Namespace) -> tuple[pb_grpc.ControlStub, str]:
-    target = ns.control or os.environ.get("SHOAL_CONTROL") or DEFAULT_CONTROL
-    return pb_grpc.ControlStub(grpc.insecure_channel(target)), target
+    target = _target(ns)
+    creds = _credentials()
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    channel = (
+        grpc.secure_channel(target, creds, options=options)
+        if creds is not None
+        else grpc.insecure_channel(target, options=options)
+    )
+    metadata = _metadata(ns)
+    if metadata:
+        channel = grpc.intercept_channel(channel, _AddMetadata(metadata))
+    return pb_grpc.ControlStub(channel), target
 
 
 def _call(ns: argparse.Namespace, fn: Callable[[pb_grpc.ControlStub], T]) -> T:
@@ -300,25 +402,61 @@ def _mib(n: int) -> str:
 
 
 def _models(ns: argparse.Namespace) -> int:
-    def pages(stub: pb_grpc.ControlStub) -> list[pb.ModelRecord]:
-        out: list[pb.ModelRecord] = []
-        token = ""
-        while True:
-            req = pb.ListModelsRequest(tenant=ns.tenant, page_size=ns.page_size, page_token=token)
-            resp = stub.ListModels(req, timeout=30)
-            out.extend(resp.models)
-            token = resp.next_page_token
-            if not token:
-                return out
+    """Stream the listing: each page is printed as it arrives, then dropped.
 
-    models = _call(ns, pages)
+    JSON output is one array written element by element, so it stays valid for any number
+    of models; ``--limit`` stops early (and asks for no more than it still needs).
+    """
+    from shoal.cli import CliError
+
+    if ns.page_size < 1 or ns.limit < 0:
+        raise CliError("--page-size must be >= 1 and --limit >= 0")
+
+    def run(stub: pb_grpc.ControlStub) -> int:
+        token, shown = "", 0
+        if ns.json:
+            sys.stdout.write("[")
+        while True:
+            size = ns.page_size if not ns.limit else min(ns.page_size, ns.limit - shown)
+            req = pb.ListModelsRequest(tenant=ns.tenant, page_size=size, page_token=token)
+            resp = stub.ListModels(req, timeout=30)
+            for m in resp.models:
+                if ns.json:
+                    sep = "\n  " if shown == 0 else ",\n  "
+                    sys.stdout.write(sep + json.dumps(_record_dict(m), separators=(",", ":")))
+                else:
+                    _print_record(convert.record_from_proto(m))
+                shown += 1
+            sys.stdout.flush()
+            token = resp.next_page_token
+            if not token or (ns.limit and shown >= ns.limit):
+                break
+        if ns.json:
+            sys.stdout.write("\n]\n" if shown else "]\n")
+        elif not shown:
+            print("no models registered" + (f" for tenant {ns.tenant}" if ns.tenant else ""))
+        return shown
+
+    _call(ns, run)
+    return 0
+
+
+def _prune(ns: argparse.Namespace) -> int:
+    from shoal.cli import CliError
+
+    tenant, name = _model(ns)
+    if ns.keep < 1:
+        raise CliError(f"--keep {ns.keep}: keep at least 1 version")
+    req = pb.DeleteVersionsRequest(tenant=tenant, name=name, keep_last=ns.keep)
+    resp = _call(ns, lambda s: s.DeleteVersions(req, timeout=120))
+    kept = sorted(v.version for v in resp.model.versions)
     if ns.json:
-        print(json.dumps([_record_dict(m) for m in models], indent=2))
+        print(
+            json.dumps({"model": f"{tenant}/{name}", "deleted": list(resp.deleted), "kept": kept})
+        )
         return 0
-    if not models:
-        print("no models registered" + (f" for tenant {ns.tenant}" if ns.tenant else ""))
-    for m in models:
-        _print_record(convert.record_from_proto(m))
+    deleted = ", ".join(str(v) for v in resp.deleted) or "none"
+    print(f"{tenant}/{name}: deleted versions {deleted}; kept {', '.join(map(str, kept))}")
     return 0
 
 
@@ -328,6 +466,12 @@ def _models(ns: argparse.Namespace) -> int:
 def _register(ns: argparse.Namespace) -> int:
     from shoal.cli import CliError
 
+    if ns.manifest is not None:
+        if ns.tenant or ns.name:
+            raise CliError("--tenant/--name go with FILE; a manifest names models per line")
+        return _register_manifest(ns)
+    if not ns.tenant or not ns.name:
+        raise CliError("registering FILE needs --tenant and --name")
     try:
         data = ns.file.read_bytes()
     except OSError as exc:
@@ -360,6 +504,7 @@ def _register(ns: argparse.Namespace) -> int:
             "version": resp.version,
             "created": resp.created,
             "sha256": resp.sha256,
+            "pruned": list(resp.pruned),
         }
         print(json.dumps(out))
     else:
@@ -370,6 +515,57 @@ def _register(ns: argparse.Namespace) -> int:
                 f"{resp.version}; nothing changed",
                 file=sys.stderr,
             )
+    return 0
+
+
+#: Failed manifest lines listed one by one on stderr before "... and N more" (--json: all).
+SHOWN_ERRORS = 100
+
+
+def _register_manifest(ns: argparse.Namespace) -> int:
+    """``register --manifest``: summary on stdout, one line per failure on stderr, exit 1 if
+    any line failed (the last stderr line then says how many)."""
+    from shoal.cli import CliError
+    from shoal.manifest import run_manifest
+
+    if ns.framework or ns.pool or ns.alias or ns.label:
+        raise CliError("--framework/--pool/--alias/--label go with FILE; set them per line")
+    if ns.streams < 1:
+        raise CliError(f"--streams {ns.streams}: expected at least 1")
+    if not ns.manifest.is_file():
+        raise CliError(f"cannot read manifest {ns.manifest}: no such file")
+    target = _target(ns)
+    try:
+        summary = asyncio.run(
+            run_manifest(
+                target,
+                ns.manifest,
+                streams=ns.streams,
+                progress=ns.progress,
+                metadata=_metadata(ns) or None,
+                credentials=_credentials(),
+            )
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read manifest {ns.manifest}: {exc}") from None
+    if ns.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        rate = summary.total / summary.seconds if summary.seconds > 0 else 0.0
+        pruned = f", {summary.pruned} old versions pruned" if summary.pruned else ""
+        print(
+            f"registered {summary.registered}, unchanged {summary.unchanged}, "
+            f"failed {summary.failed}{pruned} ({summary.total} lines in "
+            f"{summary.seconds:.1f} s, {rate:,.0f}/s)"
+        )
+        for e in summary.errors[:SHOWN_ERRORS]:
+            model = f" ({e.model})" if e.model else ""
+            print(f"line {e.line}{model}: {e.error}", file=sys.stderr)
+        if len(summary.errors) > SHOWN_ERRORS:
+            more = len(summary.errors) - SHOWN_ERRORS
+            print(f"... and {more} more failed lines (--json lists all)", file=sys.stderr)
+    if summary.failed:
+        raise CliError(f"{summary.failed} of {summary.total} manifest lines failed")
     return 0
 
 

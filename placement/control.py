@@ -18,7 +18,7 @@ import grpc
 from placement import convert, rules
 from placement.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge, grpc_status
 from placement.lookup import tenant_placement
-from placement.registry import Registry
+from placement.registry import Registered, Registry
 from placement.workers import WorkerAdminClient, list_workers, warm_up
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-#: Most BulkRegister items registered together (one etcd transaction per 128 models).
-BULK_BATCH = 64
+#: Most BulkRegister items registered together: one ``register_many`` call, so at most one
+#: etcd transaction (128 models) per batch and validation of a whole batch in parallel.
+BULK_BATCH = 128
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
 
 
@@ -109,7 +110,11 @@ class ControlService(pb_grpc.ControlServicer):
 
         Items are taken in batches of what has arrived (up to ``BULK_BATCH``, never waiting
         for more), so a busy stream is written to etcd in few transactions
-        (``Registry.register_many``) while a trickle still gets prompt answers.
+        (``Registry.register_many``) while a trickle still gets prompt answers. The reader
+        runs ahead by at most ``2 * BULK_BATCH`` items (flow control back to the client).
+        Artifacts that retention queued during the stream are collected when it ends.
+        A client that goes away mid-stream cancels the batch in hand: each transaction has
+        then landed whole or not at all, and no record names an artifact not yet uploaded.
         """
         queue: asyncio.Queue[pb.BulkRegisterItem | None] = asyncio.Queue(maxsize=2 * BULK_BATCH)
 
@@ -137,14 +142,25 @@ class ControlService(pb_grpc.ControlServicer):
                 for result in await self._bulk(batch):
                     yield result
             await reader  # surfaces a broken request stream
+            await self._flush_gc()
         finally:
             reader.cancel()
+
+    async def _flush_gc(self) -> None:
+        try:
+            await self.registry.flush_gc()
+        except Exception:
+            # Registrations are done and answered; garbage left behind is retried next time.
+            log.warning("artifact garbage collection failed", exc_info=True)
 
     async def _bulk(self, batch: list[pb.BulkRegisterItem]) -> list[pb.BulkRegisterResult]:
         items = [
             (convert.spec_from_proto(it.header), it.header.uri or bytes(it.data)) for it in batch
         ]
-        outcomes = await self.registry.register_many(items)
+        try:
+            outcomes: list[Registered | Exception] = await self.registry.register_many(items)
+        except Exception as exc:  # e.g. etcd down while reading the batch's records
+            outcomes = [exc] * len(items)
         results = []
         for it, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):

@@ -40,7 +40,12 @@ def spec_to_proto(spec: RegisterSpec, uri: str = "") -> pb.RegisterHeader:
 
 def registered_to_proto(r: Registered) -> pb.RegisterResponse:
     return pb.RegisterResponse(
-        tenant=r.tenant, name=r.name, version=r.version, created=r.created, sha256=r.sha256
+        tenant=r.tenant,
+        name=r.name,
+        version=r.version,
+        created=r.created,
+        sha256=r.sha256,
+        pruned=list(r.pruned),
     )
 
 

@@ -90,6 +90,14 @@ MAX_TXN_BYTES = 1 << 20
 MAX_RECORD_BYTES = MAX_TXN_BYTES
 #: Artifacts at most this large are hashed on the event loop (~30 µs); larger ones in the pool.
 _INLINE_HASH_BYTES = 64 << 10
+#: ``_read_many`` tries one range read for at least this many models, spanning at most
+#: ``_SPAN_FACTOR`` times as many keys.
+_SPAN_MIN = 8
+_SPAN_FACTOR = 4
+#: Artifacts at most this large are uploaded without asking the store first whether they are
+#: there: for small objects a (content-addressed, idempotent) overwrite costs one round trip
+#: where head-then-put costs two.
+_BLIND_PUT_BYTES = 256 << 10
 #: Validated artifacts remembered by sha256 (the same bytes registered for many models).
 _INFO_CACHE = 4096
 #: ``"sha256":"<hex>"`` as ``ModelRecord.encode`` writes it (compact JSON): the GC scan finds
@@ -284,9 +292,7 @@ class Registry:
                 names[i] = self._check_spec(spec)
             except Exception as exc:
                 out[i] = exc
-        distinct = sorted(set(names.values()))
-        current = await asyncio.gather(*(self._read(t, n) for t, n in distinct))
-        records = dict(zip(distinct, current, strict=True))
+        records = await self._read_many(sorted(set(names.values())))
         prepared: dict[int, _Prepared] = {}
         gate = asyncio.Semaphore(max(1, concurrency))
 
@@ -452,7 +458,11 @@ class Registry:
         for watch in self._gc_watch:
             watch.add(digest)
         try:
-            key, _ = await self._objects.put_artifact(digest, data)
+            if len(data) <= _BLIND_PUT_BYTES:
+                key = artifact_key(digest)
+                await self._objects.put(key, data)
+            else:
+                key, _ = await self._objects.put_artifact(digest, data)
         except BaseException:
             self._inflight[digest] -= 1
             if self._inflight[digest] <= 0:
@@ -622,6 +632,40 @@ class Registry:
         check_ident("model name", name)
         kv = await self._state.get(model_key(tenant, name))
         return ModelRecord.decode(kv.value, kv.mod_revision) if kv is not None else None
+
+    async def _read_many(
+        self, models: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], ModelRecord | None]:
+        """Current records of ``models`` (sorted), in as few etcd calls as their keys allow.
+
+        Bulk registrations usually name neighbouring keys (one manifest of consecutive
+        tenants), so one range read from the first key, up to ``_SPAN_FACTOR`` times as many
+        keys as asked for, usually answers them all: a key at or before the last one returned
+        is either in the page or absent. Keys past the page are read one by one, concurrently.
+        Every record carries its own mod_revision, so the compare-and-swaps that follow are as
+        safe as after single reads.
+        """
+        out: dict[tuple[str, str], ModelRecord | None] = {}
+        if not models:
+            return out
+        keys = {model_key(*m): m for m in models}
+        rest = list(models)
+        if len(models) >= _SPAN_MIN:
+            first = model_key(*models[0])
+            limit = min(MAX_PAGE, _SPAN_FACTOR * len(models))
+            page = await self._state.range(MODELS, start=first, limit=limit)
+            found = {kv.key: kv for kv in page.kvs if kv.key in keys}
+            covered_to = page.kvs[-1].key if page.more and page.kvs else None
+            rest = []
+            for key, m in keys.items():
+                if covered_to is None or key <= covered_to:
+                    kv = found.get(key)
+                    out[m] = ModelRecord.decode(kv.value, kv.mod_revision) if kv else None
+                else:
+                    rest.append(m)
+        current = await asyncio.gather(*(self._read(t, n) for t, n in rest))
+        out.update(zip(rest, current, strict=True))
+        return out
 
     async def _update(
         self,

@@ -375,12 +375,17 @@ class RegisterResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    PRUNED_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     version: _builtins.int
     created: _builtins.bool
     """false: an identical artifact was already registered (idempotent)"""
     sha256: _builtins.str
+    @_builtins.property
+    def pruned(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """versions removed by retention (keep_versions) in the same write"""
+
     def __init__(
         self,
         *,
@@ -389,10 +394,11 @@ class RegisterResponse(_message.Message):
         version: _builtins.int = ...,
         created: _builtins.bool = ...,
         sha256: _builtins.str = ...,
+        pruned: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "name", b"name", "sha256", b"sha256", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "name", b"name", "pruned", b"pruned", "sha256", b"sha256", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
