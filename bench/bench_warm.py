@@ -169,14 +169,20 @@ def figures(cfg: BenchConfig, runs: Runs, models: dict[str, BenchModel]) -> list
     return out
 
 
+def _checks(r: LoadResult) -> str:
+    """'ok' when the calls before and after the phase and h2load's probe all answered OK."""
+    bad = [k for k in ("probe_ok", "after_ok") if r.checks.get(k) is False]
+    return "ok" if not bad else "**failed: " + ", ".join(bad) + "**"
+
+
 def runs_table(runs: Runs) -> str:
     lines = [
         "",
         "## Phases",
         "",
         "| server | model | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req | "
-        "client CPU µs/req | client CPU % of a core | tool |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "client CPU µs/req | client CPU % of a core | tool | gRPC checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (server, model, c), r in runs.by_key.items():
         by = ", ".join(
@@ -185,7 +191,7 @@ def runs_table(runs: Runs) -> str:
         lines.append(
             f"| {server} | {model} | {c} | {r.rps:.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
             f"{r.errors} | {r.server_cpu_us_per_req:.0f} ({by}) | {r.client_cpu_us_per_req:.0f} | "
-            f"{100 * r.client_cpu_s / r.duration_s:.0f} | {r.tool} |"
+            f"{100 * r.client_cpu_s / r.duration_s:.0f} | {r.tool} | {_checks(r)} |"
         )
     return "\n".join(lines) + "\n"
 

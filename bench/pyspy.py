@@ -64,6 +64,10 @@ class Recorder:
         return self.stem.with_name(self.stem.name + ".svg")
 
     @property
+    def log(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".py-spy.log")
+
+    @property
     def speedscope(self) -> Path:
         return self.stem.with_name(self.stem.name + ".speedscope.json")
 
@@ -73,8 +77,7 @@ class Recorder:
         secs = str(max(1, round(self.duration_s)))
         common = ["record", "--pid", str(self.pid), "--duration", secs,
                   "--rate", str(self.rate), "--nonblocking"]  # fmt: skip
-        log = self.stem.with_name(self.stem.name + ".py-spy.log")
-        with log.open("wb") as out:
+        with self.log.open("wb") as out:
             for fmt, path in (("flamegraph", self.svg), ("speedscope", self.speedscope)):
                 cmd = [str(exe), *common, "--format", fmt, "-o", str(path)]
                 self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
@@ -148,9 +151,17 @@ def summarise(speedscope: Path, top: int = 12, root: str | None = None) -> dict[
 
 def summary_markdown(name: str, s: dict[str, Any]) -> str:
     lines = [f"### {name}: {s['samples']} samples (running, all threads)", ""]
-    for title, key in (("self time (leaf frames)", "self"),
+    for title, key in (("threads", "threads"), ("self time (leaf frames)", "self"),
                        ("inclusive, Shoal code", "inclusive_shoal")):  # fmt: skip
         lines += [f"**{title}**", "", "| share | frame |", "|---|---|"]
         lines += [f"| {r['share'] * 100:.1f}% | `{r['frame']}` |" for r in s[key]]
         lines.append("")
+    lines.append(NATIVE_NOTE)
     return "\n".join(lines) + "\n"
+
+
+NATIVE_NOTE = (
+    "Self time in `Handle._run`, `Thread.run`, `_worker` or `EpollSelector.select` is native "
+    "code called from there (gRPC's Cython core and its poller thread, the runtimes' C++), "
+    "which py-spy attributes to the calling Python frame without `--native`.\n"
+)
