@@ -42,6 +42,7 @@ class RouterApp:
         view = ClusterView(self._store)
         await view.start()
         self.router = router = Router(view, s, self.metrics)
+        self.metrics.view_stale.set_function(lambda: 1.0 if view.stale else 0.0)
         shadow_log = RotatingJsonl(
             Path(s.data_dir) / "shadow" / "shadow.jsonl", s.shadow_log_bytes, s.shadow_log_keep
         )

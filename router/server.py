@@ -79,7 +79,6 @@ class RouterService:
     ) -> pb.ServerReadyResponse:
         view = self.router.view
         stale = view.stale
-        self.metrics.view_stale.set(1 if stale else 0)
         context.set_trailing_metadata((("shoal-view", "stale" if stale else "current"),))
         return pb.ServerReadyResponse(ready=view.models.synced.is_set())
 

@@ -226,6 +226,7 @@ class LocalCluster:
         env = self._env(SHOAL_PORT=str(self.router_port), SHOAL_DATA_DIR=str(self.data_dir))
         proc = self._spawn("router", _shoal_cmd("router"), env)
         self.router = Role("router", proc, self._banner(proc, "router", timeout))
+        self.router.extra["metrics"] = self._banner(proc, "metrics", timeout)
         return self.router
 
     def snapshot(self, pool: str = "cpu") -> PoolSnapshot | None:

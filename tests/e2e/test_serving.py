@@ -8,6 +8,7 @@ import math
 import threading
 from pathlib import Path
 
+import grpc
 import lightgbm as lgb
 import numpy as np
 import onnxruntime as ort
@@ -17,8 +18,21 @@ import xgboost as xgb
 
 from shoal import modelgen
 from shoal.cluster import LocalCluster
+from shoal.oip import path
+from shoal.pb import shoal_inference_pb2 as pb
 from shoal.procs import wait_until
 from tests.e2e.conftest import Control, router_url, shadow_log
+
+
+class InferenceSyncStub:
+    """ServerReady over a plain (sync) channel, to read trailing metadata."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.ServerReady = channel.unary_unary(
+            path("ServerReady"),
+            request_serializer=pb.ServerReadyRequest.SerializeToString,
+            response_deserializer=pb.ServerReadyResponse.FromString,
+        )
 
 
 def _infer(
