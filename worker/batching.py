@@ -13,18 +13,28 @@ reaches ``max_rows`` or its oldest request has waited ``max_delay``.
 Rows are concatenated along axis 0 (single-input models whose first dimension is the batch);
 every output is split back by the same row counts, so each caller gets exactly the rows it
 sent. A runtime error fails every request of that batch. Not thread-safe: event loop only.
+
+Deadlines: each request may carry its caller's deadline (monotonic seconds). When a batch is
+taken from the queue, requests whose caller has gone (cancelled, e.g. by gRPC at the deadline)
+are dropped, and those whose deadline has passed are answered ``DeadlineExceeded`` without
+being run (``on_expired`` counts them); a batch left empty makes no runtime call. The merged
+call carries the latest deadline of its requests, so it is still skipped if every one of them
+expires while it waits for a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Runs one merged call: (model, [input]) -> outputs. ``model`` is opaque here.
-RunFn = Callable[[object, np.ndarray], Awaitable[list[np.ndarray]]]
+from worker.errors import DeadlineExceeded
+
+#: Runs one merged call: (key, model, rows, deadline) -> outputs. ``model`` is opaque here.
+RunFn = Callable[[object, object, np.ndarray, float | None], Awaitable[list[np.ndarray]]]
 
 
 @dataclass(slots=True)
@@ -32,6 +42,8 @@ class _Item:
     model: object
     rows: np.ndarray
     future: asyncio.Future[list[np.ndarray]]
+    deadline: float | None = None
+    queued: float = 0.0
 
 
 @dataclass(slots=True)
@@ -50,27 +62,31 @@ class Batcher:
         run: RunFn,
         max_rows: int,
         max_delay_s: float,
-        observe_rows: Callable[[int], None] | None = None,
         when_idle: bool = True,
+        on_expired: Callable[[], None] | None = None,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run = run
         self.max_rows = max(1, max_rows)
         self.max_delay_s = max_delay_s
-        self._observe = observe_rows or (lambda _n: None)
         self.when_idle = when_idle
+        self._on_expired = on_expired or (lambda: None)
+        self._now = now
         self._queues: dict[object, _Queue] = {}
 
     def __len__(self) -> int:
         """Keys with queued or running work (idle keys are forgotten)."""
         return len(self._queues)
 
-    async def predict(self, key: object, model: object, rows: np.ndarray) -> list[np.ndarray]:
+    async def predict(
+        self, key: object, model: object, rows: np.ndarray, deadline: float | None = None
+    ) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = _Queue()
         fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        q.items.append(_Item(model, rows, fut))
+        q.items.append(_Item(model, rows, fut, deadline, self._now()))
         q.rows += len(rows)
         if q.rows >= self.max_rows or (self.when_idle and q.running == 0):
             self._dispatch(key, q)
@@ -91,7 +107,7 @@ class Batcher:
                 n += len(item.rows)
             q.rows -= n
             q.running += 1
-            asyncio.get_running_loop().create_task(self._execute(key, q, batch, n))
+            asyncio.get_running_loop().create_task(self._execute(key, q, batch))
             if q.rows < self.max_rows:
                 break
         if q.items and q.timer is None:
@@ -99,14 +115,37 @@ class Batcher:
                 self.max_delay_s, self._dispatch, key, q
             )
 
-    async def _execute(self, key: object, q: _Queue, batch: list[_Item], n: int) -> None:
-        self._observe(n)
+    def _live(self, batch: list[_Item]) -> list[_Item]:
+        """The items still worth running: callers present, deadlines not passed."""
+        now = self._now()
+        live = []
+        for it in batch:
+            if it.deadline is not None and now > it.deadline:
+                # Counted even when gRPC already cancelled the caller at its deadline.
+                self._on_expired()
+                if not it.future.done():
+                    it.future.set_exception(
+                        DeadlineExceeded(
+                            f"deadline passed after {(now - it.queued) * 1000:.0f} ms waiting "
+                            "to be batched; the prediction was not run"
+                        )
+                    )
+            elif not it.future.done():  # else the caller went away
+                live.append(it)
+        return live
+
+    async def _execute(self, key: object, q: _Queue, batch: list[_Item]) -> None:
         try:
+            batch = self._live(batch)
+            if not batch:
+                return
+            deadlines = [it.deadline for it in batch]
+            deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
             if len(batch) == 1:
-                outs = [await self._run(batch[0].model, batch[0].rows)]
+                outs = [await self._run(key, batch[0].model, batch[0].rows, deadline)]
             else:
                 merged = np.concatenate([it.rows for it in batch], axis=0)
-                whole = await self._run(batch[0].model, merged)
+                whole = await self._run(key, batch[0].model, merged, deadline)
                 outs = _split(whole, [len(it.rows) for it in batch])
             for it, out in zip(batch, outs, strict=True):
                 if not it.future.done():

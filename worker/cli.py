@@ -30,6 +30,9 @@ _FLAGS: dict[str, tuple[str, type]] = {
     "--disk-budget": ("disk_budget", str),
     "--lease-ttl": ("lease_ttl", int),
     "--batching": ("batching", str),
+    "--max-request-bytes": ("max_request_bytes", int),
+    "--max-request-rows": ("max_request_rows", int),
+    "--model-max-concurrency": ("model_max_concurrency", int),
 }
 
 
@@ -67,6 +70,37 @@ def _run(ns: argparse.Namespace) -> int:
     from worker.server import serve
 
     try:
-        return asyncio.run(serve(settings))
+        rc = asyncio.run(serve(settings))
     except (ValueError, OSError) as exc:
         raise CliError(f"worker: {exc}") from None
+    _exit_past_stuck_threads(rc)
+    return rc
+
+
+def _exit_past_stuck_threads(rc: int, grace_s: float = 2.0) -> None:
+    """Exit now if runtime threads are still busy after the drain.
+
+    A runtime call abandoned as stuck (worker/calls.py) keeps its pool thread, and Python
+    joins every pool thread at interpreter exit, so one hung model would otherwise keep the
+    process from ever exiting. Idle pool threads get ``grace_s`` to finish; if any is still
+    running after that, logs and streams are flushed and the process leaves with ``os._exit``.
+    """
+    import logging
+    import sys
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace_s
+    pool = [t for t in threading.enumerate() if t.name.startswith(("shoal-predict", "shoal-load"))]
+    for t in pool:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in pool if t.is_alive()]
+    if not stuck:
+        return
+    logging.getLogger(__name__).error(
+        "exiting past %d stuck runtime threads: %s", len(stuck), ", ".join(stuck)
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

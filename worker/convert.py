@@ -6,6 +6,11 @@ converted by numpy. Outputs always go back as ``raw_output_contents`` (little-en
 major), with the datatype of the array the runtime produced. Malformed tensors (unknown
 datatype, negative dimension, byte length or element count not matching the shape) raise
 ``InvalidArgument`` naming the tensor and both sizes.
+
+ModelInfer arrives as bytes (``parse_infer_request``): the worker parses it itself so that bytes
+protobuf refuses — a truncated field, a string such as ``model_name`` that is not valid UTF-8
+— are the caller's INVALID_ARGUMENT, named precisely, instead of the opaque failure gRPC's own
+deserializer would report.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from shoal.artifacts import DTYPES
 from shoal.pb import shoal_inference_pb2 as pb
@@ -68,6 +74,78 @@ def _decode_tensor(t: Any, raw: bytes | None) -> Tensor:
             )
         arr = np.asarray(values, dtype=dtype).reshape(shape)
     return Tensor(t.name, t.datatype, arr)
+
+
+#: String fields of ModelInferRequest (and of the messages inside it) by field number: a name,
+#: or (name, fields of the nested message). Only used to explain a parse failure.
+_Schema = dict[int, "str | tuple[str, _Schema]"]
+_PARAMS: _Schema = {1: "key"}
+_REQUEST_STRINGS: _Schema = {
+    1: "model_name",
+    2: "model_version",
+    3: "id",
+    4: ("parameters", _PARAMS),
+    5: ("inputs", {1: "name", 2: "datatype", 4: ("parameters", _PARAMS)}),
+    6: ("outputs", {1: "name", 2: ("parameters", _PARAMS)}),
+}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("a truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _explain(buf: bytes, schema: _Schema, where: str = "") -> str:
+    """Why protobuf refused ``buf``: the first bad string field or structural fault found."""
+    i = 0
+    try:
+        while i < len(buf):
+            key, i = _varint(buf, i)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                _, i = _varint(buf, i)
+            elif wire == 1 or wire == 5:
+                i += 8 if wire == 1 else 4
+            elif wire == 2:
+                n, i = _varint(buf, i)
+                if i + n > len(buf):
+                    return f"field {field}{where} claims {n} bytes but only {len(buf) - i} remain"
+                chunk, i = buf[i : i + n], i + n
+                spec = schema.get(field)
+                if isinstance(spec, str):
+                    try:
+                        chunk.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return f"{where.lstrip('.')}{'.' if where else ''}{spec} is not valid UTF-8"
+                elif spec is not None:
+                    inner = _explain(chunk, spec[1], f"{where}.{spec[0]}")
+                    if inner:
+                        return inner
+            else:
+                return f"field {field}{where} has an unsupported wire type {wire}"
+            if i > len(buf):
+                return f"field {field}{where} is truncated"
+    except ValueError as exc:
+        return f"{exc} at byte {i}{' in ' + where.lstrip('.') if where else ''}"
+    return ""
+
+
+def parse_infer_request(raw: bytes) -> InferRequest:
+    """A ModelInferRequest's wire bytes as a plain request; ``InvalidArgument`` saying why not."""
+    try:
+        req = pb.ModelInferRequest.FromString(raw)
+    except DecodeError:
+        why = _explain(raw, _REQUEST_STRINGS) or "not a valid protobuf encoding"
+        raise InvalidArgument(f"malformed ModelInferRequest ({len(raw)} bytes): {why}") from None
+    return infer_request_from_proto(req)
 
 
 def infer_request_from_proto(req: pb.ModelInferRequest) -> InferRequest:

@@ -16,6 +16,7 @@ class Code(StrEnum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERNAL = "INTERNAL"
     CANCELLED = "CANCELLED"
 
@@ -49,6 +50,20 @@ class FailedPrecondition(WorkerError):
 
 class Unavailable(WorkerError):
     code = Code.UNAVAILABLE
+
+
+class ResourceExhausted(WorkerError):
+    """A limit was reached (request size or rows, a model's concurrency bound): the message
+    names the limit and the setting that sets it."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(WorkerError):
+    """The caller's deadline passed before the work ran, or a runtime call overran its
+    timeout and was abandoned."""
+
+    code = Code.DEADLINE_EXCEEDED
 
 
 class Internal(WorkerError):

@@ -9,16 +9,22 @@ model), deserialize it on the load thread, then admit it with its measured size.
 * **Single flight**: the first miss for a ``ModelId`` starts one task; later misses await the
   same task (shielded: a caller giving up does not cancel the load for the others). N
   concurrent misses cost one fetch and one deserialization.
-* **One load at a time** runs on a dedicated thread: the heap measurement around a
-  deserialization is only meaningful when no other load allocates meanwhile, and loads of small
-  models take milliseconds. Fetches and hashing run concurrently on other threads, and
-  predictions never wait for loads (they use their own pool).
-* **Failures are remembered** per ``ModelId`` (``FailureMemory``): until the backoff elapses,
-  requests get the same error without touching the store; each further failure doubles the
-  delay up to a cap; a success forgets. Other models are unaffected.
+* **One load at a time** deserializes (``RuntimeCalls`` with capacity 1 on the load pool):
+  the heap measurement around a deserialization is only meaningful when no other load
+  allocates meanwhile, and loads of small models take milliseconds. Fetches and hashing run
+  concurrently on other threads, and predictions never wait for loads (they use their own pool).
+* **Failures are remembered** per ``ModelId`` (``FailureMemory``): until the backoff elapses
+  (the version is quarantined) requests get the same error, saying until when, without
+  touching the store; each further failure doubles the delay up to a cap; a success forgets.
+  Other models are unaffected.
+* **Hangs are bounded**: a deserialization running longer than ``load_timeout_s`` is abandoned
+  (the waiting callers get DEADLINE_EXCEEDED), its version is quarantined at once and stays so
+  while the thread is stuck; a spare thread of the load pool takes over, so other models keep
+  loading. The stuck thread itself cannot be killed (``shoal_worker_stuck_calls{kind="load"}``).
 
 Error mapping: object missing -> NotFound; checksum mismatch or bytes the runtime rejects ->
-FailedPrecondition; object store unreachable -> Unavailable; anything unexpected -> Internal.
+FailedPrecondition; object store unreachable -> Unavailable; hang -> DeadlineExceeded, then the
+quarantine answers FailedPrecondition; anything unexpected -> Internal.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 
 import cachetools
 
@@ -36,8 +43,17 @@ from shoal.artifacts import sha256_hex
 from shoal.objstore import ObjectNotFound, ObjectStore, ObjectStoreUnavailable, artifact_key
 from shoal.records import ModelVersion
 from worker.cache import Tier, TieredCache
+from worker.calls import Abandoned, RuntimeCalls
 from worker.diskcache import DiskCache
-from worker.errors import FailedPrecondition, Internal, NotFound, Unavailable, WorkerError
+from worker.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    Unavailable,
+    WorkerError,
+)
+from worker.faults import Faults
 from worker.metrics import WorkerMetrics
 from worker.runtimes import CorruptArtifact, Model, SizeEstimator, gpu_capable, load_model
 from worker.types import ModelId
@@ -49,13 +65,26 @@ log = logging.getLogger(__name__)
 class _Failure:
     error: WorkerError
     attempts: int
-    retry_at: float
+    retry_at: float  # monotonic; 0: failing, but not (yet) quarantined
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FailureMemory:
-    """Failed loads by key with exponential backoff: ``base * 2**(n-1)`` capped at ``cap``.
+    """Failures by key, and the quarantine they earn: exponential backoff after a threshold.
 
-    Bounded (LRU of ``max_keys``); the clock is injected.
+    The n-th consecutive failure of a key (n >= ``threshold``) quarantines it for
+    ``base * 2**(n - threshold)`` seconds, capped at ``cap``; until then ``check`` answers the
+    remembered error, saying until when (``quarantined until <UTC>; next attempt in Ns``). When
+    the quarantine ends the next call is let through: a failure re-quarantines at once for
+    twice as long, a success (``clear``) forgets the key. ``record(..., immediate=True)``
+    (a hang) quarantines on the first failure whatever the threshold.
+
+    ``stuck(key)`` (optional) counts the key's abandoned calls whose threads have not returned;
+    while it is non-zero the quarantine is not lifted, so a model that hangs ties up at most
+    the threads it held when it hung. Bounded (LRU of ``max_keys``); clocks are injected.
     """
 
     def __init__(
@@ -64,31 +93,46 @@ class FailureMemory:
         cap: float,
         now: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
+        threshold: int = 1,
+        stuck: Callable[[ModelId], int] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.base = base
         self.cap = cap
+        self.threshold = max(1, threshold)
         self._now = now
+        self._wall = wall
+        self._stuck = stuck
         self._failures: cachetools.LRUCache[ModelId, _Failure] = cachetools.LRUCache(max_keys)
 
+    def __len__(self) -> int:
+        """Keys remembered as failing (quarantined or not)."""
+        return len(self._failures)
+
     def check(self, key: ModelId) -> WorkerError | None:
-        """The remembered error (a copy naming the wait) while its backoff runs, else None."""
+        """The remembered error (a copy naming the quarantine) while it lasts, else None."""
         f = self._failures.get(key)
-        if f is None:
+        if f is None or not f.retry_at:
             return None
         wait = f.retry_at - self._now()
-        if wait <= 0:
+        if wait > 0:
+            until = f"quarantined until {_utc(self._wall() + wait)}; next attempt in {wait:.1f}s"
+        elif self._stuck is not None and self._stuck(key) > 0:
+            until = "quarantined while a call of it is stuck on a runtime thread"
+        else:
             return None
-        err = type(f.error)(
-            f"{f.error.message} (failed {f.attempts}x; next attempt in {wait:.1f}s)", f.error.code
-        )
-        return err
+        return type(f.error)(f"{f.error.message} (failed {f.attempts}x; {until})", f.error.code)
 
-    def record(self, key: ModelId, error: WorkerError) -> float:
-        """Remember a failure; returns the backoff applied."""
+    def record(self, key: ModelId, error: WorkerError, immediate: bool = False) -> float:
+        """Remember a failure; returns the quarantine it starts (0: below the threshold)."""
         prev = self._failures.get(key)
         attempts = prev.attempts + 1 if prev else 1
-        delay = float(min(self.cap, self.base * 2 ** (attempts - 1)))
-        self._failures[key] = _Failure(error, attempts, self._now() + delay)
+        if immediate:
+            attempts = max(attempts, self.threshold)
+        delay = 0.0
+        if attempts >= self.threshold:
+            delay = float(min(self.cap, self.base * 2 ** (attempts - self.threshold)))
+        self._failures[key] = _Failure(error, attempts, self._now() + delay if delay else 0.0)
         return delay
 
     def clear(self, key: ModelId) -> None:
@@ -115,16 +159,18 @@ class Loader:
         disk: DiskCache,
         store: ObjectStore,
         device: str,
-        load_executor: Executor,
+        calls: RuntimeCalls,
         metrics: WorkerMetrics,
         failures: FailureMemory,
         digests: dict[ModelId, str] | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self._cache = cache
         self._disk = disk
         self._store = store
         self._device = device
-        self._executor = load_executor
+        self._calls = calls
+        self._faults = faults or Faults()
         self._metrics = metrics
         self._failures = failures
         self._flights: dict[ModelId, asyncio.Task[Model]] = {}
@@ -176,16 +222,27 @@ class Loader:
         try:
             data = await self._artifact(mid, mv)
             device = "cuda" if tier is Tier.GPU else "cpu"
-            loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(
-                self._executor, load_model, data, mv.framework, device
+            fn = self._faults.wrap(
+                "load", f"{mid.tenant}/{mid.name}", partial(load_model, data, mv.framework, device)
             )
             del data
+            model = await self._calls.run(mid, fn)
             placed = Tier.GPU if model.device == "cuda" else Tier.HOST
             if placed is Tier.HOST:  # GPU sizes are estimates: nothing to learn from them
                 self.sizes.observe(mv.framework, mv.size, model.nbytes)
             self._cache.admit(mid, model, model.nbytes, placed)
             admitted = True
+        except Abandoned as exc:
+            # A deserialization that never returns: its thread stays stuck (the load pool's
+            # headroom stands in for it) and the version is quarantined at once, for as long
+            # as the thread is stuck at least.
+            self._fail(
+                mid,
+                FailedPrecondition(f"loading {mid} hung ({exc}; SHOAL_LOAD_TIMEOUT_S)"),
+                immediate=True,
+                result="DEADLINE_EXCEEDED",
+            )
+            raise DeadlineExceeded(f"{exc} and was abandoned; {mid} is quarantined") from None
         except WorkerError as exc:
             self._fail(mid, exc)
             raise
@@ -211,9 +268,14 @@ class Loader:
         )
         return model
 
-    def _fail(self, mid: ModelId, err: WorkerError) -> None:
-        delay = self._failures.record(mid, err)
-        self._metrics.child(self._metrics.loads, err.code.value).inc()
+    def _fail(
+        self, mid: ModelId, err: WorkerError, immediate: bool = False, result: str = ""
+    ) -> None:
+        delay = self._failures.record(mid, err, immediate)
+        m = self._metrics
+        m.child(m.loads, result or err.code.value).inc()
+        if delay:
+            m.child(m.quarantines, "load").inc()
         log.warning("load of %s failed (%s: %s); retry after %.1fs", mid, err.code, err, delay)
 
     async def _artifact(self, mid: ModelId, mv: ModelVersion) -> bytes:

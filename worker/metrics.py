@@ -10,7 +10,14 @@ Names (counters get ``_total`` in the exposition):
   ``shoal_worker_load_seconds{framework}``, ``shoal_worker_loads_in_flight``;
 * ``shoal_worker_resident_bytes{tier}``, ``shoal_worker_models_resident{tier}``,
   ``shoal_worker_budget_bytes{tier}`` (read from the cache when scraped);
-* ``shoal_worker_requests_in_flight``, ``shoal_worker_batch_rows`` (rows per runtime call).
+* ``shoal_worker_requests_in_flight``, ``shoal_worker_batch_rows`` (rows per runtime call
+  actually run);
+* protections: ``shoal_worker_rejected{reason}`` (rows, concurrency, quarantine),
+  ``shoal_worker_expired{stage}`` (requests not run because their deadline passed while
+  waiting: queue — for a busy model, batch, pool), ``shoal_worker_quarantines{kind}`` (a
+  version entered quarantine: predict, load), ``shoal_worker_abandoned_calls{kind}`` (runtime
+  calls that overran their timeout) and ``shoal_worker_stuck_calls{kind}`` (abandoned calls
+  whose thread has not returned yet: a Python thread cannot be killed).
 
 Labelled children used on the request path are resolved once (``child()`` caches them): a
 ``labels()`` lookup per request would cost more than the counter increment.
@@ -86,6 +93,36 @@ class WorkerMetrics:
         )
         self.budget_bytes = Gauge(
             "shoal_worker_budget_bytes", "byte budget per tier", ["tier"], registry=r
+        )
+        self.rejected = Counter(
+            "shoal_worker_rejected",
+            "requests refused by a limit or a quarantine",
+            ["reason"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "shoal_worker_expired",
+            "requests not run because their deadline passed while they waited",
+            ["stage"],
+            registry=r,
+        )
+        self.quarantines = Counter(
+            "shoal_worker_quarantines",
+            "model versions put in quarantine (failing or hanging runtime calls)",
+            ["kind"],
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "shoal_worker_abandoned_calls",
+            "runtime calls abandoned after overrunning their timeout",
+            ["kind"],
+            registry=r,
+        )
+        self.stuck_calls = Gauge(
+            "shoal_worker_stuck_calls",
+            "abandoned runtime calls whose thread has not returned",
+            ["kind"],
+            registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

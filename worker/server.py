@@ -32,10 +32,13 @@ from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
 from shoal.records import WorkerInfo, check_ident, worker_key
 from worker.batching import Batcher
 from worker.cache import CacheEvent, Tier, TieredCache
+from worker.calls import RuntimeCalls
 from worker.catalog import Catalog
-from worker.dataplane import Dataplane
+from worker.dataplane import Dataplane, Guards
 from worker.device import cuda_devices, resolve_device
 from worker.diskcache import DiskCache
+from worker.faults import Faults
+from worker.limits import ModelLimiter
 from worker.loader import FailureMemory, Loader
 from worker.metrics import WorkerMetrics
 from worker.registration import Registration
@@ -75,6 +78,7 @@ class WorkerServer:
         self._registration: Registration | None = None
         self._predict_pool: ThreadPoolExecutor | None = None
         self._load_pool: ThreadPoolExecutor | None = None
+        self._calls: tuple[RuntimeCalls, ...] = ()
         self._rate_mark = (0.0, 0)
         self._digests: dict[ModelId, str] = {}
         self._disk: DiskCache | None = None
@@ -113,8 +117,20 @@ class WorkerServer:
             )
         m.watch_tier("disk", lambda: disk.used, lambda: len(disk), self.budgets["disk"])
 
-        self._predict_pool = ThreadPoolExecutor(s.threads(), thread_name_prefix="shoal-predict")
-        self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-load")
+        faults = Faults.parse(s.fault_inject)
+        if faults:
+            log.warning("FAULT INJECTION ON (tests and chaos drills only): %s", s.fault_inject)
+        # Each pool has ``stuck_headroom`` threads beyond what its gate lets run at once: a
+        # call abandoned as stuck keeps its thread (it cannot be killed) and a spare one
+        # takes its place, so a hung model does not starve the others (worker/calls.py).
+        threads = s.threads()
+        self._predict_pool = ThreadPoolExecutor(
+            threads + s.stuck_headroom, thread_name_prefix="shoal-predict"
+        )
+        self._load_pool = ThreadPoolExecutor(1 + s.stuck_headroom, thread_name_prefix="shoal-load")
+        predict_calls = RuntimeCalls("predict", self._predict_pool, threads, s.predict_timeout_s, m)
+        load_calls = RuntimeCalls("load", self._load_pool, 1, s.load_timeout_s, m)
+        self._calls = (predict_calls, load_calls)
         self._catalog = Catalog(self._etcd, s.record_cache_size)
         await self._catalog.start()
         loader = Loader(
@@ -122,24 +138,38 @@ class WorkerServer:
             disk,
             store,
             self.device,
-            self._load_pool,
+            load_calls,
             m,
-            FailureMemory(s.load_backoff_s, s.load_backoff_max_s),
+            FailureMemory(s.load_backoff_s, s.load_backoff_max_s, stuck=load_calls.stuck),
             digests,
+            faults,
         )
-        self.dataplane = dp = Dataplane(self._catalog, cache, loader, self._predict_pool, m)
+        guards = Guards(
+            predict_calls,
+            ModelLimiter(s.model_concurrency(), s.model_max_queue, s.model_queue_wait_s),
+            FailureMemory(
+                s.quarantine_s,
+                s.quarantine_max_s,
+                threshold=s.quarantine_after,
+                stuck=predict_calls.stuck,
+            ),
+            s.max_request_rows,
+            faults,
+        )
+        self.dataplane = dp = Dataplane(self._catalog, cache, loader, guards, m)
         if s.batching_enabled(self.device):
             dp._batcher = Batcher(
                 dp.run_batch,
                 s.max_batch_rows,
                 s.max_delay_us / 1e6,
-                m.batch_rows.observe,
                 when_idle=s.batch_when_idle,
+                on_expired=m.child(m.expired, "batch").inc,
             )
 
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", 64 << 20),
+                # Larger requests get RESOURCE_EXHAUSTED from gRPC before any of our code runs.
+                ("grpc.max_receive_message_length", s.max_request_bytes),
                 ("grpc.max_send_message_length", 64 << 20),
                 ("grpc.so_reuseport", 0),
             ]
@@ -183,11 +213,22 @@ class WorkerServer:
         for pool in (self._predict_pool, self._load_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+        if self.stuck_calls:
+            log.error(
+                "%d runtime calls are still stuck; their threads cannot be joined (the process "
+                "exits without them)",
+                self.stuck_calls,
+            )
         if self._etcd is not None:
             await self._etcd.close()
         log.info("stopped in %.3fs", time.monotonic() - t0)
 
     # --- views ----------------------------------------------------------------------------
+
+    @property
+    def stuck_calls(self) -> int:
+        """Abandoned runtime calls whose threads have not returned."""
+        return sum(c.stuck_total for c in self._calls)
 
     @property
     def ready(self) -> bool:

@@ -3,6 +3,13 @@
 Handlers only translate (``worker.convert``) and call the core (``worker.dataplane``). This is
 the one place that maps ``WorkerError`` codes to gRPC status codes; anything unexpected is
 logged and answered INTERNAL. Every RPC is counted by method and code and timed.
+
+ModelInfer is bound raw (bytes in, bytes out): the worker parses the request itself
+(``parse_infer_request``), so undecodable bytes are INVALID_ARGUMENT with a reason rather than
+the UNKNOWN status gRPC's deserializer gives. Oversized messages are refused by gRPC itself
+(``max_receive_message_length`` = ``SHOAL_MAX_REQUEST_BYTES``) with RESOURCE_EXHAUSTED. The
+call's deadline (``context.time_remaining()``) becomes the core's monotonic ``deadline``; an
+RPC that gRPC cancels because its deadline passed is counted as DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -20,9 +27,9 @@ from shoal.pb import shoal_control_pb2 as cpb
 from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
 from shoal.pb import shoal_inference_pb2 as pb
 from worker.convert import (
-    infer_request_from_proto,
     infer_response_to_proto,
     model_metadata_to_proto,
+    parse_infer_request,
 )
 from worker.dataplane import Dataplane
 from worker.errors import Code, WorkerError
@@ -40,6 +47,7 @@ GRPC_CODE: dict[Code, grpc.StatusCode] = {
     Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
     Code.CANCELLED: grpc.StatusCode.CANCELLED,
 }
@@ -67,8 +75,10 @@ class Edge:
         code = Code.OK
         try:
             return await work()
-        except asyncio.CancelledError:  # the client went away or the server is stopping
-            code = Code.CANCELLED
+        except asyncio.CancelledError:  # the client went away, its deadline passed, or we stop
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = Code.DEADLINE_EXCEEDED if expired else Code.CANCELLED
             raise
         except WorkerError as exc:
             code = exc.code
@@ -116,9 +126,13 @@ def inference_handler(
 
         return await edge.call("ModelMetadata", ctx, work)
 
-    async def model_infer(req: pb.ModelInferRequest, ctx: Any) -> pb.ModelInferResponse:
-        async def work() -> pb.ModelInferResponse:
-            return infer_response_to_proto(await dp.infer(infer_request_from_proto(req)))
+    async def model_infer(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        remaining = ctx.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
+        async def work() -> bytes:
+            result = await dp.infer(parse_infer_request(raw), deadline)
+            return bytes(infer_response_to_proto(result).SerializeToString())
 
         return await edge.call("ModelInfer", ctx, work)
 
@@ -130,7 +144,8 @@ def inference_handler(
             "ModelReady": model_ready,
             "ModelMetadata": model_metadata,
             "ModelInfer": model_infer,
-        }
+        },
+        raw=frozenset({"ModelInfer"}),
     )
 
 

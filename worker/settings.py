@@ -50,11 +50,68 @@ class WorkerSettings(CommonSettings):
     load_backoff_s: float = doc("first retry delay after a failed load, seconds", 1.0)
     load_backoff_max_s: float = doc("longest retry delay after repeated failed loads", 60.0)
     record_cache_size: int = doc("model records kept in memory (LRU)", 100_000)
+    # --- limits and poison containment (SECURITY.md, "Worker limits") ----------------------
+    max_request_bytes: int = doc(
+        "largest ModelInfer message accepted, bytes (RESOURCE_EXHAUSTED above); the default is "
+        "the router's 64 MiB plus room for the routing fields the router appends",
+        (64 << 20) + (64 << 10),
+    )
+    max_request_rows: int = doc(
+        "most rows (first dimension of an input) in one request (RESOURCE_EXHAUSTED above)",
+        65536,
+    )
+    model_max_concurrency: int = doc(
+        "runtime calls one model may have running at once (0: half the prediction threads, "
+        "at least 1), so one hot model cannot take every prediction thread",
+        0,
+    )
+    model_max_queue: int = doc(
+        "requests that may wait for a busy model; beyond them RESOURCE_EXHAUSTED at once", 64
+    )
+    model_queue_wait_s: float = doc(
+        "longest a request waits for its busy model before RESOURCE_EXHAUSTED, seconds", 1.0
+    )
+    predict_timeout_s: float = doc(
+        "a prediction running longer is abandoned (DEADLINE_EXCEEDED) and its version "
+        "quarantined, seconds",
+        10.0,
+    )
+    load_timeout_s: float = doc(
+        "a deserialization running longer is abandoned (DEADLINE_EXCEEDED) and its version "
+        "quarantined, seconds",
+        60.0,
+    )
+    stuck_headroom: int = doc(
+        "spare threads in the prediction and load pools that stand in for calls abandoned as "
+        "stuck (a Python thread cannot be killed)",
+        4,
+    )
+    quarantine_after: int = doc(
+        "consecutive failed predictions of a version before it is quarantined", 3
+    )
+    quarantine_s: float = doc(
+        "first quarantine of a version whose predictions fail or hang, seconds (doubles on "
+        "each further failure)",
+        5.0,
+    )
+    quarantine_max_s: float = doc("longest quarantine, seconds", 300.0)
+    fault_inject: str = doc(
+        "FOR TESTS AND CHAOS DRILLS ONLY, leave empty in production: comma-separated "
+        "KIND:TENANT/NAME[:SECONDS] faults, KIND one of hang-predict, slow-predict, "
+        "fail-predict, hang-load, fail-load (worker/faults.py)",
+        "",
+    )
 
     # --- derived values -------------------------------------------------------------------
 
     def threads(self) -> int:
         return self.predict_threads if self.predict_threads > 0 else _cores()
+
+    def model_concurrency(self) -> int:
+        """Runtime calls one model may run at once: the setting, else half the threads."""
+        if self.model_max_concurrency > 0:
+            return self.model_max_concurrency
+        return max(1, (self.threads() + 1) // 2)
 
     def batching_enabled(self, device: str) -> bool:
         if self.batching == "auto":

@@ -190,7 +190,7 @@ async def test_batcher_merges_concurrent_requests_and_splits_rows() -> None:
     calls: list[int] = []
     gate = asyncio.Event()
 
-    async def run(model: object, rows: np.ndarray) -> list[np.ndarray]:
+    async def run(key: object, model: object, rows: np.ndarray, deadline: Any) -> list[np.ndarray]:
         calls.append(len(rows))
         await gate.wait()
         return [rows.sum(axis=1), rows * 2]
@@ -217,7 +217,7 @@ async def test_batcher_merges_concurrent_requests_and_splits_rows() -> None:
 async def test_batcher_without_idle_dispatch_waits_for_a_full_batch_or_the_delay() -> None:
     calls: list[int] = []
 
-    async def run(model: object, rows: np.ndarray) -> list[np.ndarray]:
+    async def run(key: object, model: object, rows: np.ndarray, deadline: Any) -> list[np.ndarray]:
         calls.append(len(rows))
         return [rows]
 
@@ -228,7 +228,7 @@ async def test_batcher_without_idle_dispatch_waits_for_a_full_batch_or_the_delay
 
 
 async def test_a_failed_batch_fails_each_of_its_callers() -> None:
-    async def run(model: object, rows: np.ndarray) -> list[np.ndarray]:
+    async def run(key: object, model: object, rows: np.ndarray, deadline: Any) -> list[np.ndarray]:
         raise FailedPrecondition("boom")
 
     b = Batcher(run, max_rows=4, max_delay_s=0.01, when_idle=False)
