@@ -7,6 +7,7 @@ found beside the running interpreter first, then on PATH.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import urllib.request
@@ -130,6 +131,8 @@ class LocalSeaweedS3:
         self.proc = ManagedProcess(
             [
                 find_binary("weed"),
+                # Logs to stderr only (captured in weed.log), never glog files in /tmp.
+                "-logtostderr",
                 "server",
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
@@ -145,6 +148,9 @@ class LocalSeaweedS3:
                 f"-s3.port.grpc={grpc_ports['s3']}",
                 # Side servers on fixed default ports would collide between instances.
                 "-s3.port.iceberg=0",
+                # Unix sockets default to /tmp; keep them with the data (removed with it).
+                f"-filer.localSocket={self.data_dir / 'filer.sock'}",
+                f"-s3.localSocket={self.data_dir / 's3.sock'}",
                 "-s3.port.lance=0",
                 # No traffic beyond loopback: never report usage statistics.
                 "-master.telemetry=false",
@@ -153,6 +159,8 @@ class LocalSeaweedS3:
                 "-metricsPort=0",
             ],
             self.data_dir / "weed.log",
+            # Its gRPC unix sockets go to $TMPDIR: keep them with the data, not in /tmp.
+            env={**os.environ, "TMPDIR": str(self.data_dir)},
         ).start()
         try:
             wait_until(self._ready, timeout, 0.2, f"SeaweedFS S3 on {self.endpoint}")
@@ -176,6 +184,10 @@ class LocalSeaweedS3:
                 with urllib.request.urlopen(req, timeout=2) as r:
                     return bool(200 <= r.status < 300)
             except urllib.error.HTTPError as e:
+                if e.code == 400:  # the name itself is refused: retrying cannot help
+                    raise ValueError(
+                        f"S3 refused bucket name {bucket!r}: {e.read()[:200]!r}"
+                    ) from None
                 return e.code == 409  # already exists
             except OSError:
                 return False
