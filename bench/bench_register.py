@@ -115,9 +115,15 @@ def _register(control: str, manifest: Path, streams: int) -> tuple[dict[str, Any
     cpu = (after.children_user - before.children_user) + (
         after.children_system - before.children_system
     )
+    try:
+        summary: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"register failed ({proc.returncode}):\n{proc.stderr[-3000:]}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"register failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout), wall, cpu
+        raise RuntimeError(
+            f"register failed: {summary['failed']} lines, e.g. {summary['errors'][:5]}"
+        )
+    return summary, wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:

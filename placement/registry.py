@@ -15,7 +15,8 @@ Registration (``register``):
    registry's own bounded thread pool (``validate_threads``), never on the event loop and
    never more loads at once than that pool has threads; results are cached by sha256, so
    the same bytes registered for many models are loaded once;
-3. upload it to its content address (a no-op when already there);
+3. upload it to its content address (content-addressed, so idempotent: small artifacts are
+   written blindly, one round trip; large ones only when ``head`` does not find them);
 4. compare-and-swap the record: version number ``next_version``, the optional alias in the same
    write, and (with ``keep_versions`` > 0) the retention pass in the same write too. Step 1 is
    repeated inside the CAS, so two concurrent registrations of the same bytes still make one
@@ -90,10 +91,6 @@ MAX_TXN_BYTES = 1 << 20
 MAX_RECORD_BYTES = MAX_TXN_BYTES
 #: Artifacts at most this large are hashed on the event loop (~30 µs); larger ones in the pool.
 _INLINE_HASH_BYTES = 64 << 10
-#: ``_read_many`` tries one range read for at least this many models, spanning at most
-#: ``_SPAN_FACTOR`` times as many keys.
-_SPAN_MIN = 8
-_SPAN_FACTOR = 4
 #: Artifacts at most this large are uploaded without asking the store first whether they are
 #: there: for small objects a (content-addressed, idempotent) overwrite costs one round trip
 #: where head-then-put costs two.
@@ -636,36 +633,17 @@ class Registry:
     async def _read_many(
         self, models: list[tuple[str, str]]
     ) -> dict[tuple[str, str], ModelRecord | None]:
-        """Current records of ``models`` (sorted), in as few etcd calls as their keys allow.
+        """Current records of ``models``: one get per model, all concurrently.
 
-        Bulk registrations usually name neighbouring keys (one manifest of consecutive
-        tenants), so one range read from the first key, up to ``_SPAN_FACTOR`` times as many
-        keys as asked for, usually answers them all: a key at or before the last one returned
-        is either in the page or absent. Keys past the page are read one by one, concurrently.
-        Every record carries its own mod_revision, so the compare-and-swaps that follow are as
-        safe as after single reads.
+        Not a range read: etcd counts every key from the start of a range to its end whatever
+        the limit (under its index lock). Reading each batch as one page of neighbouring keys
+        made a re-run of a 100K manifest cost etcd minutes of CPU, and calls timed out;
+        single-key gets cost the same at any scale.
+        (A multi-get in one transaction would save the round trips; ``StateStore.txn`` takes
+        only writes today.)
         """
-        out: dict[tuple[str, str], ModelRecord | None] = {}
-        if not models:
-            return out
-        keys = {model_key(*m): m for m in models}
-        rest = list(models)
-        if len(models) >= _SPAN_MIN:
-            first = model_key(*models[0])
-            limit = min(MAX_PAGE, _SPAN_FACTOR * len(models))
-            page = await self._state.range(MODELS, start=first, limit=limit)
-            found = {kv.key: kv for kv in page.kvs if kv.key in keys}
-            covered_to = page.kvs[-1].key if page.more and page.kvs else None
-            rest = []
-            for key, m in keys.items():
-                if covered_to is None or key <= covered_to:
-                    kv = found.get(key)
-                    out[m] = ModelRecord.decode(kv.value, kv.mod_revision) if kv else None
-                else:
-                    rest.append(m)
-        current = await asyncio.gather(*(self._read(t, n) for t, n in rest))
-        out.update(zip(rest, current, strict=True))
-        return out
+        current = await asyncio.gather(*(self._read(t, n) for t, n in models))
+        return dict(zip(models, current, strict=True))
 
     async def _update(
         self,
