@@ -56,4 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m shoal.cli``: this file is then ``__main__``, a second copy of the
+    # module. Sub-commands raise ``shoal.cli.CliError``, so dispatch through that module, or
+    # its errors would not be this copy's class and would escape as tracebacks.
+    from shoal import cli as _cli
+
+    sys.exit(_cli.main())

@@ -29,3 +29,19 @@ def test_inspect_accepts_a_model_and_rejects_a_pickle(
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shoal: ") and "pickle" in lines[0]
+
+
+def test_module_entry_points_give_one_line_errors(tmp_path: Path) -> None:
+    """``python -m shoal.cli`` (what LocalCluster runs) and ``python -m shoal`` fail as cleanly
+    as the console script: one ``shoal:`` line, status 1, no traceback."""
+    import sys
+
+    for module in ("shoal.cli", "shoal"):
+        out = subprocess.run(
+            [sys.executable, "-m", module, "inspect", str(tmp_path / "missing.json")],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 1, (module, out.stderr)
+        assert out.stderr.strip().splitlines() == [
+            f"shoal: cannot read {tmp_path / 'missing.json'}: No such file or directory"
+        ]
