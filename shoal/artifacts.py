@@ -157,12 +157,21 @@ def _xgboost_info(data: bytes, fmt: str) -> tuple[Signature, dict[str, Any]]:
     except xgb.core.XGBoostError as exc:
         first = _LOG_PREFIX.sub("", str(exc).strip().splitlines()[0])[:300]
         raise ArtifactError(f"invalid XGBoost model ({fmt}): {first}") from None
-    n_features = int(booster.num_features())
-    config = json.loads(booster.save_config())
-    params = config["learner"]["learner_model_param"]
+    learner: dict[str, Any]
+    try:
+        # A JSON model carries its parameters: read them from the document already parsed,
+        # which costs a fraction of asking the booster (num_features + save_config).
+        learner = doc["learner"] if fmt == "xgboost-json" else {}
+        params = learner["learner_model_param"]
+        n_features = int(params["num_feature"])
+        objective = str(learner["objective"]["name"])
+    except (KeyError, TypeError, ValueError):
+        learner = json.loads(booster.save_config())["learner"]
+        params = learner["learner_model_param"]
+        n_features = int(booster.num_features())
+        objective = str(learner["objective"]["name"])
     n_class = int(params.get("num_class", "0") or 0)
     n_target = int(params.get("num_target", "1") or 1)
-    objective = config["learner"]["objective"]["name"]
     width = n_class if n_class > 1 else (n_target if n_target > 1 else 0)
     out_shape = (-1, width) if width else (-1,)
     sig = Signature(

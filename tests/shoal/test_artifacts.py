@@ -74,3 +74,19 @@ def test_framework_mismatch_and_unknown(model_bytes: dict[str, Any]) -> None:
     with pytest.raises(ArtifactError, match="is lightgbm-text"):
         inspect_artifact(model_bytes["lightgbm-text"], framework="xgboost")
     assert inspect_artifact(model_bytes["onnx"], framework="onnx").framework == "onnx"
+
+
+def test_xgboost_json_and_ubj_signatures_agree_for_multiclass() -> None:
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 7)).astype(np.float32)
+    y = rng.integers(0, 3, size=120)
+    params = {"objective": "multi:softprob", "num_class": 3, "nthread": 1, "max_depth": 2}
+    booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=3)
+    as_json = inspect_artifact(bytes(booster.save_raw(raw_format="json")))
+    as_ubj = inspect_artifact(bytes(booster.save_raw(raw_format="ubj")))
+    assert as_json.signature == as_ubj.signature
+    assert as_json.signature.inputs[0].shape == (-1, 7)
+    assert as_json.signature.outputs[0].shape == (-1, 3)
+    assert as_json.details["objective"] == as_ubj.details["objective"] == "multi:softprob"
