@@ -104,8 +104,17 @@ class RuntimeCalls:
         """Abandoned calls of ``key`` whose threads have not returned."""
         return self._stuck.get(key, 0)
 
-    async def run(self, key: Hashable, fn: Callable[[], T], deadline: float | None = None) -> T:
+    async def run(
+        self,
+        key: Hashable,
+        fn: Callable[[], T],
+        deadline: float | None = None,
+        timed: bool = True,
+    ) -> T:
         """``fn()`` on a pool thread; bounded as the module docstring says.
+
+        ``timed=False`` waits as long as it takes: for work that is not a model's, such as a
+        library import.
 
         Raises ``DeadlineExceeded`` (not run: the deadline passed first), ``Abandoned``
         (timed out; still running), ``Unavailable`` (no thread could start it) or whatever
@@ -132,7 +141,7 @@ class RuntimeCalls:
 
         cf.add_done_callback(done)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout_s if timed else None):
                 # Not shielded: the timeout (or the caller going away) cancels the future, so
                 # ``_landed`` later finds it done and drops the result.
                 return await call.future

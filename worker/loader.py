@@ -55,7 +55,14 @@ from worker.errors import (
 )
 from worker.faults import Faults
 from worker.metrics import WorkerMetrics
-from worker.runtimes import CorruptArtifact, Model, SizeEstimator, gpu_capable, load_model
+from worker.runtimes import (
+    CorruptArtifact,
+    Model,
+    SizeEstimator,
+    gpu_capable,
+    import_runtime,
+    load_model,
+)
 from worker.types import ModelId
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,8 @@ class FailureMemory:
 
     def check(self, key: ModelId) -> WorkerError | None:
         """The remembered error (a copy naming the quarantine) while it lasts, else None."""
+        if not self._failures:  # the common case, on every request: nothing is failing
+            return None
         f = self._failures.get(key)
         if f is None or not f.retry_at:
             return None
@@ -174,6 +183,7 @@ class Loader:
         self._metrics = metrics
         self._failures = failures
         self._flights: dict[ModelId, asyncio.Task[Model]] = {}
+        self._imported: set[str] = set()  # frameworks whose library is imported
         self.sizes = SizeEstimator()
         #: artifact digest of every model loaded (the owner prunes it on eviction)
         self.digests = digests if digests is not None else {}
@@ -226,6 +236,12 @@ class Loader:
                 "load", f"{mid.tenant}/{mid.name}", partial(load_model, data, mv.framework, device)
             )
             del data
+            # The library import (once per framework, seconds on a busy machine) goes through
+            # the same one-at-a-time gate, untimed: the timeout below is the model's alone.
+            if mv.framework not in self._imported:
+                fw = mv.framework
+                await self._calls.run(fw, partial(import_runtime, fw), timed=False)
+                self._imported.add(fw)
             model = await self._calls.run(mid, fn)
             placed = Tier.GPU if model.device == "cuda" else Tier.HOST
             if placed is Tier.HOST:  # GPU sizes are estimates: nothing to learn from them

@@ -20,6 +20,7 @@ FAILED_PRECONDITION with the library's first line); anything else propagates (IN
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import threading
@@ -241,6 +242,20 @@ def gpu_capable(framework: str) -> bool:
 
 _warmed: set[tuple[str, str]] = set()
 _warm_lock = threading.Lock()
+
+#: framework -> the module its loader imports.
+_MODULES = {"xgboost": "xgboost", "lightgbm": "lightgbm", "onnx": "onnxruntime"}
+
+
+def import_runtime(framework: str) -> None:
+    """Import ``framework``'s library (blocking; seconds on a busy machine, once per process).
+
+    The loader calls this before the timed deserialization, so a model's load timeout
+    measures the model, not the one-time library import.
+    """
+    module = _MODULES.get(framework)
+    if module is not None:
+        importlib.import_module(module)
 
 
 def load_model(data: bytes, framework: str, device: str) -> Model:

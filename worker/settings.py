@@ -50,7 +50,7 @@ class WorkerSettings(CommonSettings):
     load_backoff_s: float = doc("first retry delay after a failed load, seconds", 1.0)
     load_backoff_max_s: float = doc("longest retry delay after repeated failed loads", 60.0)
     record_cache_size: int = doc("model records kept in memory (LRU)", 100_000)
-    # --- limits and poison containment (SECURITY.md, "Worker limits") ----------------------
+    # --- limits and poison containment (worker/limits.py, calls.py, dataplane.py) ----------
     max_request_bytes: int = doc(
         "largest ModelInfer message accepted, bytes (RESOURCE_EXHAUSTED above); the default is "
         "the router's 64 MiB plus room for the routing fields the router appends",
@@ -69,12 +69,15 @@ class WorkerSettings(CommonSettings):
         "requests that may wait for a busy model; beyond them RESOURCE_EXHAUSTED at once", 64
     )
     model_queue_wait_s: float = doc(
-        "longest a request waits for its busy model before RESOURCE_EXHAUSTED, seconds", 1.0
+        "longest a request waits for its busy model before RESOURCE_EXHAUSTED, seconds "
+        "(waiting holds no thread; the caller's deadline also ends the wait)",
+        5.0,
     )
     predict_timeout_s: float = doc(
         "a prediction running longer is abandoned (DEADLINE_EXCEEDED) and its version "
-        "quarantined, seconds",
-        10.0,
+        "quarantined, seconds (as long as the router's default deadline: a caller has given "
+        "up by then)",
+        30.0,
     )
     load_timeout_s: float = doc(
         "a deserialization running longer is abandoned (DEADLINE_EXCEEDED) and its version "

@@ -38,10 +38,10 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         shard_size=2,
         env=FAST,
         worker_env={
-            # A lone request waits 1 s in the batcher (batches go when full or after 1 s).
+            # A lone request waits 2 s in the batcher (batches go when full or after 2 s).
             "SHOAL_BATCHING": "on",
             "SHOAL_MAX_BATCH_ROWS": "64",
-            "SHOAL_MAX_DELAY_US": "1000000",
+            "SHOAL_MAX_DELAY_US": "2000000",
             "SHOAL_BATCH_WHEN_IDLE": "false",
             "SHOAL_MAX_REQUEST_ROWS": "64",
             "SHOAL_PREDICT_TIMEOUT_S": "2",
@@ -103,7 +103,7 @@ def test_the_callers_deadline_reaches_the_worker(
 ) -> None:
     assert _call(channel, _request("late/m", 64)) == ("OK", "")  # loaded (a full batch)
     runs = _metric(limited, "shoal_worker_batch_rows_count")
-    assert _call(channel, _request("late/m", 1), timeout=0.3)[0] == "DEADLINE_EXCEEDED"
+    assert _call(channel, _request("late/m", 1), timeout=0.5)[0] == "DEADLINE_EXCEEDED"
 
     def dropped() -> bool:
         return _metric(limited, "shoal_worker_expired_total", stage="batch") >= 1

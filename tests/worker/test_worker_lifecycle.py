@@ -62,7 +62,11 @@ def test_sigkill_key_disappears_within_lease_ttl(etcd_url: str, tmp_path: Path) 
 async def test_sigterm_removes_key_at_once_and_drains(
     etcd_url: str, tmp_path: Path, session_run: Any
 ) -> None:
-    w = start_worker(etcd_url, tmp_path, {"SHOAL_DRAIN_GRACE_S": "60", "SHOAL_LEASE_TTL": "30"})
+    env = {"SHOAL_DRAIN_GRACE_S": "60", "SHOAL_LEASE_TTL": "30"}
+    # Both slow predictions run at once (the per-model bound would queue the second), and
+    # neither is taken for a hang on a busy machine.
+    env.update(SHOAL_MODEL_MAX_CONCURRENCY="2", SHOAL_PREDICT_TIMEOUT_S="300")
+    w = start_worker(etcd_url, tmp_path, env)
     try:
         await put_model(etcd_url, w.store_url, "drain", "slow", slow_identity_onnx())
         x = np.random.default_rng(0).normal(size=(256, 1024)).astype(np.float32)

@@ -24,7 +24,7 @@ from shoal.procs import wait_until
 
 FAULTS = ",".join(
     [
-        "slow-predict:prot/slow:0.8",
+        "slow-predict:prot/slow:2",
         "fail-predict:prot/poison",
         "hang-load:prot/hangload",
     ]
@@ -42,7 +42,7 @@ def guarded(worker_factory: WorkerFactory) -> WorkerProc:
             "SHOAL_MAX_REQUEST_ROWS": "100",
             "SHOAL_MAX_REQUEST_BYTES": str(1 << 20),
             "SHOAL_PREDICT_TIMEOUT_S": "5",
-            "SHOAL_LOAD_TIMEOUT_S": "8",  # the first load of a framework imports it
+            "SHOAL_LOAD_TIMEOUT_S": "5",
             "SHOAL_QUARANTINE_AFTER": "3",
             "SHOAL_QUARANTINE_S": "120",
             "SHOAL_FAULT_INJECT": FAULTS,
@@ -99,10 +99,10 @@ async def test_a_busy_model_is_bounded_and_others_keep_their_threads(
     await put_model(w.etcd, w.store_url, "prot", "fast", model_bytes["lightgbm-text"])
     x = model_bytes["x"][:1]
     async with Client(w.address) as c:
-        await c.infer("prot/slow", x, "1")  # loaded: only the 0.8 s predictions remain
+        await c.infer("prot/slow", x, "1")  # loaded: only the 2 s predictions remain
         await c.infer("prot/fast", x, "1")
         before = w.scrape()
-        # One runs (bound 1), one waits 0.2 s for a slot that stays busy for 0.8 s, two find
+        # One runs (bound 1), one waits 0.2 s for a slot that stays busy for 2 s, two find
         # the one-place queue full.
         slow = [asyncio.ensure_future(_code(c.infer("prot/slow", x, "1"))) for _ in range(4)]
         # While prot/slow holds its one slot, another model still has a thread.
@@ -203,12 +203,12 @@ async def test_a_hung_prediction_is_bounded_and_others_are_served(
 async def test_an_expired_request_is_not_run(
     worker_factory: WorkerFactory, model_bytes: dict[str, Any]
 ) -> None:
-    # Batches go out when full (64 rows) or after 1 s: a lone request waits 1 s in the batcher.
+    # Batches go out when full (64 rows) or after 2 s: a lone request waits 2 s in the batcher.
     w = worker_factory(
         {
             "SHOAL_BATCHING": "on",
             "SHOAL_MAX_BATCH_ROWS": "64",
-            "SHOAL_MAX_DELAY_US": "1000000",
+            "SHOAL_MAX_DELAY_US": "2000000",
             "SHOAL_BATCH_WHEN_IDLE": "false",
         }
     )
@@ -217,7 +217,7 @@ async def test_an_expired_request_is_not_run(
     async with Client(w.address) as c:
         await c.infer("late/m", model_bytes["x"][:64], "1")  # loaded (a full batch: at once)
         before = w.scrape()
-        code, _ = await _code(c.stub.ModelInfer(infer_request("late/m", x, "1"), timeout=0.3))
+        code, _ = await _code(c.stub.ModelInfer(infer_request("late/m", x, "1"), timeout=0.5))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
 
         def dropped() -> bool:

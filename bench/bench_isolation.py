@@ -1,0 +1,268 @@
+"""Tenant isolation (issue 9, item 2): a flooding tenant against a steady one.
+
+What is measured: the latency a well-behaved tenant sees while another tenant floods.
+
+* **Cluster**: a ``LocalCluster`` (etcd, placement, ONE worker, router as real processes), so
+  both tenants share the same router and the same worker — the worst case; shuffle sharding
+  would often give them disjoint workers. The router's per-tenant quotas are set for every
+  tenant (``SHOAL_TENANT_RATE_LIMIT`` = ``BENCH_ISO_TENANT_RATE`` req/s, default 200, and
+  ``SHOAL_TENANT_MAX_IN_FLIGHT`` = ``BENCH_ISO_TENANT_IN_FLIGHT``, default 16); the worker runs
+  with its defaults (per-model concurrency bound included).
+* **Model**: the 100-tree XGBoost of ``bench.models``, registered as ``steady/churn`` and
+  ``flood/churn``; 1-row requests.
+* **Steady tenant**: open loop at ``BENCH_ISO_RATE`` req/s (default 100) from this process
+  (grpc.aio; a request is sent on schedule whether or not earlier ones have answered), for
+  ``BENCH_DURATION`` seconds after ``BENCH_WARMUP`` seconds of warm-up; latency of every call
+  of the main phase.
+* **Flood**: ``BENCH_ISO_FLOOD`` (default 64) closed-loop callers in a separate process,
+  far above the flood tenant's quota: each resends as soon as it is answered, OK or
+  RESOURCE_EXHAUSTED.
+
+Phases: *unloaded* (steady tenant alone), then *loaded* (the same with the flood running).
+Figures: the steady tenant's p50/p99 in each phase, the p99 ratio loaded/unloaded (target
+<= 2x, issue 9), its errors under load (target 0), the flood's offered and admitted rates,
+and the router's and worker's CPU use during the loaded phase (on a small machine the router
+CPU spent refusing the flood is what the steady tenant competes with). Written with
+``bench.common.write_results("isolation", ...)``.
+
+Run alone: ``.venv/bin/python -m bench.bench_isolation`` (about 45 s; ``BENCH_SMOKE=1``
+for a plumbing check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python bench/bench_isolation.py
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import grpc
+import numpy as np
+
+from bench.common import figure, write_results
+from bench.config import BenchConfig, scratch, wait_for
+from bench.models import bench_models
+from bench.procutil import tree_cpu_seconds
+from bench.shoal_harness import ShoalBench
+from bench.wire import INFER_PATH, infer_once, infer_request
+
+STEADY, FLOOD = "steady/churn", "flood/churn"
+TARGET_RATIO = 2.0
+
+
+def _env_num(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+# --- the flood (a child process) ------------------------------------------------------------
+
+
+async def _flood(address: str, body: bytes, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """``concurrency`` closed-loop callers for ``duration_s``; counts answers by status."""
+    counts: dict[str, int] = {}
+    stop_at = time.monotonic() + duration_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(INFER_PATH)
+
+        async def caller() -> None:
+            while time.monotonic() < stop_at:
+                try:
+                    await call(body, timeout=10)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                counts[code] = counts.get(code, 0) + 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return {"counts": counts, "duration_s": duration_s, "concurrency": concurrency}
+
+
+def _flood_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench.bench_isolation flood")
+    p.add_argument("address")
+    p.add_argument("body", type=Path)
+    p.add_argument("concurrency", type=int)
+    p.add_argument("duration", type=float)
+    p.add_argument("out", type=Path)
+    ns = p.parse_args(argv)
+    res = asyncio.run(_flood(ns.address, ns.body.read_bytes(), ns.concurrency, ns.duration))
+    ns.out.write_text(json.dumps(res))
+    return 0
+
+
+# --- the steady tenant ----------------------------------------------------------------------
+
+
+async def _steady(
+    address: str, body: bytes, rate: float, warmup_s: float, duration_s: float
+) -> tuple[list[float], dict[str, int]]:
+    """Open loop at ``rate`` req/s; latencies (ms) of the calls sent after the warm-up."""
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(INFER_PATH)
+
+        async def one(measured: bool) -> None:
+            t0 = time.perf_counter()
+            try:
+                await call(body, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if measured:
+                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                return
+            if measured:
+                lat.append((time.perf_counter() - t0) * 1000)
+
+        start = time.monotonic()
+        n = int((warmup_s + duration_s) * rate)
+        tasks = []
+        for i in range(n):
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            tasks.append(asyncio.ensure_future(one(i / rate >= warmup_s)))
+        await asyncio.gather(*tasks)
+    return lat, errors
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def main() -> int:
+    cfg = BenchConfig.from_env()
+    rate = _env_num("BENCH_ISO_RATE", 100)
+    flood_c = int(_env_num("BENCH_ISO_FLOOD", 64))
+    tenant_rate = _env_num("BENCH_ISO_TENANT_RATE", 200)
+    tenant_in_flight = int(_env_num("BENCH_ISO_TENANT_IN_FLIGHT", 16))
+    model = bench_models()["xgb"]
+    with scratch("isolation", cfg.keep) as tmp:
+        bench = ShoalBench(
+            tmp / "cluster",
+            workers=1,
+            shard_size=1,
+            env={
+                "SHOAL_TENANT_RATE_LIMIT": str(tenant_rate),
+                "SHOAL_TENANT_MAX_IN_FLIGHT": str(tenant_in_flight),
+            },
+            worker_env={"SHOAL_DEVICE": "cpu", "SHOAL_HOST_BUDGET": "1GiB"},
+        ).start()
+        try:
+            for name in (STEADY, FLOOD):
+                tenant, short = name.split("/")
+                bench.register(tenant, short, model.data)
+            router = bench.router_address
+            bodies = {n: infer_request(n, model.row, model.input_name) for n in (STEADY, FLOOD)}
+            for n, body in bodies.items():
+                wait_for(f"{n} to answer", partial(infer_once, router, body))
+
+            print(f"unloaded: steady {rate:g} req/s for {cfg.duration_s:g}s", flush=True)
+            quiet, quiet_err = asyncio.run(
+                _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
+            )
+
+            body_file = tmp / "flood.bin"
+            body_file.write_bytes(bodies[FLOOD])
+            flood_out = tmp / "flood.json"
+            flood_s = cfg.warmup_s + cfg.duration_s + 0.5
+            print(f"loaded: + flood of {flood_c} callers for {flood_s:g}s", flush=True)
+            flood = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.bench_isolation",
+                    "flood",
+                    router,
+                    str(body_file),
+                    str(flood_c),
+                    str(flood_s),
+                    str(flood_out),
+                ],
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+            try:
+                time.sleep(0.5)  # the flood's callers are connected and sending
+                pids = {"router": bench.router_pid, "worker": bench.worker_pid()}
+                cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+                t0 = time.monotonic()
+                loud, loud_err = asyncio.run(
+                    _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
+                )
+                wall = time.monotonic() - t0
+                cpu = {k: (tree_cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
+            finally:
+                flood.wait(timeout=flood_s + 60)
+            flood_res = json.loads(flood_out.read_text())
+        finally:
+            bench.stop()
+
+    counts: dict[str, int] = flood_res["counts"]
+    offered = sum(counts.values()) / flood_res["duration_s"]
+    admitted = counts.get("OK", 0) / flood_res["duration_s"]
+    refused = counts.get("RESOURCE_EXHAUSTED", 0) / max(1, sum(counts.values()))
+    p99_q, p99_l = _pct(quiet, 99), _pct(loud, 99)
+    ratio = p99_l / p99_q if p99_q else float("nan")
+    loud_errors = sum(loud_err.values())
+    figures = [
+        figure("steady p50 unloaded", _pct(quiet, 50), "ms"),
+        figure("steady p99 unloaded", p99_q, "ms"),
+        figure("steady p50 under flood", _pct(loud, 50), "ms"),
+        figure("steady p99 under flood", p99_l, "ms"),
+        figure(
+            "steady p99 under flood / unloaded",
+            ratio,
+            "x",
+            f"<= {TARGET_RATIO:g}",
+            ratio <= TARGET_RATIO,
+        ),
+        figure("steady errors under flood", loud_errors, "requests", "0", loud_errors == 0),
+        figure("flood offered", offered, "req/s"),
+        figure(
+            "flood admitted (OK)",
+            admitted,
+            "req/s",
+            f"<= {tenant_rate:g} (its quota)",
+            admitted <= tenant_rate * 1.05,
+        ),
+        figure("flood refused (RESOURCE_EXHAUSTED)", refused * 100, "%"),
+        figure("router CPU under flood", cpu["router"] * 100, "% of a core"),
+        figure("worker CPU under flood", cpu["worker"] * 100, "% of a core"),
+    ]
+    extra = {
+        "config": {
+            **cfg.as_dict(),
+            "steady_rate": rate,
+            "flood_concurrency": flood_c,
+            "tenant_rate_limit": tenant_rate,
+            "tenant_max_in_flight": tenant_in_flight,
+            "workers": 1,
+        },
+        "steady_samples": {"unloaded": len(quiet), "loaded": len(loud)},
+        "steady_errors": {"unloaded": quiet_err, "loaded": loud_err},
+        "flood_counts": counts,
+    }
+    path = write_results("isolation", figures, extra)
+    for f in figures:
+        print(
+            f"{f['name']:<40} {f['value']:10.3f} {f['unit']:<12} {f['target']} "
+            f"{'' if f['met'] is None else ('met' if f['met'] else 'NOT MET')}"
+        )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "flood":
+        sys.exit(_flood_main(sys.argv[2:]))
+    sys.exit(main())
