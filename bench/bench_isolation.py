@@ -14,9 +14,12 @@ What is measured: the latency a well-behaved tenant sees while another tenant fl
   (grpc.aio; a request is sent on schedule whether or not earlier ones have answered), for
   ``BENCH_DURATION`` seconds after ``BENCH_WARMUP`` seconds of warm-up; latency of every call
   of the main phase.
-* **Flood**: ``BENCH_ISO_FLOOD`` (default 64) closed-loop callers in a separate process,
-  far above the flood tenant's quota: each resends as soon as it is answered, OK or
-  RESOURCE_EXHAUSTED.
+* **Flood**: ``BENCH_ISO_FLOOD`` (default 64) closed-loop callers, far above the flood
+  tenant's quota: each resends as soon as it is answered, OK or RESOURCE_EXHAUSTED. They are
+  h2load's (C, one thread: ``bench.loadgen``), so the load generator takes little of the CPU
+  the servers share with it; without h2load, Python callers in a child process (these cost
+  about a core on their own, and the results say which ran). Admitted and refused counts come
+  from the router's ``shoal_router_requests{code}``.
 
 Phases: *unloaded* (steady tenant alone), then *loaded* (the same with the flood running).
 Figures: the steady tenant's p50/p99 in each phase, the p99 ratio loaded/unloaded (target
@@ -38,6 +41,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,13 +51,15 @@ if __package__ in (None, ""):  # run as a file: python bench/bench_isolation.py
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import figure, write_results
 from bench.config import BenchConfig, scratch, wait_for
+from bench.loadgen import GRPC_HEADERS, ensure_h2load
 from bench.models import bench_models
 from bench.procutil import tree_cpu_seconds
 from bench.shoal_harness import ShoalBench
-from bench.wire import INFER_PATH, infer_once, infer_request
+from bench.wire import INFER_PATH, grpc_frame, infer_once, infer_request
 
 STEADY, FLOOD = "steady/churn", "flood/churn"
 TARGET_RATIO = 2.0
@@ -104,10 +110,12 @@ def _flood_main(argv: list[str]) -> int:
 
 async def _steady(
     address: str, body: bytes, rate: float, warmup_s: float, duration_s: float
-) -> tuple[list[float], dict[str, int]]:
-    """Open loop at ``rate`` req/s; latencies (ms) of the calls sent after the warm-up."""
+) -> tuple[list[float], dict[str, int], dict[str, int]]:
+    """Open loop at ``rate`` req/s: latencies (ms) and errors of the calls sent after the
+    warm-up, and the status counts of every call (warm-up included)."""
     lat: list[float] = []
     errors: dict[str, int] = {}
+    codes: dict[str, int] = {}
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary(INFER_PATH)
 
@@ -116,9 +124,12 @@ async def _steady(
             try:
                 await call(body, timeout=10)
             except grpc.aio.AioRpcError as exc:
+                name = exc.code().name
+                codes[name] = codes.get(name, 0) + 1
                 if measured:
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    errors[name] = errors.get(name, 0) + 1
                 return
+            codes["OK"] = codes.get("OK", 0) + 1
             if measured:
                 lat.append((time.perf_counter() - t0) * 1000)
 
@@ -130,7 +141,61 @@ async def _steady(
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             tasks.append(asyncio.ensure_future(one(i / rate >= warmup_s)))
         await asyncio.gather(*tasks)
-    return lat, errors
+    return lat, errors, codes
+
+
+def _router_codes(metrics_address: str) -> dict[str, float]:
+    """``shoal_router_requests_total`` by code."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "shoal_router_requests_total":
+                out[smp.labels["code"]] = smp.value
+    return out
+
+
+def _start_flood(
+    router: str, body: bytes, concurrency: int, duration_s: float, tmp: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The flood as a child process: h2load when installed, else Python callers."""
+    h2load = ensure_h2load(install=False)
+    if h2load:
+        body_file = tmp / "flood.grpc"
+        body_file.write_bytes(grpc_frame(body))
+        cmd = [
+            h2load,
+            "-c",
+            str(concurrency),
+            "-m",
+            "1",
+            "-t",
+            "1",
+            "-d",
+            str(body_file),
+            "-D",
+            f"{max(1, round(duration_s * 1000))}ms",
+        ]
+        for h in GRPC_HEADERS:
+            cmd += ["-H", h]
+        cmd.append(f"http://{router}{INFER_PATH}")
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL), "h2load"
+    body_file = tmp / "flood.bin"
+    body_file.write_bytes(body)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_isolation",
+        "flood",
+        router,
+        str(body_file),
+        str(concurrency),
+        str(duration_s),
+        str(tmp / "flood.json"),
+    ]
+    here = Path(__file__).resolve().parent.parent
+    return subprocess.Popen(cmd, cwd=here), "python"
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -167,49 +232,44 @@ def main() -> int:
             for n, body in bodies.items():
                 wait_for(f"{n} to answer", partial(infer_once, router, body))
 
+            # Other processes on the machine skew every figure: their load is recorded.
+            load_avg = {"before": os.getloadavg()[0]}
             print(f"unloaded: steady {rate:g} req/s for {cfg.duration_s:g}s", flush=True)
-            quiet, quiet_err = asyncio.run(
+            quiet, quiet_err, _ = asyncio.run(
                 _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
             )
 
-            body_file = tmp / "flood.bin"
-            body_file.write_bytes(bodies[FLOOD])
-            flood_out = tmp / "flood.json"
+            assert bench.c.router is not None
+            metrics = bench.c.router.extra["metrics"]
             flood_s = cfg.warmup_s + cfg.duration_s + 0.5
-            print(f"loaded: + flood of {flood_c} callers for {flood_s:g}s", flush=True)
-            flood = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.bench_isolation",
-                    "flood",
-                    router,
-                    str(body_file),
-                    str(flood_c),
-                    str(flood_s),
-                    str(flood_out),
-                ],
-                cwd=Path(__file__).resolve().parent.parent,
-            )
+            codes0 = _router_codes(metrics)
+            flood, tool = _start_flood(router, bodies[FLOOD], flood_c, flood_s, tmp)
+            print(f"loaded: + flood of {flood_c} {tool} callers for {flood_s:g}s", flush=True)
             try:
                 time.sleep(0.5)  # the flood's callers are connected and sending
                 pids = {"router": bench.router_pid, "worker": bench.worker_pid()}
                 cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
                 t0 = time.monotonic()
-                loud, loud_err = asyncio.run(
+                loud, loud_err, steady_codes = asyncio.run(
                     _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
                 )
                 wall = time.monotonic() - t0
                 cpu = {k: (tree_cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
             finally:
                 flood.wait(timeout=flood_s + 60)
-            flood_res = json.loads(flood_out.read_text())
+            codes1 = _router_codes(metrics)
+            load_avg["after"] = os.getloadavg()[0]
+            # The flood's answers: the router's counts over the phase less the steady tenant's.
+            counts = {
+                code: int(codes1.get(code, 0) - codes0.get(code, 0) - steady_codes.get(code, 0))
+                for code in set(codes1) | set(codes0)
+            }
+            counts = {k: v for k, v in counts.items() if v}
         finally:
             bench.stop()
 
-    counts: dict[str, int] = flood_res["counts"]
-    offered = sum(counts.values()) / flood_res["duration_s"]
-    admitted = counts.get("OK", 0) / flood_res["duration_s"]
+    offered = sum(counts.values()) / flood_s
+    admitted = counts.get("OK", 0) / flood_s
     refused = counts.get("RESOURCE_EXHAUSTED", 0) / max(1, sum(counts.values()))
     p99_q, p99_l = _pct(quiet, 99), _pct(loud, 99)
     ratio = p99_l / p99_q if p99_q else float("nan")
@@ -251,6 +311,8 @@ def main() -> int:
         "steady_samples": {"unloaded": len(quiet), "loaded": len(loud)},
         "steady_errors": {"unloaded": quiet_err, "loaded": loud_err},
         "flood_counts": counts,
+        "flood_tool": tool,
+        "load_average_1m": load_avg,
     }
     path = write_results("isolation", figures, extra)
     for f in figures:
