@@ -5,13 +5,13 @@
 
 | variable | meaning | default (smoke) |
 |---|---|---|
-| ``BENCH_DURATION`` | seconds measured per load phase | 10 (1) |
+| ``BENCH_DURATION`` | seconds measured per load phase | 6 (1) |
 | ``BENCH_WARMUP`` | seconds of warm-up before each load phase | 2 (0.3) |
 | ``BENCH_CONCURRENCY`` | comma-separated concurrencies of the warm path | 1,32 |
 | ``BENCH_MODELS`` | warm-path models (xgb, lgbm, onnx) | xgb,lgbm,onnx |
 | ``BENCH_LOADGEN`` | h2load or python | h2load |
 | ``BENCH_MLSERVER_OMP_THREADS`` | OMP_NUM_THREADS for MLServer ('' = library default) | 1 |
-| ``BENCH_COLD_REPEATS`` | uncached first predictions timed per framework and tier | 20 (3) |
+| ``BENCH_COLD_REPEATS`` | uncached first predictions timed per framework and tier | 10 (3) |
 | ``BENCH_DENSITY_MODELS`` | models loaded per framework for the density figures | 1000 (50) |
 | ``BENCH_PROFILE_DURATION`` | seconds py-spy records the router and a worker | 15 (2) |
 | ``BENCH_KEEP`` | keep the temporary data folders (logs) after a run | 0 |
@@ -54,12 +54,12 @@ class BenchConfig:
         smoke = _env("BENCH_SMOKE", "0") not in ("", "0", "false", "no")
         return cls(
             smoke=smoke,
-            duration_s=float(_env("BENCH_DURATION", "1" if smoke else "10")),
+            duration_s=float(_env("BENCH_DURATION", "1" if smoke else "6")),
             warmup_s=float(_env("BENCH_WARMUP", "0.3" if smoke else "2")),
             concurrency=tuple(int(c) for c in _env("BENCH_CONCURRENCY", "1,32").split(",") if c),
             models=tuple(m for m in _env("BENCH_MODELS", "xgb,lgbm,onnx").split(",") if m),
             mlserver_omp_threads=_env("BENCH_MLSERVER_OMP_THREADS", "1"),
-            cold_repeats=int(_env("BENCH_COLD_REPEATS", "3" if smoke else "20")),
+            cold_repeats=int(_env("BENCH_COLD_REPEATS", "3" if smoke else "10")),
             density_models=int(_env("BENCH_DENSITY_MODELS", "50" if smoke else "1000")),
             profile_duration_s=float(_env("BENCH_PROFILE_DURATION", "2" if smoke else "15")),
             keep=_env("BENCH_KEEP", "0") not in ("", "0", "false", "no"),
