@@ -10,29 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shoal.procs import ManagedProcess, wait_until
+from shoal.procs import wait_for_banner
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def wait_banner(proc: ManagedProcess, prefix: str, timeout: float) -> str:
-    """Wait for a ``<prefix>: VALUE`` line in the process log; return VALUE."""
-    found: list[str] = []
-
-    def seen() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"{prefix} process exited:\n{proc.log_tail()}")
-        for line in proc.log_path.read_text(errors="replace").splitlines():
-            if line.startswith(f"{prefix}: "):
-                found.append(line.split(": ", 1)[1].strip())
-                return True
-        return False
-
-    try:
-        wait_until(seen, timeout, 0.05, f"'{prefix}: ' from {proc.args}")
-    except TimeoutError:
-        raise TimeoutError(f"{prefix} did not start:\n{proc.log_tail()}") from None
-    return found[0]
+#: Banner lines (``router: HOST:PORT``) are read the same way as the cluster launcher does.
+wait_banner = wait_for_banner
 
 
 def cpu_seconds(pid: int) -> float:

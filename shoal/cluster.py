@@ -24,7 +24,7 @@ from pathlib import Path
 
 from shoal.auth import ADMIN, new_key
 from shoal.devservers import LocalEtcd
-from shoal.procs import ManagedProcess, wait_until
+from shoal.procs import ManagedProcess, wait_for_banner, wait_until
 from shoal.records import PoolSnapshot, TenantConfig, placement_key, tenant_key, worker_key
 
 
@@ -130,25 +130,6 @@ class LocalCluster:
         log.write_text("")
         return ManagedProcess(args, log, env=env, cwd=self.data_dir).start()
 
-    @staticmethod
-    def _banner(proc: ManagedProcess, prefix: str, timeout: float) -> str:
-        found: list[str] = []
-
-        def seen() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{prefix} process exited:\n{proc.log_tail()}")
-            for line in proc.log_path.read_text(errors="replace").splitlines():
-                if line.startswith(f"{prefix}: "):
-                    found.append(line.split(": ", 1)[1].strip())
-                    return True
-            return False
-
-        try:
-            wait_until(seen, timeout, 0.05, f"'{prefix}: ' from {proc.args}")
-        except TimeoutError:
-            raise TimeoutError(f"{prefix} did not start:\n{proc.log_tail()}") from None
-        return found[0]
-
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> LocalCluster:
@@ -178,7 +159,7 @@ class LocalCluster:
             SHOAL_INSTANCE_ID="placement-0",
         )
         proc = self._spawn("placement", _shoal_cmd("placement"), env)
-        self.placement = Role("placement", proc, self._banner(proc, "control", timeout))
+        self.placement = Role("placement", proc, wait_for_banner(proc, "control", timeout))
         return self.placement
 
     def add_placement(self, timeout: float = 60.0) -> Role:
@@ -191,7 +172,7 @@ class LocalCluster:
             SHOAL_INSTANCE_ID=f"placement-{n}",
         )
         proc = self._spawn(f"placement-{n}", _shoal_cmd("placement"), env)
-        role = Role(f"placement-{n}", proc, self._banner(proc, "control", timeout))
+        role = Role(f"placement-{n}", proc, wait_for_banner(proc, "control", timeout))
         self.standbys.append(role)
         return role
 
@@ -213,7 +194,7 @@ class LocalCluster:
         )
         proc = self._spawn(worker_id, _shoal_cmd("worker"), env)
         role = Role(
-            worker_id, proc, self._banner(proc, "worker", timeout), {"worker_id": worker_id}
+            worker_id, proc, wait_for_banner(proc, "worker", timeout), {"worker_id": worker_id}
         )
         self.workers.append(role)
         if wait_in_snapshot:
@@ -225,8 +206,8 @@ class LocalCluster:
     def start_router(self, timeout: float = 60.0) -> Role:
         env = self._env(SHOAL_PORT=str(self.router_port), SHOAL_DATA_DIR=str(self.data_dir))
         proc = self._spawn("router", _shoal_cmd("router"), env)
-        self.router = Role("router", proc, self._banner(proc, "router", timeout))
-        self.router.extra["metrics"] = self._banner(proc, "metrics", timeout)
+        self.router = Role("router", proc, wait_for_banner(proc, "router", timeout))
+        self.router.extra["metrics"] = wait_for_banner(proc, "metrics", timeout)
         return self.router
 
     def snapshot(self, pool: str = "cpu") -> PoolSnapshot | None:

@@ -42,6 +42,31 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_for_banner(proc: ManagedProcess, prefix: str, timeout: float) -> str:
+    """Wait for a ``<prefix>: VALUE`` line in ``proc``'s log and return VALUE.
+
+    Shoal's processes announce their addresses this way (``worker: HOST:PORT``). Raises
+    ``RuntimeError`` with the log's tail if the process exits first, ``TimeoutError`` after
+    ``timeout`` seconds.
+    """
+    found: list[str] = []
+
+    def seen() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"{prefix} process exited:\n{proc.log_tail()}")
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            if line.startswith(f"{prefix}: "):
+                found.append(line.split(": ", 1)[1].strip())
+                return True
+        return False
+
+    try:
+        wait_until(seen, timeout, 0.05, f"'{prefix}: ' from {proc.args}")
+    except TimeoutError:
+        raise TimeoutError(f"{prefix} did not start:\n{proc.log_tail()}") from None
+    return found[0]
+
+
 class ManagedProcess:
     """A child process in its own process group, its output appended to ``log_path``."""
 
