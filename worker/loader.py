@@ -245,7 +245,7 @@ class Loader:
             model = await self._calls.run(mid, fn)
             placed = Tier.GPU if model.device == "cuda" else Tier.HOST
             if placed is Tier.HOST:  # GPU sizes are estimates: nothing to learn from them
-                self.sizes.observe(mv.framework, mv.size, model.nbytes)
+                model.nbytes = self.sizes.charge(mv.framework, mv.size, model.nbytes)
             self._cache.admit(mid, model, model.nbytes, placed)
             admitted = True
         except Abandoned as exc:

@@ -9,10 +9,13 @@ Sizes. ``estimate_bytes`` guesses the resident size from the artifact size befor
 cache reserves that much). After the load, ``Model.nbytes`` is the *measured* growth of the C
 heap across the deserialisation (glibc ``mallinfo2``; loads run one at a time so other loads do
 not pollute it), falling back to the estimate where the heap cannot be read or the delta is not
-positive (another thread freed memory meanwhile). GPU-resident bytes cannot be measured this
-way; they are estimated. The first load of each framework in a process is done twice and the
-first result thrown away: it pays the runtime's one-time initialisation (thread pools,
-registries: up to a few MiB), which would otherwise be charged to that one model.
+positive (another thread freed memory meanwhile). Prediction threads allocating or freeing
+during a load still pollute single measurements, so the cache charges each model the median
+measured ratio of its framework's recent loads times its artifact size (``SizeEstimator``).
+GPU-resident bytes cannot be measured this way; they are estimated. The first load of each
+framework in a process is done twice and the first result thrown away: it pays the runtime's
+one-time initialisation (thread pools, registries: up to a few MiB), which would otherwise be
+charged to that one model.
 
 Failures: bytes the library rejects raise ``CorruptArtifact`` (the caller reports
 FAILED_PRECONDITION with the library's first line); anything else propagates (INTERNAL).
@@ -23,7 +26,9 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import statistics
 import threading
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -65,19 +70,29 @@ def estimate_bytes(framework: str, artifact_size: int) -> int:
 
 
 class SizeEstimator:
-    """Resident-size guesses before a load, calibrated by the sizes measured after loads.
+    """Resident-size guesses before a load and charges after it, from measured sizes.
 
-    Per framework, the bytes-per-artifact-byte ratio follows an exponential moving average
-    (weight ``alpha``) of measured/artifact size; until the first measurement the static
-    ``estimate_bytes`` applies. Guesses carry ``margin`` (10%) so a reservation rarely falls
-    short; a guess far above reality would evict models needlessly before every load. Event
-    loop only.
+    A single measurement (the process-wide heap's growth across one load) is noisy: request
+    buffers allocated or freed by prediction threads during the load land in it, in both
+    directions, and a non-positive growth falls back to the static estimate. So each model is
+    charged the *median* bytes-per-artifact-byte ratio of the last ``window`` loads of its
+    framework times its artifact size, once ``min_samples`` loads have been measured (before
+    that, its own measurement). The median ignores the polluted minority; the ratio scales
+    with the artifact, so models of one framework but different sizes are charged fairly.
+
+    Guesses before a load follow an exponential moving average (weight ``alpha``) of the same
+    ratios with a ``margin`` (10%), so a reservation rarely falls short; until the first
+    measurement the static ``estimate_bytes`` applies. Event loop only.
     """
 
-    def __init__(self, alpha: float = 0.2, margin: float = 1.1) -> None:
+    def __init__(
+        self, alpha: float = 0.2, margin: float = 1.1, window: int = 64, min_samples: int = 8
+    ) -> None:
         self.alpha = alpha
         self.margin = margin
+        self.min_samples = min_samples
         self._ratio: dict[str, float] = {}
+        self._recent: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
 
     def estimate(self, framework: str, artifact_size: int) -> int:
         r = self._ratio.get(framework)
@@ -91,6 +106,15 @@ class SizeEstimator:
         r = min(max(measured / artifact_size, 0.05), 500.0)
         prev = self._ratio.get(framework)
         self._ratio[framework] = r if prev is None else prev + self.alpha * (r - prev)
+        self._recent[framework].append(r)
+
+    def charge(self, framework: str, artifact_size: int, measured: int) -> int:
+        """Record ``measured`` and return the bytes to charge the model (see class doc)."""
+        self.observe(framework, artifact_size, measured)
+        recent = self._recent.get(framework)
+        if artifact_size <= 0 or recent is None or len(recent) < self.min_samples:
+            return measured
+        return max(1, int(artifact_size * statistics.median(recent)))
 
 
 def _first_line(exc: BaseException) -> str:
