@@ -112,7 +112,14 @@ class Router:
         self.channels = Channels(settings)
         self.in_flight: defaultdict[str, int] = defaultdict(int)
         self.shadow: ShadowSender | None = None
-        self.quotas = Quotas(now, settings.tenant_rate_limit, settings.tenant_max_in_flight)
+        self.quotas = Quotas(
+            now,
+            settings.tenant_rate_limit,
+            settings.tenant_max_in_flight,
+            queue_s=settings.tenant_queue_s,
+            max_queued=settings.tenant_max_queued,
+            on_queued=metrics.quota_queued.inc,
+        )
         self.load: LoadReporter | None = None
 
     # --- resolution ---------------------------------------------------------------------
@@ -209,21 +216,27 @@ class Router:
             ) from None
         route = self.route(header.model_name, header.model_version, principal)
         cfg = self.view.tenant(route.tenant)
+        timeout = timeout if timeout is not None else self.settings.default_timeout_s
+        deadline = time.monotonic() + timeout
         try:
-            self.quotas.acquire(
-                route.tenant, cfg.rate_limit if cfg else 0.0, cfg.max_in_flight if cfg else 0
+            held = await self.quotas.admit(
+                route.tenant,
+                cfg.rate_limit if cfg else 0.0,
+                cfg.max_in_flight if cfg else 0,
+                timeout,
             )
         except QuotaExceeded as exc:
+            self.metrics.quota_refused.inc()
             raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         try:
             if self.load is not None:
                 self.load.count(route.tenant)
             members = self.candidates(route.tenant, route.name, route.version)
-            timeout = timeout if timeout is not None else self.settings.default_timeout_s
             payload = raw + _version_field(route.version.version)
-            resp = await self.forward(payload, members, timeout)
+            resp = await self.forward(payload, members, deadline - time.monotonic())
         finally:
-            self.quotas.release(route.tenant)
+            if held:
+                self.quotas.release(route.tenant)
         self._maybe_shadow(route, raw, resp)
         return resp
 

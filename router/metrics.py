@@ -48,4 +48,14 @@ class RouterMetrics:
             "1 while etcd is unreachable (serving the last view)",
             registry=r,
         )
+        self.quota_queued = Counter(
+            "shoal_router_quota_queued",
+            "requests admitted after waiting in their tenant's admission queue",
+            registry=r,
+        )
+        self.quota_refused = Counter(
+            "shoal_router_quota_refused",
+            "requests refused for a tenant quota (rate or in flight)",
+            registry=r,
+        )
         self.in_flight = Gauge("shoal_router_in_flight", "requests in flight", registry=r)

@@ -1,16 +1,32 @@
-"""Per-tenant quotas at the router: a request-rate limit and an in-flight cap.
+"""Per-tenant quotas at the router: a request-rate limit and an in-flight cap, with a short,
+bounded admission queue.
 
-Rate: a token bucket per tenant (``rate`` tokens/s, burst ``max(rate, 1)`` by default),
-refilled lazily from an injected clock, so an idle tenant costs nothing. In flight: a counter
-per tenant, released when the request ends. Either limit answers RESOURCE_EXHAUSTED for the
-tenant over it and nobody else. A limit of 0 means unlimited. Tenant overrides
-(``TenantConfig.rate_limit`` / ``max_in_flight``) take precedence over the defaults.
+Rate: a token bucket per tenant (``rate`` tokens/s, burst ``max(rate * burst_s, 1)``),
+refilled lazily from an injected clock, so an idle tenant costs nothing. A request that finds
+the bucket empty *reserves* the next token (the bucket goes negative) and waits until that
+token is due, provided it is due within ``queue_s`` and before the request's own deadline;
+otherwise it is refused at once without reserving anything. The reservation queue is
+therefore at most ``rate * queue_s`` requests deep.
+
+In flight: a FIFO ``Slots`` per tenant (``shoal.slots``); a request over the cap waits in line
+(at most ``max_queued`` of them) for what is left of its ``queue_s`` and its deadline.
+
+Why queue instead of refusing at once: a client that resends as soon as it is refused (any
+closed-loop flood) turns instant refusals into a spin that burns the router's CPU, which every
+other tenant shares; a bounded wait paces such a client at its quota, and a burst slightly
+over quota is smoothed instead of failed. ``queue_s = 0`` restores immediate refusal.
+Either limit answers RESOURCE_EXHAUSTED for the tenant over it and nobody else. A limit of 0
+means unlimited; tenant overrides (``TenantConfig.rate_limit`` / ``max_in_flight``) take
+precedence over the defaults.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from shoal.slots import Admission, Slots
 
 
 class QuotaExceeded(Exception):
@@ -30,38 +46,111 @@ class Quotas:
         default_rate: float = 0.0,
         default_in_flight: int = 0,
         burst_s: float = 1.0,
+        queue_s: float = 0.0,
+        max_queued: int = 256,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         self._now = now
         self.default_rate = default_rate
         self.default_in_flight = default_in_flight
         self.burst_s = burst_s
+        self.queue_s = max(0.0, queue_s)
+        self.max_queued = max(0, max_queued)
         self._buckets: dict[str, _Bucket] = {}
-        self._in_flight: dict[str, int] = {}
+        self._slots: dict[str, Slots] = {}
+        #: called for each request admitted after waiting in the queue (metrics)
+        self._on_queued = on_queued
 
-    def acquire(self, tenant: str, rate: float = 0.0, max_in_flight: int = 0) -> None:
-        """Admit one request of ``tenant`` or raise ``QuotaExceeded``; pair with ``release``."""
+    async def admit(
+        self,
+        tenant: str,
+        rate: float = 0.0,
+        max_in_flight: int = 0,
+        timeout: float | None = None,
+    ) -> bool:
+        """Admit one request of ``tenant`` (waiting at most ``queue_s`` and never past
+        ``timeout`` seconds) or raise ``QuotaExceeded``. True when the request holds an
+        in-flight slot, to be given back with ``release`` when it ends."""
         rate = rate or self.default_rate
         cap = max_in_flight or self.default_in_flight
-        if cap and self._in_flight.get(tenant, 0) >= cap:
-            raise QuotaExceeded(f"tenant {tenant} has {cap} requests in flight (its limit)")
+        budget = self.queue_s if timeout is None else min(self.queue_s, max(0.0, timeout))
+        slots: Slots | None = None
+        if cap:
+            slots = self._slots.get(tenant)
+            if slots is None:
+                slots = self._slots[tenant] = Slots(cap, self.max_queued)
+            slots.limit = cap
+            if budget <= 0 and slots.held >= cap:  # nothing to wait with: refuse, keep tokens
+                raise QuotaExceeded(_in_flight_message(tenant, cap, None))
+        waited = 0.0
+        queued = False
         if rate:
-            burst = max(rate * self.burst_s, 1.0)
-            now = self._now()
-            b = self._buckets.get(tenant)
-            if b is None:
-                b = self._buckets[tenant] = _Bucket(burst, now)
-            b.tokens = min(burst, b.tokens + (now - b.updated) * rate)
-            b.updated = now
-            if b.tokens < 1.0:
-                raise QuotaExceeded(
-                    f"tenant {tenant} is over its rate limit of {rate:g} requests/s"
-                )
+            try:
+                waited = self._take_token(tenant, rate, budget)
+            except QuotaExceeded:
+                if slots is not None and slots.idle:
+                    self._slots.pop(tenant, None)
+                raise
+            if waited > 0:
+                try:
+                    await asyncio.sleep(waited)
+                except asyncio.CancelledError:
+                    self._refund(tenant)
+                    raise
+                queued = True
+        if slots is not None and not slots.try_acquire():
+            left = budget - waited
+            outcome = await slots.acquire(left) if left > 0 else Admission.TIMEOUT
+            if outcome is not Admission.GRANTED:
+                if slots.idle:
+                    self._slots.pop(tenant, None)
+                raise QuotaExceeded(_in_flight_message(tenant, cap, outcome))
+            queued = True
+        if queued and self._on_queued is not None:
+            self._on_queued()
+        return slots is not None
+
+    def _take_token(self, tenant: str, rate: float, budget: float) -> float:
+        """Take (or reserve) one token: the seconds until it is due, or ``QuotaExceeded``."""
+        burst = max(rate * self.burst_s, 1.0)
+        now = self._now()
+        b = self._buckets.get(tenant)
+        if b is None:
+            b = self._buckets[tenant] = _Bucket(burst, now)
+        b.tokens = min(burst, b.tokens + (now - b.updated) * rate)
+        b.updated = now
+        if b.tokens >= 1.0:
             b.tokens -= 1.0
-        self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+            return 0.0
+        wait = (1.0 - b.tokens) / rate
+        if wait > budget:
+            raise QuotaExceeded(
+                f"tenant {tenant} is over its rate limit of {rate:g} requests/s "
+                f"(the next slot is {wait * 1000:.0f} ms away, beyond the "
+                f"{budget * 1000:.0f} ms this request may wait)"
+            )
+        b.tokens -= 1.0
+        return wait
+
+    def _refund(self, tenant: str) -> None:
+        b = self._buckets.get(tenant)
+        if b is not None:
+            b.tokens += 1.0
 
     def release(self, tenant: str) -> None:
-        n = self._in_flight.get(tenant, 0) - 1
-        if n > 0:
-            self._in_flight[tenant] = n
-        else:
-            self._in_flight.pop(tenant, None)
+        """Give back the in-flight slot an ``admit`` returned True for."""
+        slots = self._slots.get(tenant)
+        if slots is None:
+            return
+        slots.release()
+        if slots.idle:
+            del self._slots[tenant]
+
+
+def _in_flight_message(tenant: str, cap: int, outcome: Admission | None) -> str:
+    why = {
+        None: "",
+        Admission.FULL: "; its admission queue is full",
+        Admission.TIMEOUT: "; none finished within the time this request may wait",
+    }.get(outcome, "")
+    return f"tenant {tenant} has {cap} requests in flight (its limit){why}"

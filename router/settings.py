@@ -24,5 +24,11 @@ class RouterSettings(CommonSettings):
     seed: int = doc("seed of the traffic-split and shadow sampling (0: from the OS)", 0)
     tenant_rate_limit: float = doc("default per-tenant requests/s (0: unlimited)", 0.0)
     tenant_max_in_flight: int = doc("default per-tenant requests in flight (0: unlimited)", 0)
+    tenant_queue_s: float = doc(
+        "longest an over-quota request waits for its tenant's turn before RESOURCE_EXHAUSTED "
+        "(never past its deadline; 0: refuse at once)",
+        0.5,
+    )
+    tenant_max_queued: int = doc("requests per tenant waiting for an in-flight slot", 256)
     router_id: str = doc("this router's id in load reports (empty: host-port)", "")
     load_interval_s: float = doc("how often per-tenant request rates are published", 2.0)

@@ -131,7 +131,7 @@ class KeyChecker:
 # --- key management (``shoal keys``), compare-and-swap on the tenant record -------------------
 
 
-async def _update(
+async def update_tenant(
     store: StateStore, tenant: str, change: Callable[[TenantConfig], TenantConfig]
 ) -> TenantConfig:
     key = tenant_key(tenant)
@@ -150,7 +150,7 @@ async def _update(
 async def create_key(store: StateStore, tenant: str) -> tuple[str, str]:
     """Create and store a key for ``tenant`` (``ADMIN`` for an admin key): (key, key_id)."""
     key, entry = new_key(tenant)
-    await _update(store, tenant, lambda c: replace(c, key_hashes=(*c.key_hashes, entry)))
+    await update_tenant(store, tenant, lambda c: replace(c, key_hashes=(*c.key_hashes, entry)))
     return key, entry.split(":", 1)[0]
 
 
@@ -171,7 +171,7 @@ async def revoke_key(store: StateStore, tenant: str, key_id: str) -> bool:
         found = len(kept) != len(c.key_hashes)
         return replace(c, key_hashes=kept)
 
-    await _update(store, tenant, drop)
+    await update_tenant(store, tenant, drop)
     return found
 
 

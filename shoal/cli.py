@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "placement.cli",
     "placement.cli_simulate",
     "shoal.cli_keys",
+    "shoal.cli_tenants",
 )
 
 
