@@ -6,8 +6,10 @@ What is measured: the latency a well-behaved tenant sees while another tenant fl
   both tenants share the same router and the same worker — the worst case; shuffle sharding
   would often give them disjoint workers. The router's per-tenant quotas are set for every
   tenant (``SHOAL_TENANT_RATE_LIMIT`` = ``BENCH_ISO_TENANT_RATE`` req/s, default 200, and
-  ``SHOAL_TENANT_MAX_IN_FLIGHT`` = ``BENCH_ISO_TENANT_IN_FLIGHT``, default 16); the worker runs
-  with its defaults (per-model concurrency bound included).
+  ``SHOAL_TENANT_MAX_IN_FLIGHT`` = ``BENCH_ISO_TENANT_IN_FLIGHT``, default 16, with the
+  router's admission queue ``SHOAL_TENANT_QUEUE_S`` = ``BENCH_ISO_TENANT_QUEUE_S``, default
+  0.5 s, its production default); the worker runs with its defaults (per-model concurrency
+  bound included).
 * **Model**: the 100-tree XGBoost of ``bench.models``, registered as ``steady/churn`` and
   ``flood/churn``; 1-row requests.
 * **Steady tenant**: open loop at ``BENCH_ISO_RATE`` req/s (default 100) from this process
@@ -18,8 +20,11 @@ What is measured: the latency a well-behaved tenant sees while another tenant fl
   tenant's quota: each resends as soon as it is answered, OK or RESOURCE_EXHAUSTED. They are
   h2load's (C, one thread: ``bench.loadgen``), so the load generator takes little of the CPU
   the servers share with it; without h2load, Python callers in a child process (these cost
-  about a core on their own, and the results say which ran). Admitted and refused counts come
-  from the router's ``shoal_router_requests{code}``.
+  about a core on their own, and the results say which ran). Admitted, refused and queued
+  counts come from the router's ``shoal_router_requests{code}`` and
+  ``shoal_router_quota_queued``, over the loaded phase's window, which starts one second
+  after the flood (its burst of one second of quota spent), so admitted/s is the sustained
+  rate the quota allows.
 
 Phases: *unloaded* (steady tenant alone), then *loaded* (the same with the flood running).
 Figures: the steady tenant's p50/p99 in each phase, the p99 ratio loaded/unloaded (target
@@ -144,16 +149,19 @@ async def _steady(
     return lat, errors, codes
 
 
-def _router_codes(metrics_address: str) -> dict[str, float]:
-    """``shoal_router_requests_total`` by code."""
+def _router_codes(metrics_address: str) -> tuple[dict[str, float], float]:
+    """``shoal_router_requests_total`` by code, and ``shoal_router_quota_queued_total``."""
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
+    queued = 0.0
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
             if smp.name == "shoal_router_requests_total":
                 out[smp.labels["code"]] = smp.value
-    return out
+            elif smp.name == "shoal_router_quota_queued_total":
+                queued = smp.value
+    return out, queued
 
 
 def _start_flood(
@@ -211,6 +219,7 @@ def main() -> int:
     flood_c = int(_env_num("BENCH_ISO_FLOOD", 64))
     tenant_rate = _env_num("BENCH_ISO_TENANT_RATE", 200)
     tenant_in_flight = int(_env_num("BENCH_ISO_TENANT_IN_FLIGHT", 16))
+    queue_s = _env_num("BENCH_ISO_TENANT_QUEUE_S", 0.5)
     model = bench_models()["xgb"]
     with scratch("isolation", cfg.keep) as tmp:
         bench = ShoalBench(
@@ -220,6 +229,7 @@ def main() -> int:
             env={
                 "SHOAL_TENANT_RATE_LIMIT": str(tenant_rate),
                 "SHOAL_TENANT_MAX_IN_FLIGHT": str(tenant_in_flight),
+                "SHOAL_TENANT_QUEUE_S": str(queue_s),
             },
             worker_env={"SHOAL_DEVICE": "cpu", "SHOAL_HOST_BUDGET": "1GiB"},
         ).start()
@@ -241,25 +251,27 @@ def main() -> int:
 
             assert bench.c.router is not None
             metrics = bench.c.router.extra["metrics"]
-            flood_s = cfg.warmup_s + cfg.duration_s + 0.5
-            codes0 = _router_codes(metrics)
+            flood_s = cfg.warmup_s + cfg.duration_s + 2.5  # outlasts the measured window
             flood, tool = _start_flood(router, bodies[FLOOD], flood_c, flood_s, tmp)
             print(f"loaded: + flood of {flood_c} {tool} callers for {flood_s:g}s", flush=True)
             try:
-                time.sleep(0.5)  # the flood's callers are connected and sending
+                # The flood's callers are connected and have spent the tenant's burst (one
+                # second of quota): from here on, admitted requests are the sustained rate.
+                time.sleep(1.0)
                 pids = {"router": bench.router_pid, "worker": bench.worker_pid()}
                 cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+                codes0, queued0 = _router_codes(metrics)
                 t0 = time.monotonic()
                 loud, loud_err, steady_codes = asyncio.run(
                     _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
                 )
-                wall = time.monotonic() - t0
-                cpu = {k: (tree_cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
+                codes1, queued1 = _router_codes(metrics)
+                window = time.monotonic() - t0
+                cpu = {k: (tree_cpu_seconds(p) - cpu0[k]) / window for k, p in pids.items()}
             finally:
                 flood.wait(timeout=flood_s + 60)
-            codes1 = _router_codes(metrics)
             load_avg["after"] = os.getloadavg()[0]
-            # The flood's answers: the router's counts over the phase less the steady tenant's.
+            # The flood's answers in the window: the router's counts less the steady tenant's.
             counts = {
                 code: int(codes1.get(code, 0) - codes0.get(code, 0) - steady_codes.get(code, 0))
                 for code in set(codes1) | set(codes0)
@@ -268,8 +280,9 @@ def main() -> int:
         finally:
             bench.stop()
 
-    offered = sum(counts.values()) / flood_s
-    admitted = counts.get("OK", 0) / flood_s
+    offered = sum(counts.values()) / window
+    admitted = counts.get("OK", 0) / window
+    queued_share = (queued1 - queued0) / max(1, sum(counts.values()))
     refused = counts.get("RESOURCE_EXHAUSTED", 0) / max(1, sum(counts.values()))
     p99_q, p99_l = _pct(quiet, 99), _pct(loud, 99)
     ratio = p99_l / p99_q if p99_q else float("nan")
@@ -296,6 +309,7 @@ def main() -> int:
             admitted <= tenant_rate * 1.05,
         ),
         figure("flood refused (RESOURCE_EXHAUSTED)", refused * 100, "%"),
+        figure("flood admitted after waiting in its queue", queued_share * 100, "%"),
         figure("router CPU under flood", cpu["router"] * 100, "% of a core"),
         figure("worker CPU under flood", cpu["worker"] * 100, "% of a core"),
     ]
@@ -306,11 +320,13 @@ def main() -> int:
             "flood_concurrency": flood_c,
             "tenant_rate_limit": tenant_rate,
             "tenant_max_in_flight": tenant_in_flight,
+            "tenant_queue_s": queue_s,
             "workers": 1,
         },
         "steady_samples": {"unloaded": len(quiet), "loaded": len(loud)},
         "steady_errors": {"unloaded": quiet_err, "loaded": loud_err},
         "flood_counts": counts,
+        "measured_window_s": window,
         "flood_tool": tool,
         "load_average_1m": load_avg,
     }
