@@ -91,13 +91,30 @@ async def test_in_flight_waiters_get_freed_slots_in_order_and_the_line_is_bounde
     second = asyncio.ensure_future(q.admit("t"))
     await asyncio.sleep(0)
     with pytest.raises(QuotaExceeded, match="admission queue is full"):
-        await q.admit("t")
+        await q.admit("t", timeout=1.0)  # a deadline shorter than the queue time: at once
     await _admit_release(q, "other")  # another tenant is not held up by the line
     q.release("t")
     assert await first and not second.done()  # the oldest waiter got the slot
     q.release("t")
     assert await second
     q.release("t")
+
+
+async def test_certain_refusals_are_held_for_the_queue_time_up_to_max_queued() -> None:
+    """A patient request that cannot make it is answered when its queue time runs out (so a
+    caller resending on every answer is paced); past ``max_queued`` held answers, at once."""
+    q = Quotas(lambda: 0.0, default_rate=10.0, queue_s=0.2, max_queued=1)
+    for _ in range(10):
+        await _admit_release(q, "t")
+    queued = [asyncio.ensure_future(_admit_release(q, "t")) for _ in range(2)]  # 0.1, 0.2 s
+    held = asyncio.ensure_future(q.admit("t"))  # due in 0.3 s, beyond 0.2: held, then refused
+    await asyncio.sleep(0.05)
+    assert not held.done()  # held between 100 and 200 ms (jittered)
+    with pytest.raises(QuotaExceeded, match=r"200 ms this request may wait\)$"):
+        await q.admit("t")  # one answer is already held for t: this one comes at once
+    with pytest.raises(QuotaExceeded, match=r"refused after waiting (1\d\d|200) ms"):
+        await held
+    await asyncio.gather(*queued)
 
 
 async def test_in_flight_wait_times_out_and_queue_zero_refuses_without_spending_tokens() -> None:
