@@ -178,7 +178,31 @@ def _xgboost_info(data: bytes, fmt: str) -> tuple[Signature, dict[str, Any]]:
         (TensorSpec(TREE_INPUT, "FP32", (-1, n_features)),),
         (TensorSpec(TREE_OUTPUT, "FP32", out_shape),),
     )
-    return sig, {"objective": objective, "num_features": n_features, "trees": _xgb_trees(booster)}
+    trees = _xgb_rounds_in(learner)
+    if trees is None:
+        trees = _xgb_trees(booster)
+    return sig, {"objective": objective, "num_features": n_features, "trees": trees}
+
+
+def _xgb_rounds_in(learner: dict[str, Any]) -> int | None:
+    """Boosted rounds as a JSON model records them (``iteration_indptr``), or None.
+
+    Asking the booster (``num_boosted_rounds``) first *configures* it, which costs two thirds
+    of a small model's validation (device probing, thread setup, parameter checks) and is not
+    part of loading: a worker loads without configuring, and a configure failure was never a
+    validation failure (``_xgb_trees`` answers 0 then). gbtree and dart keep the rounds of
+    their trees; anything else (gblinear, UBJ documents not parsed here) asks the booster.
+    """
+    try:
+        booster = learner["gradient_booster"]
+        if booster["name"] == "dart":
+            booster = booster["gbtree"]
+        if booster["name"] != "gbtree":
+            return None
+        indptr = booster["model"]["iteration_indptr"]
+    except (KeyError, TypeError):
+        return None
+    return len(indptr) - 1 if isinstance(indptr, list) and indptr else None
 
 
 def _xgb_trees(booster: Any) -> int:
