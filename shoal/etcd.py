@@ -20,6 +20,7 @@ from aetcd import rpc
 
 from shoal.state import (
     KV,
+    MAX_TXN_OPS,
     Compare,
     Delete,
     LeaseLost,
@@ -235,6 +236,20 @@ class EtcdStore:
         except grpc.aio.AioRpcError as exc:
             raise _err(exc, f"get {key}") from exc
         return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def get_many(self, keys: Sequence[str]) -> list[KV | None]:
+        out: list[KV | None] = []
+        for lo in range(0, len(keys), MAX_TXN_OPS):
+            chunk = keys[lo : lo + MAX_TXN_OPS]
+            ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in chunk]
+            try:
+                resp = await self._kvs.Txn(rpc.TxnRequest(success=ops), timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise _err(exc, f"get {len(chunk)} keys") from exc
+            for r in resp.responses:
+                kvs = r.response_range.kvs
+                out.append(_kv(kvs[0]) if kvs else None)
+        return out
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         try:

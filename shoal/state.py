@@ -139,6 +139,16 @@ class Watch(Protocol):
 class StateStore(Protocol):
     async def get(self, key: str) -> KV | None: ...
 
+    async def get_many(self, keys: Sequence[str]) -> list[KV | None]:
+        """``get`` of each key, in order, at one revision per ``MAX_TXN_OPS`` keys.
+
+        etcd reads each chunk in one read-only transaction of single-key ranges (one round
+        trip, point lookups: unlike a range over neighbouring keys, the cost does not grow
+        with the keys around them). Keys in different chunks may be read at different
+        revisions, as separate gets would be.
+        """
+        ...
+
     async def put(self, key: str, value: bytes, lease: int = 0) -> int: ...
 
     async def delete(self, key: str, prefix: bool = False) -> int:
@@ -292,6 +302,10 @@ class MemoryStore:
     async def get(self, key: str) -> KV | None:
         self._check()
         return self._data.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[KV | None]:
+        self._check()
+        return [self._data.get(k) for k in keys]
 
     def _apply(self, op: Op, revision: int) -> int:
         if isinstance(op, Put):
