@@ -11,10 +11,11 @@ Registration (``register``):
 1. hash the bytes; if the model already has a version with that sha256, return it
    (``created=False``) and write nothing: re-running a registration is a no-op, and an alias
    that was moved since is *not* moved back;
-2. validate the artifact by loading it (``shoal.artifacts.inspect_artifact``) on the
-   registry's own bounded thread pool (``validate_threads``), never on the event loop and
-   never more loads at once than that pool has threads; results are cached by sha256, so
-   the same bytes registered for many models are loaded once;
+2. validate the artifact by loading it (``shoal.artifacts.inspect_artifact``) in the
+   registry's validation pool (``placement.validation``): worker processes by default
+   (``validate_processes``), or threads in this process (``validate_threads``); never on
+   the event loop, never more loads at once than the pool has workers. Results are cached by
+   sha256, so the same bytes registered for many models are loaded once;
 3. upload it to its content address (content-addressed, so idempotent: small artifacts are
    written blindly, one round trip; large ones only when ``head`` does not find them);
 4. compare-and-swap the record: version number ``next_version``, the optional alias in the same
@@ -24,7 +25,8 @@ Registration (``register``):
 
 A crash between 3 and 4 leaves an unreferenced artifact, never a record pointing nowhere: a
 record only ever names an artifact that was uploaded and validated before the record was
-written. ``register_many`` does steps 1-3 per item concurrently and step 4 for many models per
+written. ``register_many`` does each step for a whole batch at once (one read of the batch's
+records, one call to the validation pool, concurrent uploads) and step 4 for many models per
 etcd transaction: at most ``MAX_TXN_OPS`` (128) models and ``MAX_TXN_BYTES`` of records per
 transaction, below etcd's defaults (``--max-txn-ops`` 128, ``--max-request-bytes`` 1.5 MiB),
 so bulk registration is not one round trip per model.
@@ -55,13 +57,13 @@ import random
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from placement import rules
 from placement.errors import Aborted, InvalidArgument, NotFound, TooLarge
+from placement.validation import ProcessValidator, ThreadValidator, Validator
 from shoal.artifacts import ArtifactInfo, inspect_artifact, sha256_hex
 from shoal.objstore import ObjectStore, artifact_key
 from shoal.records import (
@@ -78,6 +80,7 @@ from shoal.state import MAX_TXN_OPS, Compare, Put, StateStore, iter_prefix
 log = logging.getLogger(__name__)
 
 ArtifactGC = Literal["off", "model", "cluster"]
+K = TypeVar("K")
 
 #: Page size bounds of ``list_models``.
 DEFAULT_PAGE = 100
@@ -89,7 +92,7 @@ MAX_TXN_BYTES = 1 << 20
 #: Largest single model record the registry writes (a record that grows past it, with
 #: thousands of versions, must be pruned: ``keep_versions`` / ``delete_versions``).
 MAX_RECORD_BYTES = MAX_TXN_BYTES
-#: Artifacts at most this large are hashed on the event loop (~30 µs); larger ones in the pool.
+#: Artifacts at most this large are hashed on the event loop (~30 µs); larger ones on threads.
 _INLINE_HASH_BYTES = 64 << 10
 #: Artifacts at most this large are uploaded without asking the store first whether they are
 #: there: for small objects a (content-addressed, idempotent) overwrite costs one round trip
@@ -103,19 +106,10 @@ _INFO_CACHE = 4096
 _SHA_FIELD = re.compile(rb'"sha256":"([0-9a-f]{64})"')
 
 
-def _limit_native_threads() -> None:
-    """Pool-thread initializer: one OpenMP thread per load.
-
-    XGBoost loads with its (thread-local) global ``nthread``, which defaults to every core:
-    waking an OpenMP team per tiny model made a validation cost ~4 ms instead of ~1 ms. The
-    pool already runs loads in parallel, so one thread each is the right width.
-    """
-    try:
-        import xgboost
-
-        xgboost.set_config(nthread=1)
-    except Exception:  # validation still works, only slower
-        log.debug("could not limit XGBoost threads in the validation pool", exc_info=True)
+def _inspect(data: bytes, framework: str) -> ArtifactInfo:
+    """In-process validation (``ThreadValidator``); looked up at call time, so tests can
+    substitute ``inspect_artifact`` here."""
+    return inspect_artifact(data, framework or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +157,11 @@ class _Staged:
 class Registry:
     """Registry operations over a state store and an object store (see module docstring).
 
-    ``close()`` stops the validation pool; the constructor starts nothing (pool threads are
-    created on first use).
+    Validation runs on ``validate_processes`` worker processes (default: one per core, at
+    most 4), or, with ``validate_processes=0`` or ``validate_threads`` > 0 and no process
+    count, on that many threads in this process (small deployments: no extra interpreters).
+    ``close()`` stops the validation pool; the constructor starts nothing (workers are
+    started on first use).
     """
 
     def __init__(
@@ -178,6 +175,7 @@ class Registry:
         artifact_gc: ArtifactGC = "cluster",
         keep_versions: int = 0,
         validate_threads: int = 0,
+        validate_processes: int | None = None,
         gc_batch: int = 4096,
         now: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -194,9 +192,15 @@ class Registry:
         self._gc_batch = max(1, gc_batch)
         self._now = now
         self._rng = rng or random.Random()
-        threads = validate_threads if validate_threads > 0 else min(4, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(
-            threads, thread_name_prefix="shoal-validate", initializer=_limit_native_threads
+        if validate_processes is None:
+            validate_processes = 0 if validate_threads > 0 else min(4, os.cpu_count() or 1)
+        self._validator: Validator = (
+            ProcessValidator(validate_processes)
+            if validate_processes > 0
+            else ThreadValidator(
+                validate_threads if validate_threads > 0 else min(4, os.cpu_count() or 1),
+                _inspect,
+            )
         )
         self._infos: OrderedDict[str, ArtifactInfo] = OrderedDict()
         #: sha256 -> registrations between upload and commit (never garbage-collected).
@@ -211,7 +215,7 @@ class Registry:
 
     def close(self) -> None:
         """Stop the validation pool (waits for loads already running)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._validator.close()
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -268,10 +272,14 @@ class Registry:
     ) -> list[Registered | Exception]:
         """Register a batch of (spec, bytes or store URI); one outcome per item, in order.
 
-        1. read the record of each distinct model once (concurrently);
-        2. hash, reuse-check, validate and upload each item, ``concurrency`` at a time
-           (validation itself is further bounded by the pool's threads);
-        3. fold each model's new versions into its record (items in order, so two items with
+        1. read the records of the batch's distinct models (one read-only etcd transaction per
+           ``MAX_TXN_OPS`` models);
+        2. fetch URI items (``concurrency`` at a time), hash every item and drop those whose
+           model already has that sha256 (``created=False``, nothing written);
+        3. validate the rest in one call to the validation pool (items with the same bytes
+           and framework once; bytes validated before come from the cache);
+        4. upload each distinct artifact (``concurrency`` at a time);
+        5. fold each model's new versions into its record (items in order, so two items with
            the same bytes make one version), apply retention (``keep_versions``), and write
            the records in transactions of up to ``MAX_TXN_OPS`` models and ``MAX_TXN_BYTES``,
            each model guarded by its own compare. When a transaction loses (another writer
@@ -280,7 +288,7 @@ class Registry:
 
         An item's failure (invalid artifact, store error) is its outcome; others go on. If
         the caller is cancelled midway, each transaction has either landed whole or not at
-        all, and every record written names an uploaded artifact.
+        all, and every record written names an uploaded, validated artifact.
         """
         out: list[Registered | Exception | None] = [None] * len(items)
         names: dict[int, tuple[str, str]] = {}
@@ -290,25 +298,44 @@ class Registry:
             except Exception as exc:
                 out[i] = exc
         records = await self._read_many(sorted(set(names.values())))
+        datas = await self._payloads(items, names, out, concurrency)
+        digests = await self._digests(items, datas, out)
+        fresh: list[int] = []
+        for i, digest in digests.items():
+            current = records[names[i]]
+            if current is not None and (hit := _version_with_sha(current, digest)) is not None:
+                out[i] = Registered(*names[i], hit.version, False, digest, current)
+            else:
+                fresh.append(i)
+        infos = await self._validate_many(
+            [(datas[i], digests[i], items[i][0].framework) for i in fresh]
+        )
         prepared: dict[int, _Prepared] = {}
-        gate = asyncio.Semaphore(max(1, concurrency))
-
-        async def prepare(i: int) -> None:
-            spec, payload = items[i]
-            async with gate:
+        try:
+            uploads: dict[str, list[int]] = {}
+            for i, info in zip(fresh, infos, strict=True):
+                spec = items[i][0]
                 try:
-                    data = payload if isinstance(payload, bytes) else await self._fetch(payload)
-                    ready = await self._prepare(spec, data, records[names[i]])
+                    if isinstance(info, Exception):
+                        raise info
+                    pool = self._pool_of(spec, info)
                 except Exception as exc:
                     out[i] = exc
-                    return
-            if isinstance(ready, Registered):
-                out[i] = ready
-            else:
-                prepared[i] = ready
+                    continue
+                self._hold(info.sha256)
+                prepared[i] = _Prepared(spec, *names[i], info, artifact_key(info.sha256), pool)
+                uploads.setdefault(info.sha256, []).append(i)
 
-        try:
-            await asyncio.gather(*(prepare(i) for i in names))
+            async def upload(digest: str) -> None:
+                idx = uploads[digest]
+                try:
+                    await self._upload(digest, datas[idx[0]])
+                except Exception as exc:
+                    for i in idx:
+                        out[i] = exc
+                        self._release(prepared.pop(i))
+
+            await _each(list(uploads), upload, concurrency)
             by_model: dict[tuple[str, str], list[int]] = {}
             for i in sorted(prepared):
                 by_model.setdefault(names[i], []).append(i)
@@ -327,6 +354,62 @@ class Registry:
         if len(self._gc_pending) >= self._gc_batch:
             await self.flush_gc()
         return [o if o is not None else RuntimeError("item not processed") for o in out]
+
+    async def _payloads(
+        self,
+        items: Sequence[tuple[RegisterSpec, bytes | str]],
+        names: Mapping[int, tuple[str, str]],
+        out: list[Registered | Exception | None],
+        concurrency: int,
+    ) -> dict[int, bytes]:
+        """Each named item's bytes: as given, or fetched from the store (failures to ``out``)."""
+        datas: dict[int, bytes] = {}
+        uris: list[int] = []
+        for i in names:
+            payload = items[i][1]
+            if isinstance(payload, bytes):
+                datas[i] = payload
+            else:
+                uris.append(i)
+
+        async def fetch(i: int) -> None:
+            try:
+                datas[i] = await self._fetch(str(items[i][1]))
+            except Exception as exc:
+                out[i] = exc
+
+        await _each(uris, fetch, concurrency)
+        return datas
+
+    async def _digests(
+        self,
+        items: Sequence[tuple[RegisterSpec, bytes | str]],
+        datas: Mapping[int, bytes],
+        out: list[Registered | Exception | None],
+    ) -> dict[int, str]:
+        """sha256 of each item's bytes, size and expected digest checked (failures to ``out``).
+
+        Small artifacts are hashed right here (~10 us each); large ones on threads, together.
+        """
+        digests: dict[int, str] = {}
+        large: list[int] = []
+        for i in sorted(datas):
+            data = datas[i]
+            if len(data) > self.max_artifact_bytes:
+                out[i] = self._too_large(data)
+            elif len(data) > _INLINE_HASH_BYTES:
+                large.append(i)
+            else:
+                digests[i] = sha256_hex(data)
+        if large:
+            hashed = await asyncio.gather(*(self._hash(datas[i]) for i in large))
+            digests.update(zip(large, hashed, strict=True))
+        for i in sorted(digests):
+            expect = items[i][0].sha256
+            if expect and expect.lower() != digests[i]:
+                out[i] = InvalidArgument(f"artifact sha256 is {digests[i]}, expected {expect}")
+                del digests[i]
+        return digests
 
     def _stage(
         self,
@@ -407,28 +490,65 @@ class Registry:
                 raise InvalidArgument(f"label {k!r}={v!r}: labels are non-empty string pairs")
         return tenant, name
 
+    def _too_large(self, data: bytes) -> TooLarge:
+        return TooLarge(
+            f"artifact is {len(data)} bytes, over the limit of {self.max_artifact_bytes}"
+        )
+
     async def _hash(self, data: bytes) -> str:
         if len(data) <= _INLINE_HASH_BYTES:
             return sha256_hex(data)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, sha256_hex, data)
+        return await asyncio.to_thread(sha256_hex, data)
 
-    async def _validate(self, data: bytes, digest: str, framework: str) -> ArtifactInfo:
-        """``inspect_artifact`` on the pool, or its cached answer for these exact bytes.
+    async def _validate_many(
+        self, entries: Sequence[tuple[bytes, str, str]]
+    ) -> list[ArtifactInfo | Exception]:
+        """``inspect_artifact`` of each (bytes, sha256, framework) by the validation pool.
 
-        The cache is used only when no framework was asked for or it matches, so every error
-        message (unknown framework, mismatch) still comes from ``inspect_artifact``.
+        Entries with the same digest and framework are validated once; the cache of earlier
+        answers (by sha256) is used only when no framework was asked for or it matches, so
+        every error message (unknown framework, mismatch) still comes from
+        ``inspect_artifact``. An answer whose digest is not the one computed here is refused.
         """
-        info = self._infos.get(digest)
-        if info is not None and framework in ("", info.framework):
-            self._infos.move_to_end(digest)
-            return info
-        info = await asyncio.get_running_loop().run_in_executor(
-            self._pool, inspect_artifact, data, framework or None
-        )
-        self._infos[digest] = info
-        while len(self._infos) > _INFO_CACHE:
-            self._infos.popitem(last=False)
-        return info
+        results: list[ArtifactInfo | Exception | None] = []
+        todo: dict[tuple[str, str], list[int]] = {}
+        for n, (_, digest, framework) in enumerate(entries):
+            info = self._infos.get(digest)
+            if info is not None and framework in ("", info.framework):
+                self._infos.move_to_end(digest)
+                results.append(info)
+            else:
+                results.append(None)
+                todo.setdefault((digest, framework), []).append(n)
+        if todo:
+            keys = list(todo)
+            answers = await self._validator.validate([(entries[todo[k][0]][0], k[1]) for k in keys])
+            for key, answer in zip(keys, answers, strict=True):
+                digest = key[0]
+                outcome: ArtifactInfo | Exception = answer
+                if isinstance(answer, ArtifactInfo):
+                    if answer.sha256 != digest:
+                        outcome = RuntimeError(
+                            f"the validator hashed the artifact to {answer.sha256}, not {digest}"
+                        )
+                    else:
+                        self._infos[digest] = answer
+                for n in todo[key]:
+                    results[n] = outcome
+            while len(self._infos) > _INFO_CACHE:
+                self._infos.popitem(last=False)
+        return [r if r is not None else RuntimeError("not validated") for r in results]
+
+    def _pool_of(self, spec: RegisterSpec, info: ArtifactInfo) -> str:
+        pool = spec.pool or self._default_pools.get(info.framework) or DEFAULT_POOL
+        return check_ident("pool", pool)
+
+    async def _upload(self, digest: str, data: bytes) -> None:
+        """Store the artifact under its content address (idempotent)."""
+        if len(data) <= _BLIND_PUT_BYTES:
+            await self._objects.put(artifact_key(digest), data)
+        else:
+            await self._objects.put_artifact(digest, data)
 
     async def _prepare(
         self, spec: RegisterSpec, data: bytes, current: ModelRecord | None
@@ -440,38 +560,37 @@ class Registry:
         """
         tenant, name = self._check_spec(spec)
         if len(data) > self.max_artifact_bytes:
-            raise TooLarge(
-                f"artifact is {len(data)} bytes, over the limit of {self.max_artifact_bytes}"
-            )
+            raise self._too_large(data)
         digest = await self._hash(data)
         if spec.sha256 and spec.sha256.lower() != digest:
             raise InvalidArgument(f"artifact sha256 is {digest}, expected {spec.sha256}")
         if current is not None and (hit := _version_with_sha(current, digest)) is not None:
             return Registered(tenant, name, hit.version, False, digest, current)
-        info = await self._validate(data, digest, spec.framework)
-        pool = spec.pool or self._default_pools.get(info.framework) or DEFAULT_POOL
-        check_ident("pool", pool)
+        (info,) = await self._validate_many([(data, digest, spec.framework)])
+        if isinstance(info, Exception):
+            raise info
+        pool = self._pool_of(spec, info)
+        self._hold(digest)
+        try:
+            await self._upload(digest, data)
+        except BaseException:
+            self._unhold(digest)
+            raise
+        return _Prepared(spec, tenant, name, info, artifact_key(digest), pool)
+
+    def _hold(self, digest: str) -> None:
+        """Keep ``digest`` from garbage collection until ``_unhold`` (upload to commit)."""
         self._inflight[digest] += 1
         for watch in self._gc_watch:
             watch.add(digest)
-        try:
-            if len(data) <= _BLIND_PUT_BYTES:
-                key = artifact_key(digest)
-                await self._objects.put(key, data)
-            else:
-                key, _ = await self._objects.put_artifact(digest, data)
-        except BaseException:
-            self._inflight[digest] -= 1
-            if self._inflight[digest] <= 0:
-                del self._inflight[digest]
-            raise
-        return _Prepared(spec, tenant, name, info, key, pool)
+
+    def _unhold(self, digest: str) -> None:
+        self._inflight[digest] -= 1
+        if self._inflight[digest] <= 0:
+            del self._inflight[digest]
 
     def _release(self, p: _Prepared) -> None:
-        sha = p.info.sha256
-        self._inflight[sha] -= 1
-        if self._inflight[sha] <= 0:
-            del self._inflight[sha]
+        self._unhold(p.info.sha256)
 
     async def _commit(self, p: _Prepared) -> Registered:
         """Step 4 of registration, alone: CAS the new version into the record (retried)."""
@@ -633,17 +752,19 @@ class Registry:
     async def _read_many(
         self, models: list[tuple[str, str]]
     ) -> dict[tuple[str, str], ModelRecord | None]:
-        """Current records of ``models``: one get per model, all concurrently.
+        """Current records of ``models``: ``StateStore.get_many`` (one read-only transaction
+        of single-key reads per ``MAX_TXN_OPS`` models).
 
         Not a range read: etcd counts every key from the start of a range to its end whatever
         the limit (under its index lock). Reading each batch as one page of neighbouring keys
         made a re-run of a 100K manifest cost etcd minutes of CPU, and calls timed out;
-        single-key gets cost the same at any scale.
-        (A multi-get in one transaction would save the round trips; ``StateStore.txn`` takes
-        only writes today.)
+        point reads cost the same at any scale.
         """
-        current = await asyncio.gather(*(self._read(t, n) for t, n in models))
-        return dict(zip(models, current, strict=True))
+        kvs = await self._state.get_many([model_key(t, n) for t, n in models])
+        return {
+            m: ModelRecord.decode(kv.value, kv.mod_revision) if kv is not None else None
+            for m, kv in zip(models, kvs, strict=True)
+        }
 
     async def _update(
         self,
@@ -708,6 +829,23 @@ def _chunks(
     if chunk:
         out.append(chunk)
     return out
+
+
+async def _each(keys: Sequence[K], fn: Callable[[K], Awaitable[None]], limit: int) -> None:
+    """``await fn(k)`` for every key, at most ``limit`` at once, in at most ``limit`` tasks.
+
+    ``fn`` reports its own failures (an exception it lets out cancels nothing else but is
+    raised here once all are done)."""
+    it = iter(keys)
+
+    async def worker() -> None:
+        for k in it:
+            await fn(k)
+
+    if len(keys) == 1:
+        await fn(keys[0])
+    elif keys:
+        await asyncio.gather(*(worker() for _ in range(min(max(1, limit), len(keys)))))
 
 
 def _check_record_size(record: ModelRecord, value: bytes) -> None:
