@@ -7,7 +7,9 @@ scalar field), so the worker sees a pinned version without the request being re-
 
 Retries: a member that answers UNAVAILABLE (or cannot be reached) is ejected for a short time
 and the next candidate is tried, at most ``retries`` more times and never past the caller's
-deadline. INVALID_ARGUMENT, NOT_FOUND and every other status are returned as they are.
+deadline. A member that refuses with the ``shoal-retry: elsewhere`` trailer (the model's
+concurrency line is full on that worker) is not ejected, but the next candidate is tried the
+same way. INVALID_ARGUMENT, NOT_FOUND and every other status are returned as they are.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from router.shadow import ShadowJob, ShadowSender
 from router.view import ClusterView
 from shoal import tls
 from shoal.auth import Principal
-from shoal.oip import InferenceStub
+from shoal.oip import RETRY_ELSEWHERE, InferenceStub
 from shoal.pb import shoal_inference_pb2 as pb
 from shoal.records import InvalidName, Member, ModelVersion, split_model_name
 
@@ -187,9 +189,10 @@ class Router:
                     payload, timeout=remaining, metadata=metadata
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE:
+                if exc.code() in RETRYABLE:
+                    self.ejector.failure(member.worker_id)
+                elif not _busy(exc) or i + 1 == len(attempts):
                     raise RouteError(exc.code(), exc.details() or exc.code().name) from None
-                self.ejector.failure(member.worker_id)
                 last = exc
                 continue
             finally:
@@ -273,6 +276,12 @@ class Router:
 
     async def close(self) -> None:
         await self.channels.close()
+
+
+def _busy(exc: grpc.aio.AioRpcError) -> bool:
+    """A worker's refusal that another member may not give (see ``RETRY_ELSEWHERE``)."""
+    trailer = exc.trailing_metadata()
+    return trailer is not None and all(item in tuple(trailer) for item in RETRY_ELSEWHERE)
 
 
 class _Unhealthy:

@@ -28,6 +28,11 @@ METHODS: dict[str, tuple[Any, Any]] = {
 }
 
 
+#: Trailing metadata of a worker's refusal that another worker may well not give (a model's
+#: concurrency line full on this one): the router then tries the tenant's next shard member.
+RETRY_ELSEWHERE: tuple[tuple[str, str], ...] = (("shoal-retry", "elsewhere"),)
+
+
 def path(method: str) -> str:
     return f"/{SERVICE}/{method}"
 

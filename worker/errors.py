@@ -25,6 +25,10 @@ class WorkerError(Exception):
     """A failure the caller should see with ``code`` and a one-line ``message``."""
 
     code: Code = Code.INTERNAL
+    #: True when another worker may well succeed (a transient limit of this one): the answer
+    #: carries the trailing metadata ``shoal-retry: elsewhere`` and the router tries the
+    #: tenant's next shard member.
+    retry_elsewhere: bool = False
 
     def __init__(self, message: str, code: Code | None = None) -> None:
         super().__init__(message)
@@ -57,6 +61,13 @@ class ResourceExhausted(WorkerError):
     names the limit and the setting that sets it."""
 
     code = Code.RESOURCE_EXHAUSTED
+
+
+class Busy(ResourceExhausted):
+    """This worker's bound for the model is reached (its calls running, its line full): a
+    transient, local condition, so the router may try another shard member."""
+
+    retry_elsewhere = True
 
 
 class DeadlineExceeded(WorkerError):

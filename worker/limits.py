@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from shoal.slots import Admission, Slots
-from worker.errors import DeadlineExceeded, ResourceExhausted
+from worker.errors import Busy, DeadlineExceeded, ResourceExhausted
 from worker.types import Tensor
 
 __all__ = ["Admission", "ModelLimiter", "Slots", "check_rows"]
@@ -83,7 +83,7 @@ class ModelLimiter:
             detail = f"{slots.waiting} requests already waiting"
         else:
             detail = f"no slot freed within {self.wait_s:g}s"
-        raise ResourceExhausted(
+        raise Busy(
             f"model {model} is at its concurrency limit on this worker ({self.limit} calls "
             f"running, {detail}; SHOAL_MODEL_MAX_CONCURRENCY, SHOAL_MODEL_MAX_QUEUE): retry later"
         )

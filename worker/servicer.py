@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import oip
+from shoal.oip import RETRY_ELSEWHERE
 from shoal.pb import shoal_control_pb2 as cpb
 from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
 from shoal.pb import shoal_inference_pb2 as pb
@@ -82,7 +83,8 @@ class Edge:
             raise
         except WorkerError as exc:
             code = exc.code
-            await context.abort(GRPC_CODE[code], exc.message)
+            trailer = RETRY_ELSEWHERE if exc.retry_elsewhere else ()
+            await context.abort(GRPC_CODE[code], exc.message, trailer)
             raise  # abort raises; unreachable
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):

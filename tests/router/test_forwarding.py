@@ -19,7 +19,7 @@ from router.settings import RouterSettings
 from router.shadow import RotatingJsonl, ShadowSender
 from router.view import ClusterView
 from shoal.artifacts import Signature, TensorSpec
-from shoal.oip import generic_handler
+from shoal.oip import RETRY_ELSEWHERE, generic_handler
 from shoal.pb import shoal_inference_pb2 as pb
 from shoal.records import (
     CLUSTER,
@@ -47,6 +47,7 @@ class EchoWorker:
     def __init__(self, worker_id: str, fail_with: grpc.StatusCode | None = None) -> None:
         self.worker_id = worker_id
         self.fail_with = fail_with
+        self.busy = False  # refuse like a worker whose model line is full
         self.seen: list[pb.ModelInferRequest] = []
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -55,6 +56,10 @@ class EchoWorker:
         self, req: pb.ModelInferRequest, ctx: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         self.seen.append(req)
+        if self.busy:
+            await ctx.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.worker_id} is busy", RETRY_ELSEWHERE
+            )
         if self.fail_with is not None:
             await ctx.abort(self.fail_with, f"{self.worker_id} says no")
         resp = pb.ModelInferResponse(model_name=req.model_name, model_version=req.model_version)
@@ -164,6 +169,31 @@ async def test_invalid_argument_and_not_found_are_not_retried(tmp_path: Path) ->
         with pytest.raises(RouteError) as err:
             await router.infer(b"\xff\xff\xff", 5.0)
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_busy_member_is_passed_over_but_not_ejected(tmp_path: Path) -> None:
+    async with cluster(tmp_path, n=3, aliases={"stable": 1}) as (router, workers, _):
+        await router.infer(_request(), 5.0)
+        (primary,) = [w for w in workers if w.seen]
+        primary.busy = True
+        resp = pb.ModelInferResponse.FromString(await router.infer(_request(), 5.0))
+        assert resp.raw_output_contents[0] != np.float32([int(primary.worker_id[1:])]).tobytes()
+        assert len(primary.seen) == 2  # tried first, refused, and the next member answered
+        primary.busy = False
+        await router.infer(_request(), 5.0)
+        assert len(primary.seen) == 3  # still the primary: a busy answer does not eject
+        for w in workers:
+            w.busy = True
+        with pytest.raises(RouteError) as err:
+            await router.infer(_request(), 5.0)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in err.value.message
+        for w in workers:  # a refusal without the trailer (a size limit, say) is final
+            w.busy, w.fail_with = False, grpc.StatusCode.RESOURCE_EXHAUSTED
+        before = sum(len(w.seen) for w in workers)
+        with pytest.raises(RouteError) as err:
+            await router.infer(_request(), 5.0)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert sum(len(w.seen) for w in workers) == before + 1
 
 
 async def test_all_unavailable_gives_unavailable_within_budget(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from conftest import WorkerFactory
 from worker_harness import Client, Metrics, WorkerProc, infer_request, put_model
 
+from shoal.oip import RETRY_ELSEWHERE
 from shoal.procs import wait_until
 
 FAULTS = ",".join(
@@ -58,6 +59,16 @@ async def _code(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
+async def _retry_elsewhere(call: Awaitable[Any]) -> tuple[grpc.StatusCode, bool]:
+    """The refusal's code, and whether it invites the router to try another worker."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        trailer = tuple(exc.trailing_metadata() or ())
+        return exc.code(), all(item in trailer for item in RETRY_ELSEWHERE)
+    return grpc.StatusCode.OK, False
+
+
 def _delta(after: Metrics, before: Metrics, name: str, **labels: str) -> float:
     return float(after.get(name, **labels) - before.get(name, **labels))
 
@@ -74,7 +85,12 @@ async def test_rows_beyond_the_limit_are_resource_exhausted(
         assert "101 rows" in details and "at most 100 rows" in details
         assert "SHOAL_MAX_REQUEST_ROWS" in details
         assert (await c.infer("prot/rows", x[:100], "1")).shape == (100,)
-    assert w.scrape().get("shoal_worker_rejected_total", reason="rows") == 1
+        # Any worker would refuse it: the router must not try another one.
+        assert await _retry_elsewhere(c.infer("prot/rows", x, "1")) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            False,
+        )
+    assert w.scrape().get("shoal_worker_rejected_total", reason="rows") == 2
 
 
 async def test_requests_beyond_the_byte_limit_are_resource_exhausted(
@@ -107,6 +123,11 @@ async def test_a_busy_model_is_bounded_and_others_keep_their_threads(
         slow = [asyncio.ensure_future(_code(c.infer("prot/slow", x, "1"))) for _ in range(4)]
         # While prot/slow holds its one slot, another model still has a thread.
         assert (await c.infer("prot/fast", x, "1")).shape == (1,)
+        # A refusal for a full line is this worker's alone: it invites a try elsewhere.
+        assert await _retry_elsewhere(c.infer("prot/slow", x, "1")) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            True,
+        )
         results = await asyncio.gather(*slow)
     codes = sorted(code.name for code, _ in results)
     assert codes == ["OK"] + ["RESOURCE_EXHAUSTED"] * 3, results
@@ -114,7 +135,7 @@ async def test_a_busy_model_is_bounded_and_others_keep_their_threads(
         if code != grpc.StatusCode.OK:
             assert "model prot/slow is at its concurrency limit" in details
     after = w.scrape()
-    assert _delta(after, before, "shoal_worker_rejected_total", reason="concurrency") == 3
+    assert _delta(after, before, "shoal_worker_rejected_total", reason="concurrency") == 4
 
 
 async def test_a_model_whose_predictions_keep_failing_is_quarantined(
