@@ -104,6 +104,8 @@ class ThreadValidator:
         return out
 
     async def validate(self, items: Sequence[Item]) -> list[Outcome]:
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
         parts = await asyncio.gather(
             *(
@@ -177,15 +179,23 @@ def _from_wire(w: Wire, data: bytes) -> Outcome:
 class ProcessValidator:
     """``inspect_artifact`` in a pool of ``processes`` spawned worker processes.
 
-    The workers start on first use (each imports the runtimes it meets once, ~1-2 s), not in
-    the constructor, and stop in ``close()``. A second, one-worker pool isolates suspects
-    after a crash: they are retried there one at a time, so a crash there names its culprit.
+    The workers start on first use (each imports the runtimes it meets once, ~1-2 s, and then
+    holds ~150 MiB), not in the constructor. They stop after ``idle_s`` seconds without a
+    validation (registration comes in bursts; the next one starts them again) and in
+    ``close()``. A second, one-worker pool isolates suspects after a crash: they are retried
+    there one at a time, so a crash there names its culprit.
     """
 
     def __init__(
-        self, processes: int, task: Callable[[list[Item]], list[Wire]] | None = None
+        self,
+        processes: int,
+        task: Callable[[list[Item]], list[Wire]] | None = None,
+        idle_s: float = 300.0,
     ) -> None:
         self.workers = max(1, processes)
+        self.idle_s = idle_s
+        self._busy = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
         #: What a worker runs per chunk: a module-level function (it is named, not pickled,
         #: to the worker). Tests substitute one.
         self._task = task or _validate_in_worker
@@ -239,12 +249,41 @@ class ProcessValidator:
         return [_from_wire(w, item[0]) for w, item in zip(wire, items, strict=True)]
 
     async def validate(self, items: Sequence[Item]) -> list[Outcome]:
-        parts = await asyncio.gather(
-            *(self._chunk([items[i] for i in r]) for r in _chunks(len(items), self.workers))
-        )
+        if not items:
+            return []
+        self._busy += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        try:
+            parts = await asyncio.gather(
+                *(self._chunk([items[i] for i in r]) for r in _chunks(len(items), self.workers))
+            )
+        finally:
+            self._busy -= 1
+            if self._busy == 0 and self.idle_s > 0 and not self._closed:
+                self._idle_timer = asyncio.get_running_loop().call_later(
+                    self.idle_s, self._stop_idle
+                )
         return [o for part in parts for o in part]
 
+    def _stop_idle(self) -> None:
+        """Stop the workers (without waiting for them) when nothing is being validated."""
+        self._idle_timer = None
+        if self._busy:
+            return
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.shutdown(wait=False)
+        if pools:
+            log.info("validation workers stopped after %.0f s idle", self.idle_s)
+
     def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         with self._lock:
             self._closed = True
             pools = list(self._pools.values())

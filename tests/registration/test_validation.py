@@ -4,6 +4,7 @@ behind (closed, or with the parent killed)."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import pickle
@@ -145,6 +146,26 @@ async def test_close_stops_every_worker(model_bytes: dict[str, Any]) -> None:
     assert not any(_alive(pid) for pid in workers)
     with pytest.raises(RuntimeError, match="closed"):
         await pool.validate([(model_bytes["onnx"], "")])
+
+
+async def test_idle_workers_stop_and_come_back(model_bytes: dict[str, Any]) -> None:
+    before = _children()
+    pool = ProcessValidator(1, idle_s=0.2)
+    try:
+        items: list[Item] = [(model_bytes["xgboost-json"], "")]
+        (first,) = await pool.validate(items)
+        workers = _children() - before
+        assert workers
+        for _ in range(400):  # up to 20 s: the pool stops them without waiting
+            if not any(_alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(_alive(pid) for pid in workers)
+        assert await pool.validate(items) == [first]
+        assert await pool.validate([]) == []
+    finally:
+        pool.close()
+    assert not (_children() - before)
 
 
 _ORPHAN = """
