@@ -39,7 +39,11 @@ class WorkerSettings(CommonSettings):
     lease_ttl: int = doc("etcd lease TTL in seconds (a dead worker vanishes after this)", 5)
     drain_grace_s: float = doc("on SIGTERM, seconds in-flight requests get to finish", 20.0)
     predict_threads: int = doc("prediction threads (0: one per core)", 0)
-    batching: str = doc("adaptive batching: auto (on for cuda) | on | off", "auto")
+    batching: str = doc(
+        "adaptive batching: on | off | auto (on for cuda only); a request arriving while its "
+        "model is idle is sent at once, so batching costs a lightly loaded model nothing",
+        "on",
+    )
     max_batch_rows: int = doc("largest merged batch, rows", 256)
     max_delay_us: int = doc("longest a request waits for others to batch with, µs", 500)
     batch_when_idle: bool = doc(

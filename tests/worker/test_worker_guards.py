@@ -219,3 +219,13 @@ async def test_batcher_answers_expired_requests_without_running_them() -> None:
         await late
     assert (await fine)[0].shape == (1, 2)
     assert ran == [1] and expired == [1]
+
+
+def test_batching_is_on_by_default_on_every_device_and_can_be_turned_off() -> None:
+    from worker.settings import WorkerSettings
+
+    assert WorkerSettings().batching_enabled("cpu") and WorkerSettings().batching_enabled("cuda")
+    off = WorkerSettings(batching="off")
+    assert not off.batching_enabled("cpu") and not off.batching_enabled("cuda")
+    auto = WorkerSettings(batching="auto")
+    assert auto.batching_enabled("cuda") and not auto.batching_enabled("cpu")
