@@ -157,11 +157,11 @@ class _Staged:
 class Registry:
     """Registry operations over a state store and an object store (see module docstring).
 
-    Validation runs on ``validate_processes`` worker processes (default: one per core, at
-    most 4), or, with ``validate_processes=0`` or ``validate_threads`` > 0 and no process
-    count, on that many threads in this process (small deployments: no extra interpreters).
-    ``close()`` stops the validation pool; the constructor starts nothing (workers are
-    started on first use).
+    Validation runs on ``validate_processes`` worker processes (-1, the default: one per
+    core, at most 4), or with ``validate_processes=0`` on ``validate_threads`` threads in
+    this process (0: one per core, at most 4; small deployments: no extra interpreters).
+    The constructor starts nothing: ``start()`` starts the validation workers ahead of the
+    first registration (else they start on first use); ``close()`` stops them.
     """
 
     def __init__(
@@ -174,8 +174,8 @@ class Registry:
         cas_retries: int = 8,
         artifact_gc: ArtifactGC = "cluster",
         keep_versions: int = 0,
+        validate_processes: int = -1,
         validate_threads: int = 0,
-        validate_processes: int | None = None,
         gc_batch: int = 4096,
         now: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -192,15 +192,11 @@ class Registry:
         self._gc_batch = max(1, gc_batch)
         self._now = now
         self._rng = rng or random.Random()
-        if validate_processes is None:
-            validate_processes = 0 if validate_threads > 0 else min(4, os.cpu_count() or 1)
+        cores = min(4, os.cpu_count() or 1)
         self._validator: Validator = (
-            ProcessValidator(validate_processes)
-            if validate_processes > 0
-            else ThreadValidator(
-                validate_threads if validate_threads > 0 else min(4, os.cpu_count() or 1),
-                _inspect,
-            )
+            ThreadValidator(validate_threads if validate_threads > 0 else cores, _inspect)
+            if validate_processes == 0
+            else ProcessValidator(validate_processes if validate_processes > 0 else cores)
         )
         self._infos: OrderedDict[str, ArtifactInfo] = OrderedDict()
         #: sha256 -> registrations between upload and commit (never garbage-collected).
@@ -213,8 +209,12 @@ class Registry:
         #: Artifacts deleted by retention since start.
         self.artifacts_deleted = 0
 
+    def start(self) -> None:
+        """Start the validation workers now (in the background), not on first use."""
+        self._validator.start()
+
     def close(self) -> None:
-        """Stop the validation pool (waits for loads already running)."""
+        """Stop the validation pool (its workers, or its threads)."""
         self._validator.close()
 
     # --- reads ----------------------------------------------------------------------------

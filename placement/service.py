@@ -110,6 +110,7 @@ class PlacementService:
             cas_retries=s.cas_retries,
             artifact_gc=_gc_mode(s.artifact_gc),
             keep_versions=s.keep_versions,
+            validate_processes=s.validate_processes,
             validate_threads=s.validate_threads,
             gc_batch=s.gc_batch,
             now=self._now,
@@ -145,6 +146,8 @@ class PlacementService:
             self.metrics_address = f"{s.host}:{self.metrics.serve(s.host, s.metrics_port)}"
         self._election = LeaderElection(store, self.instance_id, s.lease_ttl)
         self._lead_task = asyncio.create_task(self._lead_forever(), name="placement-leader")
+        # Validation workers import their runtimes now, not in the first registration.
+        registry.start()
 
     async def _lead_forever(self) -> None:
         election = self.election

@@ -30,8 +30,15 @@ class PlacementSettings(CommonSettings):
     keep_versions: int = doc(
         "retention after each registration: keep the newest N versions per model (0: all)", 0
     )
+    validate_processes: int = doc(
+        "worker processes that validate (load) uploaded artifacts (-1: min(4, cores); "
+        "0: threads in this process instead, see validate_threads)",
+        -1,
+    )
     validate_threads: int = doc(
-        "threads that validate (load) artifacts during registration (0: min(4, cores))", 0
+        "with validate_processes=0: threads that validate artifacts in this process "
+        "(0: min(4, cores))",
+        0,
     )
     gc_batch: int = doc("artifacts queued by retention before one cluster-wide GC scan", 4096)
     warm_timeout_s: float = doc("default deadline of a --wait-loaded warm-up per member", 60.0)

@@ -3,57 +3,108 @@
 ``inspect_artifact`` loads each artifact with its runtime (XGBoost, LightGBM, ONNX Runtime).
 Much of a small model's load is Python (the runtimes' ctypes wrappers, JSON parsing), so on
 threads it holds the placement process's GIL and stalls the event loop that serves the
-control plane, etcd and the object store. ``ProcessValidator`` therefore runs it in a pool
-of *spawned* worker processes (never forked from a process running grpc and tokio threads);
-``ThreadValidator`` keeps it in-process, for small deployments where two more interpreters
-with the runtimes imported (~200 MiB each) cost more than they save.
+control plane, etcd and the object store. ``ProcessValidator`` therefore runs it in worker
+processes (``placement.validation_worker``, started fresh with ``subprocess``: never forked
+from a process running grpc and tokio threads); ``ThreadValidator`` keeps it in-process, for
+small deployments where more interpreters with the runtimes imported (~200 MiB each) cost
+more than they save.
 
 Both take a batch and answer one outcome per item, in order: an ``ArtifactInfo`` or the
-exception ``inspect_artifact`` raised. A batch is split into a few chunks, one pool task each,
+exception ``inspect_artifact`` raised. A batch is split into a few chunks, one request each,
 so the hand-off costs per chunk, not per artifact; at most ``workers`` loads run at once.
 
-What crosses the process boundary: the artifact's bytes and framework going in; plain tuples
-of strings, numbers and dicts of them coming back (never a model object, never a pickle of
-anything the artifact built). The worker hashes the bytes it received and the parent checks
-that digest against its own, so a mix-up or corruption in between cannot validate the wrong
-bytes.
+Nothing that crosses the process boundary is ever unpickled. A worker has just parsed
+attacker-supplied bytes with native loaders; if one of them is exploited, what the worker
+writes back must not be able to run code here. So a worker speaks JSON over its stdin and
+stdout pipes (protocol in ``validation_worker``): the artifacts' bytes go in, one
+length-prefixed JSON frame per request comes back, read with ``json`` only, at most
+``ANSWER_LIMIT`` bytes, and checked field by field (``parse_answer``: a known framework and
+format, the framework asked for, a 64-hex digest, the size sent, a well-formed signature,
+details a JSON object) before an ``ArtifactInfo`` is built from it. The worker reports the
+sha256 of the bytes it received; the registry checks it against its own digest, so a
+mix-up in between cannot validate the wrong bytes. Workers get a minimal environment
+(``worker_env``: no credentials) and one native thread each.
 
-Failure modes: an artifact that kills its worker (a crash in a runtime's native loader)
-breaks the pool; the pool is replaced and the items of every chunk that was on it are retried
-one at a time on a separate one-worker pool, so the culprit alone gets ``ArtifactError`` ("the
-validator crashed ...") and the others their real outcome. ``close()`` stops the workers
-(waiting for loads already running); validating afterwards raises ``RuntimeError``.
+Failure modes; each costs its worker (killed and reaped; a new one starts on demand):
+
+* the worker dies mid-request (EOF: a crash in a native loader) or misses the request's
+  deadline (``timeout_s`` plus a second per MiB sent): that chunk's items are retried one at a
+  time on other workers, so the culprit alone gets ``ArtifactError`` ("the validator
+  crashed / timed out loading this artifact") and the others their real outcome; other
+  chunks are not affected (a worker found dead while idle is replaced, blaming nothing);
+* the answer is malformed or larger than ``ANSWER_LIMIT``: none of it is trusted, and every
+  item of the chunk gets ``ArtifactError(MALFORMED)``;
+* a new worker that does not say it is ready within ``start_timeout_s``: ``RuntimeError``.
+
+Workers stop after ``idle_s`` without a validation and start again on the next one (or on
+``start()``). ``close()`` stops them (SIGTERM, SIGKILL after ``stop_s``) and reaps them;
+validating afterwards raises ``RuntimeError``. They also exit when this process dies: at
+EOF on their stdin, or by a parent-death signal while busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import json
 import logging
-import multiprocessing
 import os
+import re
+import select
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from shoal.artifacts import ArtifactError, ArtifactInfo, Signature, inspect_artifact
+from placement.validation_worker import READY, Item, Task, Wire, frame, limit_native_threads
+from shoal.artifacts import (
+    DTYPES,
+    FORMATS,
+    ArtifactError,
+    ArtifactInfo,
+    Signature,
+    inspect_artifact,
+)
+
+__all__ = [
+    "ANSWER_LIMIT",
+    "CHUNK",
+    "MALFORMED",
+    "Item",
+    "MalformedAnswer",
+    "Outcome",
+    "ProcessValidator",
+    "ThreadValidator",
+    "Validator",
+    "Wire",
+    "limit_native_threads",
+    "parse_answer",
+    "worker_env",
+]
 
 log = logging.getLogger(__name__)
 
-#: (artifact bytes, framework asked for or "").
-Item = tuple[bytes, str]
 Outcome = ArtifactInfo | Exception
 Inspect = Callable[[bytes, str], ArtifactInfo]
 
-#: Most artifacts in one pool task: few enough that one batch still spreads over the workers.
+#: Most artifacts in one request: few enough that one batch still spreads over the workers.
 CHUNK = 32
+#: Largest answer frame read from a worker (a chunk's answers are a few KiB).
+ANSWER_LIMIT = 16 << 20
+MALFORMED = "the validator returned a malformed answer"
 
 
 class Validator(Protocol):
     """Validates batches of artifacts off the event loop (see module docstring)."""
 
     async def validate(self, items: Sequence[Item]) -> list[Outcome]: ...
+
+    def start(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -63,21 +114,6 @@ def _chunks(n: int, workers: int) -> list[range]:
     count = max(min(workers, n), -(-n // CHUNK), 1)
     size = -(-n // count)
     return [range(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def limit_native_threads() -> None:
-    """One native thread per load, in a validation thread or process.
-
-    XGBoost loads with its (thread-local) global ``nthread``, which defaults to every core:
-    waking an OpenMP team per tiny model made a validation cost ~4 ms instead of ~1 ms. The
-    pool already runs loads in parallel, so one thread each is the right width.
-    """
-    try:
-        import xgboost
-
-        xgboost.set_config(nthread=1)
-    except Exception:  # validation still works, only slower
-        log.debug("could not limit XGBoost threads in the validation pool", exc_info=True)
 
 
 def _inspect(data: bytes, framework: str) -> ArtifactInfo:
@@ -115,178 +151,437 @@ class ThreadValidator:
         )
         return [o for part in parts for o in part]
 
+    def start(self) -> None:
+        """Nothing to start: threads start on first use."""
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-# --- the process pool -----------------------------------------------------------------------
-
-#: What a worker answers per item: ("ok", framework, format, sha256, size, signature dict,
-#: details dict) or ("invalid", message) or ("error", exception type name, message).
-Wire = tuple[Any, ...]
+# --- reading a worker's answer ----------------------------------------------------------------
 
 
-def _worker_init() -> None:
-    """Runs first in each worker: exit with the parent; one OpenMP thread per load.
+class MalformedAnswer(Exception):
+    """A worker's answer is not exactly what the protocol allows (nothing of it is used)."""
 
-    A worker holds both ends of its task queue, so it would not notice the parent's death
-    (SIGKILL, OOM) by the queue; it watches the parent's sentinel on a thread instead.
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _tensor_ok(t: Any) -> bool:
+    match t:
+        case [str(), str() as dtype, list() as shape]:
+            return dtype in DTYPES and all(type(d) is int and d >= -1 for d in shape)
+    return False
+
+
+def _signature(sig: dict[str, Any]) -> Signature:
+    if sig.keys() != {"inputs", "outputs"}:
+        raise MalformedAnswer("a signature has other keys than inputs and outputs")
+    for side in sig.values():
+        if not isinstance(side, list) or not all(_tensor_ok(t) for t in side):
+            raise MalformedAnswer("a malformed tensor in a signature")
+    return Signature.from_dict(sig)
+
+
+def _outcome(answer: Any, item: Item) -> Outcome:
+    data, asked = item
+    match answer:
+        case ["invalid", str() as message]:
+            return ArtifactError(message)
+        case ["error", str() as kind, str() as message]:
+            return RuntimeError(f"artifact validation failed: {kind}: {message}")
+        case ["ok", str() as fw, str() as fmt, str() as sha, int() as size, dict() as sig, dict()]:
+            details: dict[str, Any] = answer[6]
+            if FORMATS.get(fmt) != fw or (asked and asked != fw):
+                raise MalformedAnswer(f"format {fmt[:40]!r} / framework {fw[:40]!r}")
+            if not _SHA256.fullmatch(sha):
+                raise MalformedAnswer("not a sha256")
+            if type(size) is not int or size != len(data):
+                raise MalformedAnswer(f"the worker saw {size} bytes, not the {len(data)} sent")
+            return ArtifactInfo(fw, fmt, sha, size, _signature(sig), details)
+    raise MalformedAnswer("an answer of an unknown shape")
+
+
+def parse_answer(raw: bytes, items: Sequence[Item]) -> list[Outcome]:
+    """The outcomes in a worker's answer ``raw`` to ``items`` (read with ``json`` only).
+
+    Raises ``MalformedAnswer`` unless ``raw`` is a JSON list with one well-formed answer per
+    item (see ``validation_worker``); an ``ArtifactInfo`` is built only from checked fields.
     """
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(
-            target=_exit_with, args=(parent,), name="shoal-validate-parent", daemon=True
-        ).start()
-    os.environ["OMP_NUM_THREADS"] = "1"  # read by the runtimes' OpenMP when they load
-    limit_native_threads()
+    try:
+        answers = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deeply
+        raise MalformedAnswer(f"not JSON: {str(exc)[:100]}") from None
+    if not isinstance(answers, list) or len(answers) != len(items):
+        raise MalformedAnswer("not a list of one answer per item")
+    return [_outcome(a, item) for a, item in zip(answers, items, strict=True)]
 
 
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    parent.join()
-    os._exit(1)
+# --- the worker processes ---------------------------------------------------------------------
+
+#: What a worker runs: the path this process imports from, then the worker's main.
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from placement.validation_worker import main; main()"
+)
+_KEEP_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH")
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031  # Linux
 
 
-def _validate_in_worker(items: list[Item]) -> list[Wire]:
-    """The task a worker runs: ``inspect_artifact`` per item, answered as plain tuples."""
-    out: list[Wire] = []
-    for data, framework in items:
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: paths, locale and temp dir from ``environ``, one native thread.
+
+    Nothing else: no credentials (``SHOAL_*``, ``AWS_*``) in a process that parses untrusted
+    bytes. The worker runs ``python -I``, so ``PYTHON*`` variables would be ignored anyway.
+    """
+    env = {k: v for k, v in environ.items() if k in _KEEP_ENV or k.startswith("LC_")}
+    env.update(_ONE_THREAD)
+    return env
+
+
+def _task_name(task: Task) -> str:
+    name = f"{task.__module__}:{task.__qualname__}"
+    if "." in task.__qualname__ or "<" in name:
+        raise ValueError(f"a worker task must be a module-level function, not {name}")
+    return name
+
+
+class _Died(Exception):
+    """The worker exited (EOF or a broken pipe)."""
+
+
+class _TimedOut(Exception):
+    """The worker missed a deadline."""
+
+
+class _Lost(Exception):
+    """A request lost its worker ("crashed" or "timed out"); its items are to be retried."""
+
+
+class _Worker:
+    """One worker process and this side's ends of its pipes.
+
+    Its pipes are used by one thread at a time, the one holding it; any thread may signal it.
+    The pipes are non-blocking: every wait is a ``poll`` bounded by the request's deadline.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._to, self._from = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        for fd in (self._to, self._from):
+            os.set_blocking(fd, False)
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups per request
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        self.ready = False
+        self._teardown = threading.Lock()
+
+    def _wait(self, fd: int, event: int, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        poller = select.poll()
+        poller.register(fd, event)
+        if left <= 0 or not poller.poll(max(1, int(left * 1000))):
+            raise _TimedOut
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._to, view) :]
+            except BlockingIOError:
+                self._wait(self._to, select.POLLOUT, deadline)
+            except (BrokenPipeError, ConnectionResetError):
+                raise _Died from None
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                got = os.read(self._from, min(n - len(buf), _PIPE_BYTES))
+            except BlockingIOError:
+                self._wait(self._from, select.POLLIN, deadline)
+                continue
+            if not got:
+                raise _Died
+            buf += got
+        return bytes(buf)
+
+    def read_frame(self, deadline: float) -> bytes:
+        n = int.from_bytes(self._read(4, deadline), "big")
+        if n > ANSWER_LIMIT:
+            raise MalformedAnswer(f"a {n}-byte answer")
+        return self._read(n, deadline)
+
+    def await_ready(self, deadline: float) -> None:
+        raw = self.read_frame(deadline)
         try:
-            info = inspect_artifact(data, framework or None)
-        except ArtifactError as exc:
-            out.append(("invalid", str(exc)))
-        except Exception as exc:
-            out.append(("error", type(exc).__name__, str(exc)))
-        else:
-            sig = info.signature.to_dict()
-            out.append(
-                ("ok", info.framework, info.format, info.sha256, info.size, sig, info.details)
-            )
-    return out
+            ready = json.loads(raw) == READY
+        except (ValueError, RecursionError):
+            ready = False
+        if not ready:
+            raise MalformedAnswer("no ready frame")
+        self.ready = True
 
+    def ask(self, items: Sequence[Item], deadline: float) -> bytes:
+        """Send one request; its answer frame, not yet parsed."""
+        header = json.dumps([[fw, len(data)] for data, fw in items]).encode()
+        self._write(frame(header), deadline)
+        for data, _ in items:
+            self._write(data, deadline)
+        return self.read_frame(deadline)
 
-def _from_wire(w: Wire, data: bytes) -> Outcome:
-    if w[0] == "invalid":
-        return ArtifactError(w[1])
-    if w[0] == "error":
-        return RuntimeError(f"artifact validation failed: {w[1]}: {w[2]}")
-    _, framework, fmt, sha256, size, sig, details = w
-    info = ArtifactInfo(framework, fmt, sha256, size, Signature.from_dict(sig), details)
-    if size != len(data):
-        return RuntimeError(f"the validator saw {size} bytes, not the {len(data)} sent")
-    return info
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` unless the worker was reaped already (any thread)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def finish(self, deadline: float) -> None:
+        """Wait for the worker to exit until ``deadline``, SIGKILL it then, reap it, close
+        the pipes. Only by the thread holding it, or once nobody does."""
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
+        with self._teardown:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 class ProcessValidator:
-    """``inspect_artifact`` in a pool of ``processes`` spawned worker processes.
+    """``inspect_artifact`` in up to ``processes`` worker processes (see module docstring).
 
-    The workers start on first use (each imports the runtimes it meets once, ~1-2 s, and then
-    holds ~150 MiB), not in the constructor. They stop after ``idle_s`` seconds without a
-    validation (registration comes in bursts; the next one starts them again) and in
-    ``close()``. A second, one-worker pool isolates suspects after a crash: they are retried
-    there one at a time, so a crash there names its culprit.
+    The constructor starts nothing. Workers start on ``start()`` or on first use (each
+    imports the runtimes, ~1-2 s, and then holds ~200 MiB); they stop after ``idle_s``
+    seconds without a validation (registration comes in bursts) and in ``close()``. Requests
+    run on a pool of ``processes`` threads, one worker each; a thread starts the workers it
+    uses, so their parent-death signal is tied to a thread that lives until ``close()``.
+    ``task`` is what a worker runs per request, a module-level function named (not pickled)
+    to it; tests substitute one.
     """
 
     def __init__(
         self,
         processes: int,
-        task: Callable[[list[Item]], list[Wire]] | None = None,
+        task: Task | None = None,
         idle_s: float = 300.0,
+        *,
+        timeout_s: float = 60.0,
+        start_timeout_s: float = 120.0,
+        stop_s: float = 5.0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.workers = max(1, processes)
         self.idle_s = idle_s
+        self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.stop_s = stop_s
+        self._task = _task_name(task) if task is not None else ""
+        self._env = worker_env(os.environ if environ is None else environ)
+        self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="shoal-validate")
+        self._lock = threading.Lock()
+        self._live: set[_Worker] = set()  # started and not being stopped: idle or held
+        self._idle: list[_Worker] = []
+        self._stopping: set[_Worker] = set()
+        self._closed = False
         self._busy = 0
         self._idle_timer: asyncio.TimerHandle | None = None
-        #: What a worker runs per chunk: a module-level function (it is named, not pickled,
-        #: to the worker). Tests substitute one.
-        self._task = task or _validate_in_worker
-        self._lock = threading.Lock()
-        self._pools: dict[str, ProcessPoolExecutor] = {}
-        self._closed = False
-        self._isolating: asyncio.Lock | None = None
-        #: Pools replaced after a worker died (a crash while loading an artifact).
+        #: Workers replaced after dying, timing out or answering garbage.
         self.restarts = 0
 
-    def _executor(self, kind: str) -> ProcessPoolExecutor:
+    # -- on the request threads ------------------------------------------------------------
+
+    def _spawn_locked(self) -> _Worker:
+        path = json.dumps([str(p) for p in sys.path])
+        argv = [sys.executable, "-I", "-c", _BOOT, path, str(os.getpid())]
+        argv.append(self._task or "placement.validation_worker:answer_items")
+        worker = _Worker(argv, self._env)
+        self._live.add(worker)
+        return worker
+
+    def _prestart(self) -> None:
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the validation pool is closed")
-            pool = self._pools.get(kind)
-            if pool is None:
-                pool = self._pools[kind] = ProcessPoolExecutor(
-                    self.workers if kind == "main" else 1,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init,
-                )
-            return pool
+            if not self._closed and len(self._live) < self.workers:
+                self._idle.append(self._spawn_locked())
 
-    async def _submit(self, kind: str, items: list[Item]) -> list[Wire] | None:
-        """One task on pool ``kind``; None when the pool broke under it (and was dropped)."""
-        pool = self._executor(kind)
-        try:
-            return await asyncio.wrap_future(pool.submit(self._task, items))
-        except BrokenProcessPool:
+    def _take(self) -> _Worker:
+        while True:
             with self._lock:
-                if self._pools.get(kind) is pool:
-                    del self._pools[kind]
-                    self.restarts += 1
-                    log.warning("a validation worker died; its pool is restarted")
-            pool.shutdown(wait=False, cancel_futures=True)
-            return None
+                if self._closed:
+                    raise RuntimeError("the validation pool is closed")
+                if not self._idle:
+                    return self._spawn_locked()
+                worker = self._idle.pop()
+            if worker.proc.poll() is None:
+                return worker
+            self._drop(worker, "exited while idle")  # killed from outside: not an artifact's doing
 
-    async def _isolate(self, item: Item) -> Wire:
-        """Validate ``item`` alone on the one-worker pool (one suspect at a time)."""
-        if self._isolating is None:
-            self._isolating = asyncio.Lock()
-        async with self._isolating:
-            one = await self._submit("isolate", [item])
-        return ("invalid", "the validator crashed loading this artifact") if one is None else one[0]
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if not self._closed and len(self._live) <= self.workers:
+                self._idle.append(worker)
+                return
+            self._live.discard(worker)  # closed, or one too many after a concurrent start
+        worker.signal(signal.SIGTERM)
+        worker.finish(time.monotonic() + self.stop_s)
 
-    async def _chunk(self, items: list[Item]) -> list[Outcome]:
-        wire = await self._submit("main", items)
-        if wire is None:
-            # An artifact in this chunk, or in another one on the same pool, killed a worker.
-            wire = [await self._isolate(item) for item in items]
-        return [_from_wire(w, item[0]) for w, item in zip(wire, items, strict=True)]
+    def _drop(self, worker: _Worker, why: str) -> None:
+        with self._lock:
+            self._live.discard(worker)
+            closed = self._closed
+            if not closed:
+                self.restarts += 1
+        if not closed:
+            log.warning("validation worker %d %s; it is replaced", worker.proc.pid, why)
+        worker.finish(time.monotonic())
+
+    def _ask(self, items: list[Item]) -> list[Outcome]:
+        """One request on one worker; ``_Lost`` when the worker died or timed out."""
+        worker = self._take()
+        if not worker.ready:
+            try:
+                worker.await_ready(time.monotonic() + self.start_timeout_s)
+            except (_Died, _TimedOut, MalformedAnswer) as exc:
+                self._drop(worker, "did not start")
+                if self._closed:
+                    raise RuntimeError("the validation pool is closed") from None
+                why = (
+                    f"not ready after {self.start_timeout_s:.0f} s"
+                    if isinstance(exc, _TimedOut)
+                    else f"exit code {worker.proc.returncode}; its stderr is this process's"
+                )
+                raise RuntimeError(f"a validation worker did not start ({why})") from None
+        sent = sum(len(data) for data, _ in items)
+        deadline = time.monotonic() + self.timeout_s + sent / (1 << 20)
+        try:
+            outcomes = parse_answer(worker.ask(items, deadline), items)
+        except MalformedAnswer as exc:
+            self._drop(worker, f"answered malformed ({exc})")
+            return [ArtifactError(MALFORMED) for _ in items]
+        except _Died:
+            self._drop(worker, "died")
+            raise _Lost("crashed") from None
+        except _TimedOut:
+            self._drop(worker, f"timed out (deadline {deadline - time.monotonic():.0f} s)")
+            raise _Lost("timed out") from None
+        self._give_back(worker)
+        return outcomes
+
+    def _chunk(self, items: list[Item]) -> list[Outcome]:
+        try:
+            return self._ask(items)
+        except _Lost:
+            pass
+        # An artifact in this chunk killed or stalled its worker: one at a time, to name it
+        # (a chunk of one too: its worker may have died of something else).
+        return [self._ask_alone(item) for item in items]
+
+    def _ask_alone(self, item: Item) -> Outcome:
+        try:
+            (outcome,) = self._ask([item])
+        except _Lost as exc:
+            return ArtifactError(f"the validator {exc} loading this artifact")
+        return outcome
+
+    # -- on the event loop -----------------------------------------------------------------
 
     async def validate(self, items: Sequence[Item]) -> list[Outcome]:
         if not items:
             return []
+        if self._closed:
+            raise RuntimeError("the validation pool is closed")
         self._busy += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        loop = asyncio.get_running_loop()
         try:
             parts = await asyncio.gather(
-                *(self._chunk([items[i] for i in r]) for r in _chunks(len(items), self.workers))
+                *(
+                    loop.run_in_executor(self._threads, self._chunk, [items[i] for i in r])
+                    for r in _chunks(len(items), self.workers)
+                )
             )
         finally:
             self._busy -= 1
-            if self._busy == 0 and self.idle_s > 0 and not self._closed:
-                self._idle_timer = asyncio.get_running_loop().call_later(
-                    self.idle_s, self._stop_idle
-                )
+            self._arm_idle()
         return [o for part in parts for o in part]
 
+    def start(self) -> None:
+        """Start the workers now, in the background, so that the first validation does not
+        wait for them to import the runtimes. With a running event loop, they stop again
+        after ``idle_s`` if nothing is validated."""
+        if self._closed:
+            raise RuntimeError("the validation pool is closed")
+        for _ in range(self.workers):
+            self._threads.submit(self._prestart)
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self._busy or self.idle_s <= 0 or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = loop.call_later(self.idle_s, self._stop_idle)
+
     def _stop_idle(self) -> None:
-        """Stop the workers (without waiting for them) when nothing is being validated."""
+        """Stop the idle workers, without waiting for them (a request thread reaps them)."""
         self._idle_timer = None
-        if self._busy:
+        if self._busy or self._closed:
             return
         with self._lock:
-            pools = list(self._pools.values())
-            self._pools.clear()
-        for pool in pools:
-            pool.shutdown(wait=False)
-        if pools:
-            log.info("validation workers stopped after %.0f s idle", self.idle_s)
+            idle, self._idle = self._idle, []
+            self._live.difference_update(idle)
+            self._stopping.update(idle)
+            held = bool(self._live)  # still held by a cancelled validation's threads
+        for worker in idle:
+            worker.signal(signal.SIGTERM)
+        if idle:
+            self._threads.submit(self._reap, idle)
+            log.info("%d validation workers stopped after %.0f s idle", len(idle), self.idle_s)
+        if held:
+            self._arm_idle()
+
+    def _reap(self, workers: list[_Worker]) -> None:
+        deadline = time.monotonic() + self.stop_s
+        for worker in workers:
+            worker.finish(deadline)
+            with self._lock:
+                self._stopping.discard(worker)
 
     def close(self) -> None:
+        """Stop every worker (SIGTERM, SIGKILL after ``stop_s``) and reap it; requests in
+        flight fail with ``RuntimeError``."""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
         with self._lock:
             self._closed = True
-            pools = list(self._pools.values())
-            self._pools.clear()
-        for pool in pools:
-            pool.shutdown(wait=True, cancel_futures=True)
+            idle, self._idle = self._idle, []
+            everyone = self._live | self._stopping
+            self._live.clear()
+        for worker in everyone:
+            worker.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_s
+        for worker in everyone:
+            try:
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.signal(signal.SIGKILL)
+                worker.proc.wait()
+        for worker in idle:  # held ones are closed by the threads holding them
+            worker.finish(deadline)
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for worker in self._stopping:  # reaps that were cancelled: close their pipes
+            worker.finish(deadline)
+        self._stopping.clear()

@@ -98,7 +98,12 @@ async def test_validation_runs_on_a_bounded_pool_off_the_loop(
                 running[0] -= 1
 
     monkeypatch.setattr(registry_module, "inspect_artifact", slow_inspect)
-    reg = Registry(MemoryStore(), ObjectStore((tmp_path / "objects").as_uri()), validate_threads=3)
+    reg = Registry(
+        MemoryStore(),
+        ObjectStore((tmp_path / "objects").as_uri()),
+        validate_processes=0,
+        validate_threads=3,
+    )
     try:
         items: list[tuple[RegisterSpec, Any]] = [
             (RegisterSpec(f"t{i}", "m"), model_variant(i)[1]) for i in range(24)

@@ -5,7 +5,8 @@ behind (closed, or with the parent killed)."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import contextlib
+import json
 import os
 import pickle
 import signal
@@ -17,32 +18,81 @@ from typing import Any
 
 import pytest
 
+from placement import validation_worker
 from placement.registry import Registered, RegisterSpec, Registry
 from placement.validation import (
+    ANSWER_LIMIT,
+    MALFORMED,
     Item,
+    MalformedAnswer,
     ProcessValidator,
     ThreadValidator,
     Wire,
-    _validate_in_worker,
+    parse_answer,
+    worker_env,
 )
+from placement.validation_worker import answer_items, frame
 from shoal.artifacts import ArtifactError, ArtifactInfo, inspect_artifact
 from shoal.objstore import ObjectStore
+from shoal.settings import CommonSettings
 from shoal.state import MemoryStore
+from tests.registration.conftest import start_control
 from tests.registration.helpers import ROOT, model_variant
 
 FORMATS = ["xgboost-json", "xgboost-ubj", "lightgbm-text", "onnx"]
 CRASH = b"{crash this worker}"
+HANG = b"{stall this worker}"
+HUGE = b"{announce a huge answer}"
+ENV = b"{answer with the environment}"
+PICKLE = b"{answer with a pickle}:"  # + the path its unpickling would create
 
 
-def crash_on_marker(items: list[Item]) -> list[Wire]:
-    """A worker task that dies (as a native crash would) when it meets ``CRASH``."""
-    if any(data == CRASH for data, _ in items):
-        os._exit(70)
-    return _validate_in_worker(items)
+class _Gadget:
+    """Unpickling this opens (creates) ``path``: a stand-in for code execution."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def misbehave(items: list[Item]) -> list[Wire]:
+    """A worker task that answers like the real one, except for the markers: ``CRASH`` dies
+    (as a native crash would), ``HANG`` never answers (after creating the path that follows
+    it, if any), ``HUGE`` and ``PICKLE`` write hostile frames, ``ENV`` answers with the
+    worker's environment variables as an error message."""
+    out = validation_worker.answers
+    assert out is not None
+    for data, _ in items:
+        if data == CRASH:
+            os._exit(70)
+        if data.startswith(HANG):
+            if len(data) > len(HANG):  # a path to create first: "I am stalled now"
+                Path(data[len(HANG) :].decode()).touch()
+            time.sleep(3600)
+        if data == HUGE:
+            out.write((ANSWER_LIMIT + 1).to_bytes(4, "big"))
+            out.flush()
+            time.sleep(3600)
+        if data.startswith(PICKLE):
+            out.write(frame(pickle.dumps([_Gadget(data[len(PICKLE) :].decode())])))
+            out.flush()
+            time.sleep(3600)
+    answers = answer_items(items)
+    for n, (data, _) in enumerate(items):
+        if data == ENV:
+            answers[n] = ["invalid", json.dumps(dict(os.environ))]
+    return answers
 
 
 def _children() -> set[int]:
-    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+    """Every live child of this process (the validation workers among them)."""
+    out: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.update(int(p) for p in (task / "children").read_text().split())
+    return {pid for pid in out if _alive(pid)}
 
 
 def _alive(pid: int) -> bool:
@@ -52,18 +102,28 @@ def _alive(pid: int) -> bool:
         return False
     # A zombie (exited, not yet reaped) counts as gone.
     stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _plain(value: Any) -> bool:
-    """Only str/int/float/bool/None, and tuples, lists and dicts of them."""
+    """Only str/int/float/bool/None, and lists and dicts of them (what JSON holds)."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return True
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, list):
         return all(_plain(v) for v in value)
     if isinstance(value, dict):
-        return all(_plain(k) and _plain(v) for k, v in value.items())
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     return False
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal outcomes: the same ArtifactInfo, or exceptions of one type with one message."""
+    if isinstance(a, Exception) or isinstance(b, Exception):
+        return type(a) is type(b) and str(a) == str(b)
+    return a == b
 
 
 async def test_pool_answers_exactly_like_in_process_validation(
@@ -108,11 +168,139 @@ async def test_pool_refuses_what_in_process_validation_refuses(
     assert "pickle" in str(answers[0])
 
 
-def test_only_plain_values_come_back_from_a_worker(model_bytes: dict[str, Any]) -> None:
-    items: list[Item] = [(model_bytes[f], "") for f in FORMATS] + [(b"\x80\x04junk", "")]
-    answers = _validate_in_worker(items)
-    assert [a[0] for a in answers] == ["ok"] * 4 + ["invalid"]
+def test_worker_answers_are_plain_json_that_parse_back_exactly(
+    model_bytes: dict[str, Any],
+) -> None:
+    items: list[Item] = [(model_bytes[f], "") for f in FORMATS]
+    items += [(b"\x80\x04junk", ""), (model_bytes["onnx"], "xgboost")]
+    answers = answer_items(items)
+    assert [a[0] for a in answers] == ["ok"] * 4 + ["invalid"] * 2
     assert all(_plain(a) for a in answers)
+    parsed = parse_answer(json.dumps(answers).encode(), items)
+    for (data, fw), got in zip(items, parsed, strict=True):
+        try:
+            expected: object = inspect_artifact(data, fw or None)
+        except ArtifactError as exc:
+            expected = exc
+        assert _same(got, expected)
+
+
+def _hostile(good: list[Any], path: str) -> dict[str, bytes]:
+    """Answers to one item whose true answer is ``good``, each one broken another way."""
+
+    def ok(**change: Any) -> bytes:
+        fields = ["tag", "framework", "format", "sha256", "size", "signature", "details"]
+        answer = dict(zip(fields, good, strict=True)) | change
+        return json.dumps([list(answer.values())]).encode()
+
+    sig = good[5]
+    tensor = sig["inputs"][0]
+    return {
+        "pickle": pickle.dumps([_Gadget(path)]),
+        "pickle-protocol-0": pickle.dumps([_Gadget(path)], protocol=0),
+        "empty": b"",
+        "not-utf8": b"\xff\xfe[]",
+        "nested": b"[" * 100_000 + b"]" * 100_000,
+        "null": b"null",
+        "object": json.dumps({"answers": [good]}).encode(),
+        "no-answers": b"[]",
+        "two-answers": json.dumps([good, good]).encode(),
+        "a-string": json.dumps(["ok"]).encode(),
+        "unknown-tag": json.dumps([["fine", "xgboost"]]).encode(),
+        "short-ok": json.dumps([good[:6]]).encode(),
+        "invalid-not-str": json.dumps([["invalid", ["x"]]]).encode(),
+        "error-short": json.dumps([["error", "OSError"]]).encode(),
+        "unknown-framework": ok(framework="sklearn"),
+        "unhashable-format": ok(format=["xgboost-json"]),
+        "format-of-other-framework": ok(format="lightgbm-text"),
+        "sha256-short": ok(sha256="ab" * 16),
+        "sha256-upper": ok(sha256=good[3].upper()),
+        "size-wrong": ok(size=good[4] + 1),
+        "size-bool": ok(size=True),
+        "size-float": ok(size=float(good[4])),
+        "signature-list": ok(signature=[]),
+        "signature-extra-key": ok(signature=sig | {"more": []}),
+        "signature-missing-key": ok(signature={"inputs": sig["inputs"]}),
+        "tensor-dtype": ok(signature=sig | {"inputs": [[tensor[0], "OBJECT", tensor[2]]]}),
+        "tensor-dtype-unhashable": ok(signature=sig | {"inputs": [[tensor[0], [], tensor[2]]]}),
+        "tensor-shape-float": ok(signature=sig | {"inputs": [[tensor[0], "FP32", [1.5]]]}),
+        "tensor-shape-bool": ok(signature=sig | {"inputs": [[tensor[0], "FP32", [True]]]}),
+        "tensor-shape-negative": ok(signature=sig | {"inputs": [[tensor[0], "FP32", [-2]]]}),
+        "tensor-name-int": ok(signature=sig | {"inputs": [[1, "FP32", [-1]]]}),
+        "details-list": ok(details=[]),
+    }
+
+
+def test_hostile_answers_are_refused_without_unpickling(
+    model_bytes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_unpickling(monkeypatch)
+    item: Item = (model_bytes["xgboost-json"], "")
+    (good,) = answer_items([item])
+    assert parse_answer(json.dumps([good]).encode(), [item]) == [inspect_artifact(item[0])]
+    pwned = tmp_path / "pwned"
+    for name, raw in _hostile(good, str(pwned)).items():
+        with pytest.raises(MalformedAnswer):
+            parse_answer(raw, [item])
+            pytest.fail(f"{name} was accepted")
+    # Asked for LightGBM, the worker may not say XGBoost.
+    with pytest.raises(MalformedAnswer):
+        parse_answer(json.dumps([good]).encode(), [(item[0], "lightgbm")])
+    assert not pwned.exists()
+
+
+def _no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way to unpickle in this process raises (the transport must need none)."""
+    import _pickle
+    import multiprocessing.reduction
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("something unpickled")
+
+    for module in (pickle, _pickle):
+        for name in ("loads", "load", "Unpickler"):
+            monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(multiprocessing.reduction.ForkingPickler, "loads", refuse)
+
+
+async def test_a_worker_answering_garbage_is_replaced_and_its_chunk_refused(
+    model_bytes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_unpickling(monkeypatch)
+    monkeypatch.setenv("SHOAL_S3_SECRET_KEY", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    pwned = tmp_path / "pwned"
+    good: Item = (model_bytes["lightgbm-text"], "")
+    expected = inspect_artifact(good[0])
+    pool = ProcessValidator(1, task=misbehave)
+    try:
+        assert await pool.validate([good]) == [expected]
+        # A frame holding a pickle whose unpickling would create a file.
+        answers = await pool.validate([good, (PICKLE + str(pwned).encode(), "")])
+        assert [str(a) for a in answers] == [MALFORMED] * 2
+        assert all(isinstance(a, ArtifactError) for a in answers)
+        assert not pwned.exists()
+        assert pool.restarts == 1
+        # A frame announcing more than the parent reads.
+        answers = await pool.validate([good, (HUGE, "")])
+        assert [str(a) for a in answers] == [MALFORMED] * 2
+        assert pool.restarts == 2
+        # The pool works on, and its workers saw no credentials.
+        env_answer, again = await pool.validate([(ENV, ""), good])
+        assert again == expected
+        env = json.loads(str(env_answer))
+        assert not [k for k in env if k.startswith(("SHOAL_", "AWS_"))]
+        assert env["OMP_NUM_THREADS"] == "1"
+    finally:
+        pool.close()
+
+
+def test_worker_env_keeps_paths_and_locale_only() -> None:
+    env = worker_env(
+        {"PATH": "/bin", "LC_ALL": "C.UTF-8", "SHOAL_ETCD": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    )
+    assert env["PATH"] == "/bin" and env["LC_ALL"] == "C.UTF-8"
+    assert not [k for k in env if k.startswith(("SHOAL_", "AWS_"))]
 
 
 async def test_an_artifact_that_kills_its_worker_fails_alone(
@@ -120,7 +308,8 @@ async def test_an_artifact_that_kills_its_worker_fails_alone(
 ) -> None:
     good = [(model_variant(i)[1], "") for i in range(6)]
     items: list[Item] = [*good[:3], (CRASH, ""), *good[3:]]
-    pool = ProcessValidator(2, task=crash_on_marker)
+    before = _children()
+    pool = ProcessValidator(2, task=misbehave)
     try:
         answers = await pool.validate(items)
         assert isinstance(answers[3], ArtifactError)
@@ -131,6 +320,30 @@ async def test_an_artifact_that_kills_its_worker_fails_alone(
         # The pool works on afterwards.
         (again,) = await pool.validate([good[0]])
         assert again == others[0]
+        # A worker killed while idle (not by an artifact) is replaced, blaming nothing.
+        restarts, workers = pool.restarts, _children() - before
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(1000):  # until they are gone (zombies at most)
+            if not any(_alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.01)
+        assert await pool.validate([good[1]]) == [others[1]]
+        assert pool.restarts == restarts + len(workers)
+    finally:
+        pool.close()
+
+
+async def test_an_artifact_that_stalls_its_worker_times_out_alone() -> None:
+    good = [(model_variant(i)[1], "") for i in range(4)]
+    items: list[Item] = [*good[:2], (HANG, ""), *good[2:]]
+    pool = ProcessValidator(1, task=misbehave, timeout_s=1.0)
+    try:
+        answers = await pool.validate(items)
+        assert isinstance(answers[2], ArtifactError)
+        assert "timed out" in str(answers[2])
+        assert answers[:2] + answers[3:] == [inspect_artifact(data) for data, _ in good]
+        assert pool.restarts == 2  # the chunk's worker, then the one that tried it alone
     finally:
         pool.close()
 
@@ -146,6 +359,44 @@ async def test_close_stops_every_worker(model_bytes: dict[str, Any]) -> None:
     assert not any(_alive(pid) for pid in workers)
     with pytest.raises(RuntimeError, match="closed"):
         await pool.validate([(model_bytes["onnx"], "")])
+
+
+async def test_close_stops_a_busy_worker_too() -> None:
+    before = _children()
+    pool = ProcessValidator(1, task=misbehave, stop_s=1.0)
+    stalled = asyncio.create_task(pool.validate([(HANG, "")]))
+    for _ in range(1200):  # the worker starts and takes the request
+        if _children() - before and not pool._idle:
+            break
+        await asyncio.sleep(0.05)
+    workers = _children() - before
+    assert workers
+    await asyncio.to_thread(pool.close)
+    with pytest.raises(RuntimeError, match="closed"):
+        await stalled
+    assert not any(_alive(pid) for pid in workers)
+    assert not (_children() - before)
+
+
+async def test_start_starts_the_workers_before_any_validation(
+    model_bytes: dict[str, Any],
+) -> None:
+    before = _children()
+    pool = ProcessValidator(2)
+    try:
+        assert not (_children() - before)  # the constructor starts nothing
+        pool.start()
+        for _ in range(400):
+            if len(_children() - before) == 2:
+                break
+            await asyncio.sleep(0.05)
+        workers = _children() - before
+        assert len(workers) == 2
+        await pool.validate([(model_bytes[f], "") for f in FORMATS])
+        assert _children() - before == workers  # the same ones did the work
+    finally:
+        pool.close()
+    assert not (_children() - before)
 
 
 async def test_idle_workers_stop_and_come_back(model_bytes: dict[str, Any]) -> None:
@@ -169,25 +420,32 @@ async def test_idle_workers_stop_and_come_back(model_bytes: dict[str, Any]) -> N
 
 
 _ORPHAN = """
-import asyncio, os, signal
+import asyncio, os, signal, sys, time
+from pathlib import Path
 from placement.validation import ProcessValidator
 from tests.registration.helpers import model_variant
+from tests.registration.test_validation import HANG, misbehave
 
-async def main():
-    pool = ProcessValidator(2)
+async def main(busy):
+    pool = ProcessValidator(2, task=misbehave)
     await pool.validate([(model_variant(i)[1], "") for i in range(4)])
-    # Every child: the workers, and the resource tracker that spawning starts.
+    if busy:  # one worker stalls in a load: it never reads its stdin's end again
+        stalled = Path(sys.argv[2])
+        task = asyncio.create_task(pool.validate([(HANG + str(stalled).encode(), "")]))
+        while not stalled.exists():
+            await asyncio.sleep(0.05)
     tasks = [f"/proc/self/task/{t}/children" for t in os.listdir("/proc/self/task")]
     print(" ".join(open(t).read() for t in tasks), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
-asyncio.run(main())
+asyncio.run(main(sys.argv[1] == "busy"))
 """
 
 
-def test_workers_exit_when_their_parent_is_killed() -> None:
+@pytest.mark.parametrize("state", ["idle", "busy"])
+def test_workers_exit_when_their_parent_is_killed(state: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", _ORPHAN],
+        [sys.executable, "-c", _ORPHAN, state, str(tmp_path / "stalled")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -196,7 +454,7 @@ def test_workers_exit_when_their_parent_is_killed() -> None:
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     pids = [int(p) for p in proc.stdout.split()]
-    assert pids, proc.stderr[-2000:]
+    assert len(pids) == 2, proc.stderr[-2000:]
     deadline = time.monotonic() + 20
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -233,3 +491,45 @@ async def test_registry_on_the_process_pool(tmp_path: Path) -> None:
     finally:
         reg.close()
     assert not (_children() - before)
+
+
+async def test_registry_validates_on_threads_with_no_processes(tmp_path: Path) -> None:
+    before = _children()
+    reg = Registry(
+        MemoryStore(),
+        ObjectStore((tmp_path / "objects").as_uri()),
+        validate_processes=0,
+        validate_threads=2,
+    )
+    try:
+        reg.start()
+        (out,) = await reg.register_many([(RegisterSpec("t", "m"), model_variant(0)[1])])
+        assert isinstance(out, Registered) and out.created
+        assert not (_children() - before)
+    finally:
+        reg.close()
+
+
+def _children_of(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.update(int(p) for p in (task / "children").read_text().split())
+    return {p for p in out if _alive(p)}
+
+
+def test_the_service_starts_its_validation_workers_when_it_starts(
+    tmp_path: Path, etcd_url: str, s3_store_url: str, s3_settings: CommonSettings
+) -> None:
+    control = start_control(
+        tmp_path / "procs", etcd_url, s3_store_url, s3_settings, validate_processes="1"
+    )
+    try:
+        (placement,) = control.procs.started
+        deadline = time.monotonic() + 60
+        while not _children_of(placement.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # SHOAL_VALIDATE_PROCESSES=1: one worker, before anything was registered.
+        assert len(_children_of(placement.pid)) == 1
+    finally:
+        control.procs.stop_all()
