@@ -68,6 +68,7 @@ from shoal.artifacts import (
     ArtifactError,
     ArtifactInfo,
     Signature,
+    TensorSpec,
     inspect_artifact,
 )
 
@@ -168,20 +169,25 @@ class MalformedAnswer(Exception):
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _tensor_ok(t: Any) -> bool:
-    match t:
-        case [str(), str() as dtype, list() as shape]:
-            return dtype in DTYPES and all(type(d) is int and d >= -1 for d in shape)
-    return False
+def _tensors(side: Any) -> tuple[TensorSpec, ...]:
+    if not isinstance(side, list):
+        raise MalformedAnswer("a signature side is not a list")
+    out = []
+    for t in side:
+        match t:
+            case [str() as name, str() as dtype, list() as shape] if dtype in DTYPES and all(
+                type(d) is int and d >= -1 for d in shape
+            ):
+                out.append(TensorSpec(name, dtype, tuple(shape)))
+            case _:
+                raise MalformedAnswer("a malformed tensor in a signature")
+    return tuple(out)
 
 
 def _signature(sig: dict[str, Any]) -> Signature:
     if sig.keys() != {"inputs", "outputs"}:
         raise MalformedAnswer("a signature has other keys than inputs and outputs")
-    for side in sig.values():
-        if not isinstance(side, list) or not all(_tensor_ok(t) for t in side):
-            raise MalformedAnswer("a malformed tensor in a signature")
-    return Signature.from_dict(sig)
+    return Signature(_tensors(sig["inputs"]), _tensors(sig["outputs"]))
 
 
 def _outcome(answer: Any, item: Item) -> Outcome:
