@@ -18,12 +18,14 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal import modelgen
 from shoal.cluster import LocalCluster
@@ -71,6 +73,17 @@ def _shoal(c: LocalCluster, *args: str) -> dict[str, object]:
     )
     doc: dict[str, object] = json.loads(out.stdout)
     return doc
+
+
+def _router_in_flight(c: LocalCluster) -> float:
+    assert c.router is not None
+    with urllib.request.urlopen(f"http://{c.router.extra['metrics']}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "shoal_router_in_flight":
+                return float(smp.value)
+    return 0.0
 
 
 def _request(model: str) -> bytes:
@@ -145,7 +158,8 @@ def test_in_flight_cap_refuses_past_the_line_and_spares_others(cluster: LocalClu
     wait_until(full, timeout=30, what="the router to apply the in-flight cap")
     with ThreadPoolExecutor(5) as pool:
         slow = [pool.submit(_call, router, "slow/m") for _ in range(3)]  # 2 run, 1 waits
-        time.sleep(0.5)  # the three are at the router (each predicts for 1.5 s)
+        # The three are at the router (each predicts for 1.5 s): two running, one queued.
+        wait_until(lambda: _router_in_flight(cluster) >= 3, timeout=10, what="3 in flight")
         over = _call(router, "slow/m")
         calm = [_call(router, "calm/m") for _ in range(5)]
         results = [f.result() for f in slow]
