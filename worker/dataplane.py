@@ -54,6 +54,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.faults import Faults
+from worker.inline import InlinePolicy
 from worker.limits import ModelLimiter, check_rows
 from worker.loader import FailureMemory, Loader
 from worker.metrics import WorkerMetrics
@@ -100,6 +101,7 @@ class Dataplane:
         metrics: WorkerMetrics,
         batcher: Batcher | None = None,
         now: Callable[[], float] = time.perf_counter,
+        inline: InlinePolicy | None = None,
     ) -> None:
         self.catalog = catalog
         self.cache = cache
@@ -108,12 +110,14 @@ class Dataplane:
         self._metrics = metrics
         self._batcher = batcher
         self._now = now
+        self._inline = inline
         m = metrics
         self._rejected_rows = m.child(m.rejected, "rows")
         self._rejected_busy = m.child(m.rejected, "concurrency")
         self._rejected_quarantine = m.child(m.rejected, "quarantine")
         self._expired_queue = m.child(m.expired, "queue")
         self._quarantines = m.child(m.quarantines, "predict")
+        self._inline_calls = m.inline_predictions
 
     async def _resolve(self, model: str, version: str) -> tuple[ModelId, ModelVersion]:
         try:
@@ -184,12 +188,25 @@ class Dataplane:
             raise
         try:
             rows = len(arrays[0]) if arrays and arrays[0].ndim else 1
+            faults = g.faults.affects("predict", name)
             predict = g.faults.wrap("predict", name, partial(model.predict, arrays))
+            inline = self._inline
+            if (
+                inline is not None
+                and not faults
+                and inline.eligible(mid, getattr(model, "bounded", False), arrays)
+            ):
+                return self._predict_inline(mid, predict, rows, deadline)
             observe = self._metrics.batch_rows.observe
+            took = 0.0
 
             def call() -> list[np.ndarray]:  # on the pool thread, once it is sure to run
+                nonlocal took
                 observe(rows)
-                return predict()
+                started = time.thread_time()
+                out = predict()
+                took = time.thread_time() - started
+                return out
 
             try:
                 outs = await g.calls.run(mid, call, deadline)
@@ -197,22 +214,59 @@ class Dataplane:
                 raise
             except Abandoned as exc:
                 err = FailedPrecondition(f"{mid} is quarantined: a prediction hung ({exc})")
+                if inline is not None:
+                    inline.forget(mid)
                 self._quarantine(mid, err, immediate=True)
                 raise DeadlineExceeded(
                     f"{exc} (SHOAL_PREDICT_TIMEOUT_S) and was abandoned; {mid} is quarantined"
                 ) from None
             except Exception as exc:
-                log.exception("prediction of %s failed", mid)
-                what = f"{type(exc).__name__}: {exc}"
-                self._quarantine(
-                    mid, FailedPrecondition(f"{mid} is quarantined: its predictions fail ({what})")
-                )
-                raise Internal(f"prediction of {mid} failed: {what}") from None
-            if len(g.quarantine):
-                g.quarantine.clear(mid)
+                raise self._failed(mid, exc) from None
+            if inline is not None:
+                inline.observe(mid, took)
+            self._succeeded(mid)
             return outs
         finally:
             g.limiter.release(name)
+
+    def _predict_inline(
+        self,
+        mid: ModelId,
+        predict: Callable[[], list[np.ndarray]],
+        rows: int,
+        deadline: float | None,
+    ) -> list[np.ndarray]:
+        """A short prediction run on the event loop (``worker.inline``): no thread hand-off."""
+        if deadline is not None and time.monotonic() > deadline:
+            self._metrics.child(self._metrics.expired, "pool").inc()
+            raise DeadlineExceeded(f"deadline passed before {mid} was run; not run")
+        self._metrics.batch_rows.observe(rows)
+        self._inline_calls.inc()
+        started = time.thread_time()
+        try:
+            outs = predict()
+        except Exception as exc:
+            raise self._failed(mid, exc) from None
+        assert self._inline is not None
+        self._inline.observe(mid, time.thread_time() - started)
+        self._succeeded(mid)
+        return outs
+
+    def _failed(self, mid: ModelId, exc: Exception) -> WorkerError:
+        """A runtime exception: counts towards quarantine; the error to answer."""
+        log.error("prediction of %s failed", mid, exc_info=exc)
+        if self._inline is not None:
+            self._inline.forget(mid)
+        what = f"{type(exc).__name__}: {exc}"
+        self._quarantine(
+            mid, FailedPrecondition(f"{mid} is quarantined: its predictions fail ({what})")
+        )
+        return Internal(f"prediction of {mid} failed: {what}")
+
+    def _succeeded(self, mid: ModelId) -> None:
+        quarantine = self.guards.quarantine
+        if len(quarantine):
+            quarantine.clear(mid)
 
     def _quarantine(self, mid: ModelId, err: WorkerError, immediate: bool = False) -> None:
         delay = self.guards.quarantine.record(mid, err, immediate)

@@ -71,6 +71,10 @@ class Faults:
             out.append(Fault(action, call, parts[1], seconds))
         return cls(tuple(out))
 
+    def affects(self, call: str, model: str) -> bool:
+        """Whether a fault is configured for ``(call, model)``."""
+        return (call, model) in self._by
+
     def wrap(self, call: str, model: str, fn: Callable[[], T]) -> Callable[[], T]:
         """``fn``, or ``fn`` with the fault configured for ``(call, model)``."""
         if not self._by:

@@ -94,6 +94,11 @@ class WorkerMetrics:
         self.budget_bytes = Gauge(
             "shoal_worker_budget_bytes", "byte budget per tier", ["tier"], registry=r
         )
+        self.inline_predictions = Counter(
+            "shoal_worker_inline_predictions",
+            "runtime calls run on the event loop (short, bounded models; worker/inline.py)",
+            registry=r,
+        )
         self.rejected = Counter(
             "shoal_worker_rejected",
             "requests refused by a limit or a quarantine",

@@ -38,6 +38,7 @@ from worker.dataplane import Dataplane, Guards
 from worker.device import cuda_devices, resolve_device
 from worker.diskcache import DiskCache
 from worker.faults import Faults
+from worker.inline import InlinePolicy
 from worker.limits import ModelLimiter
 from worker.loader import FailureMemory, Loader
 from worker.metrics import WorkerMetrics
@@ -156,7 +157,10 @@ class WorkerServer:
             s.max_request_rows,
             faults,
         )
-        self.dataplane = dp = Dataplane(self._catalog, cache, loader, guards, m)
+        inline = (
+            InlinePolicy(s.inline_max_us / 1e6, s.inline_max_bytes) if s.inline_max_us > 0 else None
+        )
+        self.dataplane = dp = Dataplane(self._catalog, cache, loader, guards, m, inline=inline)
         if s.batching_enabled(self.device):
             dp._batcher = Batcher(
                 dp.run_batch,

@@ -51,6 +51,15 @@ class WorkerSettings(CommonSettings):
         "to max_delay_us or max_batch_rows)",
         True,
     )
+    inline_max_us: int = doc(
+        "a prediction of a bounded CPU model (tree ensemble, ONNX without loops) whose calls "
+        "have taken at most this long on average runs on the event loop instead of a "
+        "prediction thread, µs (0: always use the threads; worker/inline.py)",
+        1000,
+    )
+    inline_max_bytes: int = doc(
+        "largest request (input bytes) a prediction may run inline with", 64 << 10
+    )
     load_backoff_s: float = doc("first retry delay after a failed load, seconds", 1.0)
     load_backoff_max_s: float = doc("longest retry delay after repeated failed loads", 60.0)
     record_cache_size: int = doc("model records kept in memory (LRU)", 100_000)
