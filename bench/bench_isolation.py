@@ -26,8 +26,12 @@ What is measured: the latency a well-behaved tenant sees while another tenant fl
   after the flood (its burst of one second of quota spent), so admitted/s is the sustained
   rate the quota allows.
 
-Phases: *unloaded* (steady tenant alone), then *loaded* (the same with the flood running).
-Figures: the steady tenant's p50/p99 in each phase, the p99 ratio loaded/unloaded (target
+Phases: *unloaded* (steady tenant alone), then *loaded* (the same with the flood running),
+repeated ``BENCH_ISO_ROUNDS`` times (default 3, each phase measuring ``BENCH_DURATION`` /
+2 seconds): the latencies of each condition are pooled over its rounds, so a burst of
+interference from outside (another VM on the host: CPU steal, recorded per condition from
+``/proc/stat``) lands on both conditions alike instead of deciding the ratio on its own.
+Figures: the steady tenant's p50/p99 in each condition, the p99 ratio loaded/unloaded (target
 <= 2x, issue 9), its errors under load (target 0), the flood's offered and admitted rates,
 and the router's and worker's CPU use during the loaded phase (on a small machine the router
 CPU spent refusing the flood is what the steady tenant competes with). Written with
@@ -62,7 +66,7 @@ from bench.common import figure, write_results
 from bench.config import BenchConfig, scratch, wait_for
 from bench.loadgen import GRPC_HEADERS, ensure_h2load
 from bench.models import bench_models
-from bench.procutil import tree_cpu_seconds
+from bench.procutil import host_cpu_ticks, tree_cpu_seconds
 from bench.shoal_harness import ShoalBench
 from bench.wire import INFER_PATH, grpc_frame, infer_once, infer_request
 
@@ -206,6 +210,16 @@ def _start_flood(
     return subprocess.Popen(cmd, cwd=here), "python"
 
 
+def _add(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _add_ticks(into: list[int], before: tuple[int, int], after: tuple[int, int]) -> None:
+    into[0] += after[0] - before[0]
+    into[1] += after[1] - before[1]
+
+
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -219,6 +233,7 @@ def main() -> int:
     flood_c = int(_env_num("BENCH_ISO_FLOOD", 64))
     tenant_rate = _env_num("BENCH_ISO_TENANT_RATE", 200)
     tenant_in_flight = int(_env_num("BENCH_ISO_TENANT_IN_FLIGHT", 16))
+    rounds = max(1, int(_env_num("BENCH_ISO_ROUNDS", 1 if cfg.smoke else 3)))
     queue_s = _env_num("BENCH_ISO_TENANT_QUEUE_S", 0.5)
     model = bench_models()["xgb"]
     with scratch("isolation", cfg.keep) as tmp:
@@ -244,45 +259,76 @@ def main() -> int:
 
             # Other processes on the machine skew every figure: their load is recorded.
             load_avg = {"before": os.getloadavg()[0]}
-            print(f"unloaded: steady {rate:g} req/s for {cfg.duration_s:g}s", flush=True)
-            quiet, quiet_err, _ = asyncio.run(
-                _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
-            )
-
             assert bench.c.router is not None
             metrics = bench.c.router.extra["metrics"]
-            flood_s = cfg.warmup_s + cfg.duration_s + 2.5  # outlasts the measured window
-            flood, tool = _start_flood(router, bodies[FLOOD], flood_c, flood_s, tmp)
-            print(f"loaded: + flood of {flood_c} {tool} callers for {flood_s:g}s", flush=True)
-            try:
-                # The flood's callers are connected and have spent the tenant's burst (one
-                # second of quota): from here on, admitted requests are the sustained rate.
-                time.sleep(1.0)
-                pids = {"router": bench.router_pid, "worker": bench.worker_pid()}
-                cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
-                codes0, queued0 = _router_codes(metrics)
-                t0 = time.monotonic()
-                loud, loud_err, steady_codes = asyncio.run(
-                    _steady(router, bodies[STEADY], rate, cfg.warmup_s, cfg.duration_s)
+            pids = {"router": bench.router_pid, "worker": bench.worker_pid()}
+            phase_s = max(1.0, cfg.duration_s / 2)
+            quiet: list[float] = []
+            loud: list[float] = []
+            quiet_err: dict[str, int] = {}
+            loud_err: dict[str, int] = {}
+            counts: dict[str, int] = {}
+            queued = 0.0
+            window = 0.0
+            cpu_s = {k: 0.0 for k in pids}
+            steal = {"unloaded": [0, 0], "loaded": [0, 0]}
+            tool = ""
+            for rnd in range(rounds):
+                print(f"round {rnd + 1}/{rounds}: steady {rate:g} req/s alone", flush=True)
+                h0 = host_cpu_ticks()
+                lat, err, _ = asyncio.run(
+                    _steady(router, bodies[STEADY], rate, cfg.warmup_s, phase_s)
                 )
-                codes1, queued1 = _router_codes(metrics)
-                window = time.monotonic() - t0
-                cpu = {k: (tree_cpu_seconds(p) - cpu0[k]) / window for k, p in pids.items()}
-            finally:
-                flood.wait(timeout=flood_s + 60)
+                h1 = host_cpu_ticks()
+                quiet += lat
+                _add(quiet_err, err)
+                _add_ticks(steal["unloaded"], h0, h1)
+
+                flood_s = 1.0 + cfg.warmup_s + phase_s + 1.5  # outlasts the measured window
+                flood, tool = _start_flood(router, bodies[FLOOD], flood_c, flood_s, tmp)
+                print(f"  + flood of {flood_c} {tool} callers for {flood_s:g}s", flush=True)
+                try:
+                    # The flood's callers are connected and have spent the tenant's burst
+                    # (one second of quota): from here on, admitted requests are the
+                    # sustained rate.
+                    time.sleep(1.0)
+                    cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+                    codes0, queued0 = _router_codes(metrics)
+                    h0 = host_cpu_ticks()
+                    t0 = time.monotonic()
+                    lat, err, steady_codes = asyncio.run(
+                        _steady(router, bodies[STEADY], rate, cfg.warmup_s, phase_s)
+                    )
+                    codes1, queued1 = _router_codes(metrics)
+                    window += time.monotonic() - t0
+                    _add_ticks(steal["loaded"], h0, host_cpu_ticks())
+                    for k, p in pids.items():
+                        cpu_s[k] += tree_cpu_seconds(p) - cpu0[k]
+                finally:
+                    flood.wait(timeout=flood_s + 60)
+                loud += lat
+                _add(loud_err, err)
+                queued += queued1 - queued0
+                # The flood's answers in the window: the router's counts less the steady's.
+                _add(
+                    counts,
+                    {
+                        code: int(
+                            codes1.get(code, 0) - codes0.get(code, 0) - steady_codes.get(code, 0)
+                        )
+                        for code in set(codes1) | set(codes0)
+                    },
+                )
             load_avg["after"] = os.getloadavg()[0]
-            # The flood's answers in the window: the router's counts less the steady tenant's.
-            counts = {
-                code: int(codes1.get(code, 0) - codes0.get(code, 0) - steady_codes.get(code, 0))
-                for code in set(codes1) | set(codes0)
-            }
             counts = {k: v for k, v in counts.items() if v}
+            cpu = {k: v / window for k, v in cpu_s.items()}
         finally:
             bench.stop()
 
     offered = sum(counts.values()) / window
     admitted = counts.get("OK", 0) / window
-    queued_share = (queued1 - queued0) / max(1, sum(counts.values()))
+    queued_share = queued / max(1, sum(counts.values()))
+    stolen = {k: (v[0] / v[1] if v[1] else 0.0) for k, v in steal.items()}
     refused = counts.get("RESOURCE_EXHAUSTED", 0) / max(1, sum(counts.values()))
     p99_q, p99_l = _pct(quiet, 99), _pct(loud, 99)
     ratio = p99_l / p99_q if p99_q else float("nan")
@@ -312,6 +358,8 @@ def main() -> int:
         figure("flood admitted after waiting in its queue", queued_share * 100, "%"),
         figure("router CPU under flood", cpu["router"] * 100, "% of a core"),
         figure("worker CPU under flood", cpu["worker"] * 100, "% of a core"),
+        figure("host CPU steal, unloaded phases", stolen["unloaded"] * 100, "%"),
+        figure("host CPU steal, loaded phases", stolen["loaded"] * 100, "%"),
     ]
     extra = {
         "config": {
@@ -322,6 +370,8 @@ def main() -> int:
             "tenant_max_in_flight": tenant_in_flight,
             "tenant_queue_s": queue_s,
             "workers": 1,
+            "rounds": rounds,
+            "phase_s": max(1.0, cfg.duration_s / 2),
         },
         "steady_samples": {"unloaded": len(quiet), "loaded": len(loud)},
         "steady_errors": {"unloaded": quiet_err, "loaded": loud_err},

@@ -181,8 +181,8 @@ def runs_table(runs: Runs) -> str:
         "## Phases",
         "",
         "| server | model | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req | "
-        "client CPU µs/req | client CPU % of a core | tool | gRPC checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "client CPU µs/req | client CPU % of a core | host CPU steal % | tool | gRPC checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (server, model, c), r in runs.by_key.items():
         by = ", ".join(
@@ -191,7 +191,8 @@ def runs_table(runs: Runs) -> str:
         lines.append(
             f"| {server} | {model} | {c} | {r.rps:.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
             f"{r.errors} | {r.server_cpu_us_per_req:.0f} ({by}) | {r.client_cpu_us_per_req:.0f} | "
-            f"{100 * r.client_cpu_s / r.duration_s:.0f} | {r.tool} | {_checks(r)} |"
+            f"{100 * r.client_cpu_s / r.duration_s:.0f} | {r.host_steal_pct:.1f} | {r.tool} | "
+            f"{_checks(r)} |"
         )
     return "\n".join(lines) + "\n"
 

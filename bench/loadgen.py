@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.procutil import cpu_seconds, tree_cpu_seconds
+from bench.procutil import cpu_seconds, host_cpu_ticks, tree_cpu_seconds
 from bench.wire import INFER_PATH, grpc_frame, infer_once
 
 PROBE_REQUESTS = 50
@@ -74,6 +74,9 @@ class LoadResult:
     server_cpu_s: float
     server_cpu_us_per_req: float
     server_cpu_by: dict[str, float] = field(default_factory=dict)  # CPU seconds per process
+    #: Share of the host's CPU time stolen by the hypervisor during the main phase (%): on a
+    #: shared host every figure of a phase with a high share is slowed by someone else.
+    host_steal_pct: float = 0.0
     checks: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,7 +86,8 @@ class LoadResult:
         return (
             f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.3f} ms  p99 {self.p99_ms:6.3f} ms  "
             f"errors {self.errors}  client CPU {self.client_cpu_us_per_req:5.0f} µs/req  "
-            f"server CPU {self.server_cpu_us_per_req:5.0f} µs/req  [{self.tool}]"
+            f"server CPU {self.server_cpu_us_per_req:5.0f} µs/req  "
+            f"steal {self.host_steal_pct:4.1f}%  [{self.tool}]"
         )
 
 
@@ -169,10 +173,14 @@ def _probe_run(h2load: str, address: str, body_file: Path) -> str:
 def _cpu_sample(servers: Mapping[str, int], clients: Sequence[int]) -> dict[str, float]:
     out = {name: tree_cpu_seconds(pid) for name, pid in servers.items()}
     out[_CLIENT] = sum(cpu_seconds(p) for p in clients)
+    out[_STEAL], out[_TICKS] = (float(x) for x in host_cpu_ticks())
     return out
 
 
 _CLIENT = "\0client"
+_STEAL = "\0steal"
+_TICKS = "\0ticks"
+_HOST = (_CLIENT, _STEAL, _TICKS)
 
 
 def _reap(proc: subprocess.Popen[Any], timeout: float) -> float:
@@ -255,7 +263,9 @@ def _summarise(
     cpu_start: dict[str, float],
     cpu_end: dict[str, float],
 ) -> LoadResult:
-    by = {k: cpu_end[k] - cpu_start.get(k, 0.0) for k in cpu_end if k != _CLIENT}
+    by = {k: cpu_end[k] - cpu_start.get(k, 0.0) for k in cpu_end if k not in _HOST}
+    ticks = cpu_end.get(_TICKS, 0.0) - cpu_start.get(_TICKS, 0.0)
+    steal = (cpu_end.get(_STEAL, 0.0) - cpu_start.get(_STEAL, 0.0)) / ticks if ticks > 0 else 0.0
     client_cpu = cpu_end[_CLIENT] - cpu_start[_CLIENT]
     server_cpu = sum(by.values())
     n = int(lat_ms.size)
@@ -278,6 +288,7 @@ def _summarise(
         server_cpu_s=server_cpu,
         server_cpu_us_per_req=server_cpu * per,
         server_cpu_by=by,
+        host_steal_pct=steal * 100,
     )
 
 

@@ -64,3 +64,25 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot, from the ``cpu`` line of /proc/stat.
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to someone else while they had
+    work: on a shared host it slows every process here, the measured ones included, and is
+    invisible in their own CPU time. ``steal_share(before, after)`` gives its share of a phase.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0, 0
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share (0-1) of the CPU time between two ``host_cpu_ticks`` readings that was stolen."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
