@@ -84,6 +84,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         q = self._queues.get(key)
         if q is None:
+            if self.when_idle and len(rows) <= self.max_rows:
+                return await self._alone(key, model, rows, deadline)
             q = self._queues[key] = _Queue()
         fut: asyncio.Future[list[np.ndarray]] = loop.create_future()
         q.items.append(_Item(model, rows, fut, deadline, self._now()))
@@ -93,6 +95,25 @@ class Batcher:
         elif q.timer is None:
             q.timer = loop.call_later(self.max_delay_s, self._dispatch, key, q)
         return await fut
+
+    async def _alone(
+        self, key: object, model: object, rows: np.ndarray, deadline: float | None
+    ) -> list[np.ndarray]:
+        """Nothing queued or running for ``key``: run in the caller's own task.
+
+        The common case on a lightly loaded model, so it skips the batch's task and future;
+        requests arriving meanwhile queue as behind any running batch and go out when it ends.
+        """
+        q = self._queues[key] = _Queue(running=1)
+        try:
+            return await self._run(key, model, rows, deadline)
+        finally:
+            q.running -= 1
+            if q.running == 0:
+                if q.items:
+                    self._dispatch(key, q)
+                else:
+                    self._queues.pop(key, None)
 
     def _dispatch(self, key: object, q: _Queue) -> None:
         if q.timer is not None:

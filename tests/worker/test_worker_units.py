@@ -214,6 +214,54 @@ async def test_batcher_merges_concurrent_requests_and_splits_rows() -> None:
     assert len(b) == 0  # idle keys are forgotten
 
 
+async def test_a_request_for_an_idle_model_runs_in_its_own_task_and_others_queue_behind() -> None:
+    ran_in: list[asyncio.Task[Any] | None] = []
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def run(key: object, model: object, rows: np.ndarray, deadline: Any) -> list[np.ndarray]:
+        ran_in.append(asyncio.current_task())
+        calls.append(len(rows))
+        await gate.wait()
+        return [rows + 1]
+
+    b = Batcher(run, max_rows=8, max_delay_s=60.0)
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    first = asyncio.ensure_future(b.predict("k", None, x[:1]))
+    await asyncio.sleep(0)
+    assert ran_in == [first]  # no batch task of its own
+    rest = [asyncio.ensure_future(b.predict("k", None, x[i : i + 1])) for i in range(1, 4)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert calls == [1]  # the others wait for the running call, then go as one batch
+    gate.set()
+    outs = await asyncio.gather(first, *rest)
+    assert calls == [1, 3] and ran_in[1] not in (first, *rest)
+    for i, (o,) in enumerate(outs):
+        np.testing.assert_array_equal(o, x[i : i + 1] + 1)
+    assert len(b) == 0
+
+
+async def test_a_cancelled_lone_request_leaves_the_batcher_clean() -> None:
+    gate = asyncio.Event()
+
+    async def run(key: object, model: object, rows: np.ndarray, deadline: Any) -> list[np.ndarray]:
+        await gate.wait()
+        return [rows]
+
+    b = Batcher(run, max_rows=8, max_delay_s=60.0)
+    t = asyncio.ensure_future(b.predict("k", None, np.ones((1, 2), np.float32)))
+    await asyncio.sleep(0)
+    assert len(b) == 1
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert len(b) == 0
+    gate.set()
+    (o,) = await b.predict("k", None, np.zeros((1, 2), np.float32))
+    assert o.shape == (1, 2)
+
+
 async def test_batcher_without_idle_dispatch_waits_for_a_full_batch_or_the_delay() -> None:
     calls: list[int] = []
 
