@@ -135,6 +135,9 @@ class Dataplane:
             return entry
         self._metrics.child(self._metrics.misses, "memory").inc()
         model = await self.loader.load(mid, mv)
+        warm_s = getattr(model, "warm_s", None)
+        if self._inline is not None and warm_s is not None:
+            self._inline.seed(mid, warm_s)
         entry = self.cache.acquire(mid)
         if entry is None:
             # Displaced between admission and now (heavy pressure): serve from the object we

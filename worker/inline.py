@@ -12,8 +12,9 @@ A call runs inline only when all of these hold:
   ensembles; ONNX graphs without ``Loop``/``Scan``/``If``), and it runs on the CPU;
 * no fault is injected for it (fault drills exercise the thread pool's timeout);
 * the request is small: its inputs hold at most ``max_bytes``;
-* the model has proven fast: at least ``min_samples`` calls measured, and the slow-to-forget
-  average of their durations is at most ``max_s``.
+* the model has proven fast: at least ``min_samples`` calls measured (or a 1-row prediction
+  made at load, for tree models: ``seed``), and the average of their durations is at most
+  ``max_s``.
 
 Every call, inline or not, is measured in CPU time of the thread that ran it (a call preempted
 by other work on a busy host is not slow, and wall time would say it was). The average moves
@@ -46,7 +47,7 @@ class InlinePolicy:
         self,
         max_s: float,
         max_bytes: int = 64 << 10,
-        min_samples: int = 3,
+        min_samples: int = 2,
         alpha: float = 0.2,
         jump: float = 4.0,
         models: int = 65536,
@@ -81,6 +82,13 @@ class InlinePolicy:
             s.avg_s = seconds
         else:
             s.avg_s += self.alpha * (seconds - s.avg_s)
+
+    def seed(self, key: Hashable, seconds: float) -> None:
+        """A freshly loaded model's load-time 1-row prediction took ``seconds`` of CPU: it
+        stands for the proof (a call of a bounded model costs about the same every time, and
+        a slower real call sends it back to the threads)."""
+        if key not in self._speed:
+            self._speed[key] = _Speed(self.min_samples, seconds)
 
     def forget(self, key: Hashable) -> None:
         """A call of ``key`` failed or was abandoned: back to the pool until proven again."""

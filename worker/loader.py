@@ -161,6 +161,10 @@ def object_key(mv: ModelVersion, store_url: str) -> str:
     raise FailedPrecondition(f"artifact {uri} is outside this worker's object store {store_url}")
 
 
+#: Artifacts up to this size are hashed on the event loop (~40 µs), larger ones on a thread.
+INLINE_HASH_BYTES = 64 << 10
+
+
 class Loader:
     def __init__(
         self,
@@ -183,6 +187,7 @@ class Loader:
         self._metrics = metrics
         self._failures = failures
         self._flights: dict[ModelId, asyncio.Task[Model]] = {}
+        self._writes: set[asyncio.Task[bool]] = set()  # disk-tier writes under way
         self._imported: set[str] = set()  # frameworks whose library is imported
         self.sizes = SizeEstimator()
         #: artifact digest of every model loaded (the owner prunes it on eviction)
@@ -191,6 +196,11 @@ class Loader:
     @property
     def in_flight(self) -> int:
         return len(self._flights)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout``) for the disk-tier writes under way."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=timeout)
 
     async def load(self, mid: ModelId, mv: ModelVersion) -> Model:
         """The loaded model for ``mid`` (admitted to the cache), sharing any load under way."""
@@ -295,15 +305,17 @@ class Loader:
         log.warning("load of %s failed (%s: %s); retry after %.1fs", mid, err.code, err, delay)
 
     async def _artifact(self, mid: ModelId, mv: ModelVersion) -> bytes:
-        """Verified artifact bytes: disk tier first, then the object store (kept on disk)."""
+        """Verified artifact bytes: disk tier first, then the object store (kept on disk).
+
+        One thread hop for the disk tier (read and hash together); a fetched artifact is
+        hashed on the loop when small (a hop costs more than hashing 64 KiB) and written to
+        the disk tier in the background: the load does not wait for the copy.
+        """
         sha = mv.sha256
-        data = await asyncio.to_thread(self._disk.read, sha)
+        data = await asyncio.to_thread(self._read_verified, sha)
         if data is not None:
-            if await asyncio.to_thread(sha256_hex, data) == sha:
-                self._metrics.child(self._metrics.hits, "disk").inc()
-                return data
-            log.warning("disk cache: %s does not match its digest; fetching it again", sha)
-            await asyncio.to_thread(self._disk.remove, sha)
+            self._metrics.child(self._metrics.hits, "disk").inc()
+            return data
         self._metrics.child(self._metrics.misses, "disk").inc()
         key = object_key(mv, self._store.url)
         try:
@@ -312,11 +324,38 @@ class Loader:
             raise NotFound(f"artifact of {mid} not found in the object store ({key})") from None
         except ObjectStoreUnavailable as exc:
             raise Unavailable(f"object store unreachable loading {mid}: {exc}") from None
-        got = await asyncio.to_thread(sha256_hex, data)
+        if len(data) <= INLINE_HASH_BYTES:
+            got = sha256_hex(data)
+        else:
+            got = await asyncio.to_thread(sha256_hex, data)
         if got != sha:
             raise FailedPrecondition(
                 f"cannot load {mid}: checksum mismatch: the record says sha256 {sha}, "
                 f"the artifact at {key} has {got}"
             )
-        await asyncio.to_thread(self._disk.write, sha, data)
+        self._keep_on_disk(sha, data)
         return data
+
+    def _read_verified(self, sha: str) -> bytes | None:
+        """On a thread: the disk tier's copy if it matches its digest (else it is dropped)."""
+        data = self._disk.read(sha)
+        if data is None:
+            return None
+        if sha256_hex(data) == sha:
+            return data
+        log.warning("disk cache: %s does not match its digest; fetching it again", sha)
+        self._disk.remove(sha)
+        return None
+
+    def _keep_on_disk(self, sha: str, data: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._disk.write, sha, data)
+        )
+        self._writes.add(task)
+
+        def done(t: asyncio.Task[bool]) -> None:
+            self._writes.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("disk cache: keeping %s failed: %s", sha, t.exception())
+
+        task.add_done_callback(done)

@@ -28,6 +28,7 @@ import logging
 import re
 import statistics
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -53,6 +54,8 @@ class Model(Protocol):
     #: Its prediction time is bounded by the input's size (no data-dependent loops) and it
     #: runs on the CPU: a fast one may run on the event loop (worker/inline.py).
     bounded: bool
+    #: CPU seconds of a 1-row prediction made at load (tree models), else None.
+    warm_s: float | None
 
     def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Outputs in the order of the signature's outputs. Thread-safe."""
@@ -135,6 +138,7 @@ class XGBoostModel:
         self.nbytes = nbytes
         self.bounded = device == "cpu"
         self._direct = _DirectPredict.verified(booster) if device == "cpu" else None
+        self.warm_s = self._direct.probe_s if self._direct is not None else None
 
     def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
@@ -181,6 +185,7 @@ class _DirectPredict:
         self._ulong = ctypes.c_uint64  # xgboost's bst_ulong
         self._shape_ptr = ctypes.POINTER(ctypes.c_uint64)
         self._float_ptr = ctypes.POINTER(ctypes.c_float)
+        self.probe_s: float | None = None  # CPU seconds of a 1-row call, set by ``verified``
 
     @classmethod
     def verified(cls, booster: Any) -> _DirectPredict | None:
@@ -193,7 +198,10 @@ class _DirectPredict:
             probe[2, :] = 0.0
             want = np.asarray(booster.inplace_predict(probe, validate_features=False))
             got = direct(probe)
-            single = direct(np.ascontiguousarray(probe[:1]))
+            one = np.ascontiguousarray(probe[:1])
+            started = time.thread_time()
+            single = direct(one)
+            direct.probe_s = time.thread_time() - started
         except Exception as exc:  # a private API changed: the public one still works
             log.info("xgboost direct prediction unavailable: %s", _first_line(exc))
             return None
@@ -240,6 +248,18 @@ class LightGBMModel:
     def __init__(self, booster: Any, nbytes: int) -> None:
         self._booster = booster
         self.nbytes = nbytes
+        self.warm_s = self._warm_up()
+
+    def _warm_up(self) -> float | None:
+        """One 1-row prediction at load: its CPU time (worker/inline.py), or None."""
+        try:
+            row = np.zeros((1, int(self._booster.num_feature())), dtype=np.float32)
+            started = time.thread_time()
+            self._booster.predict(row, num_threads=1)
+            return time.thread_time() - started
+        except Exception as exc:  # the first request will tell; the load itself succeeded
+            log.info("LightGBM warm-up prediction failed: %s", _first_line(exc))
+            return None
 
     def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         # num_threads=1 per call (not a booster parameter: LightGBM ignores parameters given
@@ -267,6 +287,7 @@ class OnnxModel:
         self.device = device
         self.nbytes = nbytes
         self.bounded = device == "cpu" and artifact_bounded is True
+        self.warm_s: float | None = None
         # A GPU session keeps its artifact so demotion can build the CPU session without a
         # fetch; a few KiB to a few MiB of host memory per GPU-resident model.
         self._artifact = artifact

@@ -76,6 +76,7 @@ class WorkerServer:
         self._http: Any = None
         self._etcd: EtcdStore | None = None
         self._catalog: Catalog | None = None
+        self._loader: Loader | None = None
         self._registration: Registration | None = None
         self._predict_pool: ThreadPoolExecutor | None = None
         self._load_pool: ThreadPoolExecutor | None = None
@@ -160,6 +161,7 @@ class WorkerServer:
         inline = (
             InlinePolicy(s.inline_max_us / 1e6, s.inline_max_bytes) if s.inline_max_us > 0 else None
         )
+        self._loader = loader
         self.dataplane = dp = Dataplane(self._catalog, cache, loader, guards, m, inline=inline)
         if s.batching_enabled(self.device):
             dp._batcher = Batcher(
@@ -214,6 +216,8 @@ class WorkerServer:
             self._http.server_close()
         if self._catalog is not None:
             await self._catalog.stop()
+        if self._loader is not None:
+            await self._loader.close()  # disk-tier copies under way
         for pool in (self._predict_pool, self._load_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
