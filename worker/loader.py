@@ -307,12 +307,14 @@ class Loader:
     async def _artifact(self, mid: ModelId, mv: ModelVersion) -> bytes:
         """Verified artifact bytes: disk tier first, then the object store (kept on disk).
 
-        One thread hop for the disk tier (read and hash together); a fetched artifact is
+        One thread hop for a disk-tier hit (read and hash together), none for a miss (the
+        index is in memory); a fetched artifact is
         hashed on the loop when small (a hop costs more than hashing 64 KiB) and written to
         the disk tier in the background: the load does not wait for the copy.
         """
         sha = mv.sha256
-        data = await asyncio.to_thread(self._read_verified, sha)
+        # The index is in memory: a miss costs no thread hop.
+        data = await asyncio.to_thread(self._read_verified, sha) if sha in self._disk else None
         if data is not None:
             self._metrics.child(self._metrics.hits, "disk").inc()
             return data
