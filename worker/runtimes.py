@@ -371,8 +371,27 @@ def _onnx_load(data: bytes, device: str) -> OnnxModel:
     )
 
 
-#: ONNX operators whose running time depends on the data (loops) or that hold subgraphs.
-_ONNX_CONTROL_FLOW = frozenset({"Loop", "Scan", "If", "SequenceMap"})
+#: ONNX operators whose running time depends on the data's values rather than its size:
+#: loops and subgraphs, and operators whose output size is read from a tensor (a crafted
+#: input could make them build a huge output).
+_ONNX_CONTROL_FLOW = frozenset(
+    {
+        "Loop",
+        "Scan",
+        "If",
+        "SequenceMap",
+        "ConstantOfShape",
+        "Expand",
+        "Tile",
+        "Range",
+        "Resize",
+        "Upsample",
+        "Pad",
+        "OneHot",
+        "CenterCropPad",
+        "Col2Im",
+    }
+)
 #: Operator domains whose kernels are onnxruntime's own (standard, ML, Microsoft contrib).
 _ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
@@ -416,7 +435,7 @@ def _pb_fields(buf: memoryview) -> Any:
 
 
 def onnx_bounded(data: bytes) -> bool:
-    """Whether an ONNX model's graph has no control flow (its time is bounded by its input).
+    """Whether an ONNX model's time is bounded by its input's size (see ``_ONNX_CONTROL_FLOW``).
 
     Reads ModelProto.graph (7) -> GraphProto.node (1) -> NodeProto.op_type (4) and domain (7)
     from the wire format; a model with local functions (25), an operator outside the standard

@@ -161,6 +161,16 @@ def test_onnx_loops_custom_domains_and_garbage_are_not_bounded() -> None:
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
     )
     assert onnx_bounded(custom.SerializeToString()) is False
+    sized = helper.make_model(  # output size read from the input's values
+        helper.make_graph(
+            [helper.make_node("ConstantOfShape", ["shape"], ["y"])],
+            "sized",
+            [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    assert onnx_bounded(sized.SerializeToString()) is False
     assert onnx_bounded(b"\x3a\xff\xff\xff\xff\x0f") is False  # truncated field
     assert onnx_bounded(b"") is False
 
