@@ -66,7 +66,7 @@ from bench.common import figure, write_results
 from bench.config import BenchConfig, scratch, wait_for
 from bench.loadgen import GRPC_HEADERS, ensure_h2load
 from bench.models import bench_models
-from bench.procutil import host_cpu_ticks, tree_cpu_seconds
+from bench.procutil import host_cpu_ticks, steal_share, tree_cpu_seconds
 from bench.shoal_harness import ShoalBench
 from bench.wire import INFER_PATH, grpc_frame, infer_once, infer_request
 
@@ -272,6 +272,7 @@ def main() -> int:
             window = 0.0
             cpu_s = {k: 0.0 for k in pids}
             steal = {"unloaded": [0, 0], "loaded": [0, 0]}
+            rounds_out: list[dict[str, float]] = []
             tool = ""
             for rnd in range(rounds):
                 print(f"round {rnd + 1}/{rounds}: steady {rate:g} req/s alone", flush=True)
@@ -280,6 +281,7 @@ def main() -> int:
                     _steady(router, bodies[STEADY], rate, cfg.warmup_s, phase_s)
                 )
                 h1 = host_cpu_ticks()
+                this = {"p99_unloaded_ms": _pct(lat, 99), "steal_unloaded": steal_share(h0, h1)}
                 quiet += lat
                 _add(quiet_err, err)
                 _add_ticks(steal["unloaded"], h0, h1)
@@ -301,12 +303,16 @@ def main() -> int:
                     )
                     codes1, queued1 = _router_codes(metrics)
                     window += time.monotonic() - t0
-                    _add_ticks(steal["loaded"], h0, host_cpu_ticks())
+                    h1 = host_cpu_ticks()
+                    _add_ticks(steal["loaded"], h0, h1)
+                    this["steal_loaded"] = steal_share(h0, h1)
                     for k, p in pids.items():
                         cpu_s[k] += tree_cpu_seconds(p) - cpu0[k]
                 finally:
                     flood.wait(timeout=flood_s + 60)
                 loud += lat
+                this["p99_loaded_ms"] = _pct(lat, 99)
+                rounds_out.append(this)
                 _add(loud_err, err)
                 queued += queued1 - queued0
                 # The flood's answers in the window: the router's counts less the steady's.
@@ -360,6 +366,11 @@ def main() -> int:
         figure("worker CPU under flood", cpu["worker"] * 100, "% of a core"),
         figure("host CPU steal, unloaded phases", stolen["unloaded"] * 100, "%"),
         figure("host CPU steal, loaded phases", stolen["loaded"] * 100, "%"),
+        figure(
+            "p99 ratio per round (loaded/unloaded), median (diagnostic)",
+            float(np.median([r["p99_loaded_ms"] / r["p99_unloaded_ms"] for r in rounds_out])),
+            "x",
+        ),
     ]
     extra = {
         "config": {
@@ -374,6 +385,9 @@ def main() -> int:
             "phase_s": max(1.0, cfg.duration_s / 2),
         },
         "steady_samples": {"unloaded": len(quiet), "loaded": len(loud)},
+        # Per round: p99 of each phase and the host's CPU steal share during it (0-1), so a
+        # round that a steal burst hit can be told from the others.
+        "rounds": rounds_out,
         "steady_errors": {"unloaded": quiet_err, "loaded": loud_err},
         "flood_counts": counts,
         "measured_window_s": window,
@@ -381,6 +395,11 @@ def main() -> int:
         "load_average_1m": load_avg,
     }
     path = write_results("isolation", figures, extra)
+    for i, r in enumerate(rounds_out, 1):
+        print(
+            f"round {i}: p99 {r['p99_unloaded_ms']:.1f} -> {r['p99_loaded_ms']:.1f} ms, steal "
+            f"{r['steal_unloaded'] * 100:.1f} % -> {r['steal_loaded'] * 100:.1f} %"
+        )
     for f in figures:
         print(
             f"{f['name']:<40} {f['value']:10.3f} {f['unit']:<12} {f['target']} "
