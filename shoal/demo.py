@@ -58,7 +58,9 @@ def build(out: Path, tenants: int = 300, trees: int = 20) -> list[DemoModel]:
                     {
                         "tenant": m.tenant,
                         "name": m.name,
-                        "path": str(m.path),
+                        # Relative to the manifest, as manifest paths are read: the demo
+                        # works whatever the data dir and the current directory are.
+                        "path": m.path.name,
                         "framework": m.framework,
                         "alias": "stable",
                     }
