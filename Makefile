@@ -3,40 +3,58 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Rust crate (native/) built into shoal._native; rebuilt in place when its sources change.
+NATIVE := $(VENV)/.native
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(shell find native/src -name '*.rs')
+CARGO := cargo
+# pyo3's build and `cargo test` use the project's interpreter.
+export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: run test check proto proto-check lint typecheck bench clean
+.PHONY: run test check proto proto-check lint typecheck rust-check rust-test bench clean
 
+# `pip install -e` builds the native module too (maturin is the build backend).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(NATIVE)
 
-$(VENV): $(STAMP)
+$(NATIVE): $(STAMP) $(NATIVE_SRC)
+	$(BIN)/maturin develop --release --skip-install -q
+	touch $(NATIVE)
 
-run: $(STAMP)
+$(VENV): $(NATIVE)
+
+run: $(NATIVE)
 	$(BIN)/shoal up --demo
 
-test: $(STAMP)
+test: $(NATIVE) rust-test
 	$(BIN)/python -m pytest -q tests
 
-proto: $(STAMP)
+rust-test: $(STAMP)
+	cd native && $(CARGO) test --quiet
+
+rust-check: $(STAMP)
+	cd native && $(CARGO) fmt --check
+	cd native && $(CARGO) clippy --quiet --all-targets -- -D warnings
+
+proto: $(NATIVE)
 	$(BIN)/python -m shoal.protogen
 
-proto-check: $(STAMP)
+proto-check: $(NATIVE)
 	$(BIN)/python -m shoal.protogen --check
 
-lint: $(STAMP)
+lint: $(NATIVE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(NATIVE)
 	$(BIN)/mypy
 
-check: lint typecheck proto-check
+check: lint typecheck proto-check rust-check
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/python -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache native/target shoal/_native*.so

@@ -1,0 +1,3 @@
+"""Type stubs of ``shoal._native``, the Rust data path (native/src/py.rs)."""
+
+__version__: str
