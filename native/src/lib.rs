@@ -3,7 +3,14 @@
 //! Python is the control plane (etcd, loading, policy, registration, CLI); this crate carries
 //! the per-request work. `py` is the only module that knows Python; everything else is plain
 //! Rust, unit-tested with `cargo test`.
+//!
+//! * `shard`: the shard function (rendezvous hashing, zones, overrides, the vectorised form);
+//! * `resolve`: which version of a model answers a request;
+//! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding).
 
+pub mod gateway;
 mod py;
+pub mod resolve;
+pub mod shard;
 
 pub use py::_native;

@@ -1,18 +1,15 @@
-//! The PyO3 bindings: conversion and calls only, no logic.
+//! The PyO3 bindings: conversion and calls only, no logic. One submodule per concern.
 
 use pyo3::prelude::*;
+
+mod gateway;
+mod shard;
 
 /// The `shoal._native` module.
 #[pymodule]
 pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    shard::register(m)?;
+    gateway::register(m)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn version_is_set() {
-        assert!(!env!("CARGO_PKG_VERSION").is_empty());
-    }
 }

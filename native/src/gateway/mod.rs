@@ -1,0 +1,1 @@
+//! The gateway: the router's data path.

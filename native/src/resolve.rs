@@ -1,0 +1,1 @@
+//! Version resolution: which version of `tenant/name` answers a request.

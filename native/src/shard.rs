@@ -1,0 +1,1 @@
+//! The shard function (see DESIGN.md, "Placement: shuffle sharding").
