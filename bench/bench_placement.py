@@ -19,8 +19,8 @@ if __package__ in (None, ""):  # run as a file: python bench/bench_placement.py
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import figure, write_results
-from placement.shard import Placement, Pool, shard_matrix, tenant_hashes
 from shoal.records import Member
+from shoal.shard import Placement, Pool, shard_matrix, tenant_hashes
 
 WORKERS, K, TENANTS = 64, 4, 20_000
 WARM_TARGET_US = 10.0

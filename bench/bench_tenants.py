@@ -114,13 +114,13 @@ from bench.common import figure, write_results
 from bench.config import scratch, wait_for
 from bench.shoal_harness import ShoalBench
 from bench.wire import INFER_PATH, infer_request
-from placement.shard import Placement, Pool
 from placement.simulate import Report, SimConfig, simulate
 from placement.simulate_inputs import Fleet, SizeModel, Traffic, synthetic_fleet, zipf_traffic
 from router.choose import WarmPrimaryPolicy
 from shoal.artifacts import TREE_INPUT
 from shoal.cluster import etcd_get
 from shoal.records import CLUSTER, ClusterConfig, Member
+from shoal.shard import Placement, Pool
 
 FRAMEWORKS = ("xgboost", "lightgbm")  # tenant i gets FRAMEWORKS[i % 2]
 FEATURES = 8  # the tiny boosters' input width (bench_register.tiny_models)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from placement.errors import FailedPrecondition, NotFound
-from placement.shard import Placement, Pool
 from shoal.records import (
     CLUSTER,
     PLACEMENT,
@@ -27,6 +26,7 @@ from shoal.records import (
     placement_key,
     tenant_key,
 )
+from shoal.shard import Placement, Pool
 from shoal.state import StateStore, read_prefix
 
 

@@ -1,9 +1,9 @@
 """Fleet simulation for capacity planning (``shoal simulate``), on the production shard code.
 
 ``simulate(fleet, traffic, config)`` places every tenant of ``fleet`` with
-``placement.shard.shard_matrix`` (the vectorised twin of ``Placement``, tested equal to it) on a
+``shoal.shard.shard_matrix`` (the vectorised twin of ``Placement``, tested equal to it) on a
 pool of ``config.workers`` workers, routes each model to its primary member
-(``placement.simulate_route``, the router's policy), and reports:
+(``shoal.shard.primary_indices``, the router's choice), and reports:
 
 1. per worker (``WorkerFigures``): models assigned (every model of every tenant whose shard holds
    the worker), bytes to hold them all, request load (requests/s routed to it), models and
@@ -15,6 +15,13 @@ pool of ``config.workers`` workers, routes each model to its primary member
    stream under the byte budget, the hit-rate-vs-budget curve, and the budget needed for target
    hit rates; beside them the steady state under independent requests (Che's approximation),
    which a finite trace cannot reach when most models are requested only a few times in it.
+
+Routing is the router's steady state with every worker up and no spill: the router
+(``router.choose.WarmPrimaryPolicy``) sends a model version to its primary and spills to the
+other members only while the primary has ``spill_at`` requests in flight from that router, and
+skips members that are down. So each model lives on exactly one worker, its primary, which makes
+each worker's request stream (and so its LRU cache) independent of the others. Spill traffic
+would warm extra copies of the hottest models and move some of their load; it is not modelled.
 
 Failure modes: ``InputError`` for an unusable configuration (k > N, a tenant pinned to no worker
 of the pool). Memory is about 100 bytes per request plus ~200 bytes per model; 1M models and
@@ -33,12 +40,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from placement.shard import Placement, Pool, shard_matrix, tenant_hashes
 from placement.simulate_cache import COLD, CheTable, stack_distances
 from placement.simulate_inputs import Fleet, InputError, Traffic, synthetic_members
-from placement.simulate_route import primary_index
 from placement.simulate_stats import BlastRadius, Spread, Versus, blast_radius, new_members
 from shoal.records import Member, TenantConfig
+from shoal.shard import Placement, Pool, primary_indices, shard_matrix, tenant_hashes
 
 #: ``progress(stage, fraction_done)``: fraction_done in [0, 1] over the whole simulation.
 Progress = Callable[[str, float], None]
@@ -370,7 +376,7 @@ def simulate(
 
     stages.start("route")
     keys = fleet.model_keys()
-    pidx = primary_index(keys, shards.k[fleet.model_tenant])
+    pidx = primary_indices(keys, shards.k[fleet.model_tenant])
     del keys
     primary = shards.rows[fleet.model_tenant, pidx]
     t_models = fleet.tenant_models()

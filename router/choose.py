@@ -4,8 +4,9 @@
 (``WarmPrimaryPolicy``):
 
 * the *primary* of a model version is a stable member of the tenant's shard, picked by hashing
-  ``tenant/name:version`` over the k shard members: every router sends the model to the same
-  worker, which therefore holds it warm;
+  ``tenant/name:version`` over the k shard members (``shoal.shard.primary_index``, which the
+  simulator charges too): every router sends the model to the same worker, which therefore
+  holds it warm;
 * when the primary has ``spill_at`` or more requests in flight from this router, the next
   shard members (in shard order, starting after the primary) come first: load spreads, and
   those members warm up too;
@@ -16,11 +17,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Protocol
 
 from shoal.records import Member
+from shoal.shard import primary_index
 
 
 class MemberPolicy(Protocol):
@@ -32,10 +33,6 @@ class MemberPolicy(Protocol):
         in_flight: Mapping[str, int],
         unhealthy: Container[str],
     ) -> list[Member]: ...
-
-
-def _stable_index(key: str, k: int) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") % k
 
 
 class WarmPrimaryPolicy:
@@ -53,7 +50,7 @@ class WarmPrimaryPolicy:
         k = min(k, len(ranked))
         if k == 0:
             return []
-        p = _stable_index(model_key, k)
+        p = primary_index(model_key, k)
         shard = [ranked[(p + i) % k] for i in range(k)]  # primary first, then the rest
         if in_flight.get(shard[0].worker_id, 0) >= self.spill_at:
             # Spill: least-loaded member of the shard first, the primary still in the list.

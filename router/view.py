@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from placement.shard import Placement, Pool
 from shoal.mirror import PrefixMirror
 from shoal.records import (
     CLUSTER,
@@ -31,6 +30,7 @@ from shoal.records import (
     placement_key,
     tenant_key,
 )
+from shoal.shard import Placement, Pool
 from shoal.state import StateStore
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 
 from placement.hot import HotPolicy, HotTenantController, HotTenantLoop, sum_rates
-from placement.shard import Placement, Pool
 from shoal.etcd import EtcdStore
 from shoal.records import (
     ELECTION,
@@ -15,6 +14,7 @@ from shoal.records import (
     load_key,
     tenant_key,
 )
+from shoal.shard import Placement, Pool
 from shoal.state import Compare, MemoryStore, StateStore
 
 POLICY = HotPolicy(threshold=100.0, base_shard=2, max_shard=6, cooldown_s=60.0, drain_s=30.0)

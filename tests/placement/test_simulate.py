@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.shard import Placement, Pool, shard_matrix, tenant_hashes
 from placement.simulate import HotRule, SimConfig, hot_overrides, simulate, tenant_shards
 from placement.simulate_inputs import (
     Fleet,
@@ -28,7 +27,6 @@ from placement.simulate_inputs import (
     trace_traffic,
     zipf_traffic,
 )
-from placement.simulate_route import primary_index
 from placement.simulate_stats import blast_radius, hypergeometric, touch_probability
 from router.choose import WarmPrimaryPolicy
 from shoal.artifacts import Signature
@@ -44,6 +42,7 @@ from shoal.records import (
     placement_key,
     tenant_key,
 )
+from shoal.shard import Placement, Pool, primary_indices, shard_matrix, tenant_hashes
 from shoal.state import MemoryStore
 
 SALT = b"simulate-test-salt"
@@ -202,7 +201,7 @@ def test_primary_is_the_routers_choice() -> None:
     keys = [f"tenant-{i % 97}/model-{i}:{1 + i % 3}" for i in range(500)] + ["big/m:1"] * 3
     tenants = [key.partition("/")[0] for key in keys]
     ks = np.array([placement.shard_size(t) for t in tenants])
-    idx = primary_index(keys, ks)
+    idx = primary_indices(keys, ks)
     for key, t, i in zip(keys, tenants, idx.tolist(), strict=True):
         ranked, k = placement.ranked(t)
         assert policy.choose(ranked, k, key, {}, ())[0] == ranked[i]

@@ -1,4 +1,5 @@
-"""Shuffle sharding: which workers of a pool serve a tenant.
+"""Shuffle sharding: which workers of a pool serve a tenant, and which member is a model's
+primary. The one shard function of the router, the placement service and the simulator.
 
 Rendezvous (highest-random-weight) hashing, keyed by a secret cluster salt:
 
@@ -19,6 +20,12 @@ best-ranked remaining worker whose zone holds fewer than ``ceil((i+1)/Z)`` of th
 ``Placement`` is the per-request path (cached per snapshot epoch); ``shard_matrix`` is the
 vectorised path (numpy) for millions of tenants, tested equal to the scalar path. There is one
 implementation of the score (``_scores``) used by both.
+
+Within a shard, the *primary* of a model version is member ``blake2b_64(key) mod k`` (in
+selection order) with ``key = "tenant/name:version"``, unkeyed: the router sends the version
+there first (``router.choose.WarmPrimaryPolicy``) so it stays warm on one worker, and the
+simulator charges it there. ``primary_index`` is the per-request form, ``primary_indices`` the
+vectorised one; both read the same digest (``_primary_digest``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,26 @@ def _h64(data: str, salt: bytes) -> int:
     return int.from_bytes(
         hashlib.blake2b(data.encode(), digest_size=8, key=salt[:64]).digest(), "little"
     )
+
+
+def _primary_digest(model_key: str) -> bytes:
+    return hashlib.blake2b(model_key.encode(), digest_size=8).digest()
+
+
+def primary_index(model_key: str, k: int) -> int:
+    """Position of ``model_key``'s primary among the first ``k`` (> 0) members of its shard."""
+    return int.from_bytes(_primary_digest(model_key), "little") % k
+
+
+def primary_indices(model_keys: Sequence[str], k: np.ndarray) -> np.ndarray:
+    """``primary_index`` of every key, ``k[m]`` being model m's shard size (int64 array).
+
+    Cost: one unkeyed 8-byte blake2b per model (~1 us); the digests are gathered into one
+    buffer and reduced with numpy.
+    """
+    digests = b"".join([_primary_digest(key) for key in model_keys])
+    h = np.frombuffer(digests, dtype="<u8")
+    return (h % k.astype(np.uint64)).astype(np.int64)
 
 
 def tenant_hashes(tenants: Sequence[str], salt: bytes) -> np.ndarray:

@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.shard import Placement, Pool, selection_order, shard_matrix, tenant_hashes
 from shoal.records import Member, TenantConfig
+from shoal.shard import Placement, Pool, selection_order, shard_matrix, tenant_hashes
 
 tenant_ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
 
