@@ -34,6 +34,7 @@ from shoal.records import (
     ModelVersion,
     PoolSnapshot,
     TenantConfig,
+    default_route,
     placement_key,
 )
 from shoal.state import StateStore, read_prefix
@@ -333,15 +334,13 @@ class Registry:
 
 
 def serving_versions(record: ModelRecord) -> list[ModelVersion]:
-    """Versions that answer requests naming no version, the router's rule (router/resolve.py):
-    the traffic split's versions when set, else the ``stable`` alias, else the newest."""
-    if record.traffic:
-        return [record.versions[v] for v in sorted(record.traffic) if v in record.versions]
-    if "stable" in record.aliases and record.aliases["stable"] in record.versions:
-        return [record.versions[record.aliases["stable"]]]
-    if record.versions:
-        return [record.versions[max(record.versions)]]
-    return []
+    """Versions that answer requests naming no version (``shoal.records.default_route``, the
+    router's rule): the traffic split's versions when set, else the ``stable`` alias, else the
+    newest; a version the record lacks answers nothing."""
+    route = default_route(record)
+    if route is None:
+        return []
+    return [record.versions[v] for v in route.versions if v in record.versions]
 
 
 async def read_registry(

@@ -27,7 +27,6 @@ from router.choose import Ejector, MemberPolicy, WarmPrimaryPolicy
 from router.load import LoadReporter
 from router.metrics import RouterMetrics
 from router.quota import QuotaExceeded, Quotas
-from router.resolve import NotFound, resolve
 from router.settings import RouterSettings
 from router.shadow import ShadowJob, ShadowSender
 from router.view import ClusterView
@@ -35,7 +34,14 @@ from shoal import tls
 from shoal.auth import Principal
 from shoal.oip import RETRY_ELSEWHERE, InferenceStub
 from shoal.pb import shoal_inference_pb2 as pb
-from shoal.records import InvalidName, Member, ModelVersion, split_model_name
+from shoal.records import (
+    InvalidName,
+    Member,
+    ModelVersion,
+    UnknownVersion,
+    resolve,
+    split_model_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +150,7 @@ class Router:
             raise RouteError(grpc.StatusCode.NOT_FOUND, f"unknown model {model_name}")
         try:
             res = resolve(record, model_version, self.rng)
-        except NotFound as exc:
+        except UnknownVersion as exc:
             raise RouteError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
         self.metrics.resolved.labels(res.via.partition(":")[0]).inc()
         return Route(tenant, name, res.version, res.via)

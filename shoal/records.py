@@ -11,13 +11,19 @@ Layout (see DESIGN.md, "State"):
 
 Records are small JSON objects: one key per model keeps every write a single compare-and-swap
 and every watch event self-contained.
+
+Version resolution (``resolve``) is defined here, once, for the router, the worker and the
+simulator: which version of a ``ModelRecord`` answers a request's ``model_version``.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import random
 import re
 from dataclasses import asdict, dataclass, field, replace
+from itertools import accumulate
 from typing import Any
 
 from shoal.artifacts import Signature
@@ -311,3 +317,93 @@ class LoadReport:
         if not isinstance(d, dict):
             raise ValueError(f"load report of {reporter_id} is not a JSON object")
         return cls(reporter_id, {str(t): float(r) for t, r in d.items()})
+
+
+# --- version resolution ---------------------------------------------------------------------
+
+#: The alias a request naming no version follows when the model has no traffic split.
+STABLE = "stable"
+
+
+class UnknownVersion(LookupError):
+    """The version, alias or default a request names does not exist (maps to NOT_FOUND)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    version: ModelVersion
+    via: str  # "pinned", "alias:<name>", "traffic", "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultRoute:
+    """What a request naming no version follows: ``versions`` (ascending) with the running
+    sums of their weights, ``cumulative`` (one version, weight 1, unless a split is set)."""
+
+    via: str  # "traffic", "alias:stable" or "latest"
+    versions: tuple[int, ...]
+    cumulative: tuple[int, ...]
+    source: str  # how a failure names it: "the traffic split", "alias 'stable'", ""
+
+
+def default_route(record: ModelRecord) -> DefaultRoute | None:
+    """The traffic split when one is set, else the ``stable`` alias, else the newest version;
+    None for a model without versions."""
+    if record.traffic:
+        versions = tuple(sorted(record.traffic))
+        cumulative = tuple(accumulate(record.traffic[v] for v in versions))
+        return DefaultRoute("traffic", versions, cumulative, "the traffic split")
+    if STABLE in record.aliases:
+        return DefaultRoute(f"alias:{STABLE}", (record.aliases[STABLE],), (1,), f"alias {STABLE!r}")
+    if record.versions:
+        return DefaultRoute("latest", (max(record.versions),), (1,), "")
+    return None
+
+
+def resolve_draw(record: ModelRecord, requested: str, u: float) -> Resolution:
+    """Which version answers ``requested`` (surrounding blanks ignored), given a draw ``u`` in
+    [0, 1) that only a traffic split reads:
+
+    * empty: ``default_route``; a split picks ``versions[bisect_right(cumulative, u * total)]``
+      (what ``random.choices(versions, weights)`` does with the same draw);
+    * ASCII digits: that version, pinned;
+    * anything else: the alias of that name.
+
+    Pure; raises ``UnknownVersion`` naming what is missing, and nothing else.
+    """
+    requested = requested.strip()
+    name = record.full_name
+    if requested.isascii() and requested.isdigit():
+        v = record.versions.get(int(requested))
+        if v is None:
+            raise UnknownVersion(f"model {name} has no version {requested}")
+        return Resolution(v, "pinned")
+    if requested:
+        target = record.aliases.get(requested)
+        if target is None:
+            raise UnknownVersion(f"model {name} has no alias {requested!r}")
+        return Resolution(_existing(record, target, f"alias {requested!r}"), f"alias:{requested}")
+    route = default_route(record)
+    if route is None:
+        raise UnknownVersion(f"model {name} has no versions")
+    hi = len(route.versions) - 1
+    chosen = route.versions[bisect.bisect_right(route.cumulative, u * route.cumulative[-1], 0, hi)]
+    if not route.source:  # the newest version: present by construction
+        return Resolution(record.versions[chosen], route.via)
+    return Resolution(_existing(record, chosen, route.source), route.via)
+
+
+def resolve(record: ModelRecord, requested: str, rng: random.Random) -> Resolution:
+    """``resolve_draw`` with ``u = rng.random()``, drawn only when the traffic split decides
+    (so a pinned or aliased request leaves ``rng`` where it was)."""
+    draws = not requested.strip() and bool(record.traffic)
+    return resolve_draw(record, requested, rng.random() if draws else 0.0)
+
+
+def _existing(record: ModelRecord, version: int, source: str) -> ModelVersion:
+    v = record.versions.get(version)
+    if v is None:
+        raise UnknownVersion(
+            f"model {record.full_name}: {source} points to missing version {version}"
+        )
+    return v

@@ -1,11 +1,13 @@
 """Model records as the worker sees them: an in-memory LRU of ``ModelRecord``s read from etcd.
 
-Resolution of ``(tenant, name, version)``:
+Resolution of ``(tenant, name, version)`` follows the one rule of the router and the simulator
+(``shoal.records.resolve``: a number pins, a name is an alias, empty follows the traffic split,
+else ``stable``, else the newest); what this module adds is where the record comes from:
 
 * a number: the cached record answers when it has that version — versions are immutable once
   written, so a cached version never goes stale; otherwise the record is re-read from etcd
   once (concurrent misses for one model share that read) and NOT_FOUND names what is missing;
-* an alias (an empty version means ``stable``): aliases move, so the cached record is used only
+* an alias, or an empty version: aliases and splits move, so the cached record is used only
   while it is *fresh* — read or updated since the current watch on ``/shoal/models/`` started;
   otherwise it is re-read. If etcd is unreachable then, the stale record still answers.
 
@@ -19,24 +21,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 
 import cachetools
 
-from shoal.records import MODELS, InvalidName, ModelRecord, ModelVersion, check_alias, model_key
+from shoal.records import (
+    MODELS,
+    STABLE,
+    InvalidName,
+    ModelRecord,
+    ModelVersion,
+    UnknownVersion,
+    check_alias,
+    model_key,
+    resolve,
+)
 from shoal.state import StateError, StateStore, StateUnavailable, WatchEvent
 from worker.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALIAS = "stable"
-
 
 def parse_version(version: str) -> int | str:
-    """``"3"`` -> 3, ``""`` -> ``"stable"``, ``"canary"`` -> ``"canary"``; else InvalidArgument."""
+    """``"3"`` -> 3, ``""`` -> ``"stable"`` (the default route's alias), ``"canary"`` ->
+    ``"canary"``; else InvalidArgument. Checks the syntax; ``resolve`` picks the version."""
     v = version.strip()
     if not v:
-        return DEFAULT_ALIAS
-    if v.isdigit():
+        return STABLE
+    if v.isascii() and v.isdigit():
         n = int(v)
         if n <= 0:
             raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
@@ -47,9 +59,22 @@ def parse_version(version: str) -> int | str:
         raise InvalidArgument(f"model version {version!r}: not a number nor {exc}") from None
 
 
+def _missing(rec: ModelRecord, want: int | str, version: str, exc: UnknownVersion) -> str:
+    """The worker's words for what ``version`` names but ``rec`` lacks."""
+    if isinstance(want, int):
+        have = ", ".join(str(v) for v in sorted(rec.versions)) or "none"
+        return f"version {want} of {rec.full_name} not found (versions: {have})"
+    if version.strip():
+        return f"model {rec.full_name} has no alias {want!r} (an explicit version?)"
+    return str(exc)
+
+
 class Catalog:
-    def __init__(self, store: StateStore, max_records: int = 100_000) -> None:
+    def __init__(
+        self, store: StateStore, max_records: int = 100_000, rng: random.Random | None = None
+    ) -> None:
         self._store = store
+        self._rng = rng or random.Random()
         self._records: cachetools.LRUCache[tuple[str, str], ModelRecord] = cachetools.LRUCache(
             maxsize=max(1, max_records)
         )
@@ -82,14 +107,7 @@ class Catalog:
         if isinstance(want, int):
             if rec is None or want not in rec.versions:
                 rec = await self._read(key)
-            if rec is None:
-                raise NotFound(f"model {tenant}/{name} not found")
-            mv = rec.versions.get(want)
-            if mv is None:
-                have = ", ".join(str(v) for v in sorted(rec.versions)) or "none"
-                raise NotFound(f"version {want} of {tenant}/{name} not found (versions: {have})")
-            return rec, mv
-        if rec is None or key not in self._fresh:
+        elif rec is None or key not in self._fresh:
             try:
                 rec = await self._read(key)
             except Unavailable:
@@ -98,10 +116,10 @@ class Catalog:
                 log.debug("etcd unreachable: resolving %s/%s@%s from a stale record", *key, want)
         if rec is None:
             raise NotFound(f"model {tenant}/{name} not found")
-        target = rec.aliases.get(want)
-        if target is None or target not in rec.versions:
-            raise NotFound(f"model {tenant}/{name} has no alias {want!r} (an explicit version?)")
-        return rec, rec.versions[target]
+        try:
+            return rec, resolve(rec, version, self._rng).version
+        except UnknownVersion as exc:
+            raise NotFound(_missing(rec, want, version, exc)) from None
 
     async def _read(self, key: tuple[str, str]) -> ModelRecord | None:
         """Read one record from etcd; concurrent callers for one key share the read."""

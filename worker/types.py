@@ -31,7 +31,7 @@ class Tensor:
 @dataclass(frozen=True, slots=True)
 class InferRequest:
     model: str  # "tenant/name"
-    version: str  # "" (stable alias), a number, or an alias name
+    version: str  # "" (split, stable or newest: shoal.records.resolve), a number, or an alias
     inputs: tuple[Tensor, ...]
     outputs: tuple[str, ...] = ()  # requested output names; empty: all
     id: str = ""

@@ -1,56 +1,17 @@
-"""Pure logic of the router: version resolution, member choice, ejection, shadow log."""
+"""Pure logic of the router: member choice, ejection, shadow log (version resolution is
+shoal.records', tested in tests/shoal/test_resolve.py)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router.choose import Ejector, WarmPrimaryPolicy
-from router.resolve import NotFound, resolve
 from router.shadow import RotatingJsonl
-from shoal.artifacts import Signature
-from shoal.records import Member, ModelRecord, ModelVersion
-
-SIG = Signature((), ())
-
-
-def _record(versions: list[int], **kw: object) -> ModelRecord:
-    vs = {
-        v: ModelVersion(v, f"artifacts/{v}", "xgboost", "xgboost-json", "cpu", "0" * 64, 1, SIG)
-        for v in versions
-    }
-    return ModelRecord("acme", "churn", vs, **kw)  # type: ignore[arg-type]
-
-
-def test_pinned_alias_stable_latest() -> None:
-    rng = random.Random(0)
-    rec = _record([1, 2, 3], aliases={"stable": 2, "canary": 3})
-    assert resolve(rec, "1", rng).version.version == 1
-    assert resolve(rec, "canary", rng).version.version == 3
-    assert resolve(rec, "", rng).version.version == 2
-    assert resolve(_record([1, 4]), "", rng).version.version == 4  # no alias: newest
-    with pytest.raises(NotFound, match="no version 9"):
-        resolve(rec, "9", rng)
-    with pytest.raises(NotFound, match="no alias 'beta'"):
-        resolve(rec, "beta", rng)
-    broken = _record([1], aliases={"stable": 7})
-    with pytest.raises(NotFound, match="missing version 7"):
-        resolve(broken, "", rng)
-
-
-def test_traffic_split_overrides_stable_and_follows_weights() -> None:
-    rng = random.Random(42)
-    rec = _record([3, 4], aliases={"stable": 3}, traffic={3: 90, 4: 10})
-    n = 20000
-    share = sum(resolve(rec, "", rng).version.version == 4 for _ in range(n)) / n
-    assert abs(share - 0.10) < 4 * (0.1 * 0.9 / n) ** 0.5
-    assert resolve(rec, "stable", rng).version.version == 3  # an explicit alias still pins
-
+from shoal.records import Member
 
 members = st.lists(
     st.integers(0, 50).map(lambda i: Member(f"w{i}", f"a{i}")), min_size=1, max_size=12, unique=True
