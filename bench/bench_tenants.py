@@ -63,7 +63,7 @@ Figures:
   every worker's ``Stats`` is sampled twice a second over the measured requests, host bytes /
   models resident gives the mean bytes the LRU charged per model, and the calibrated sizes are
   scaled to that mean. A worker measures a model as the growth of the process-wide C heap
-  across its deserialisation (``worker.runtimes``), which concurrent request handling pollutes
+  across its deserialisation (``shoal.frameworks``), which concurrent request handling pollutes
   and which falls back to a static estimate (about 3x these models) when not positive, so
   under traffic it charges more than the idle calibration measured and holds fewer models than
   the budget was sized for; comparing the two predictions shows how much of a gap that is.

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from shoal import modelgen
-from shoal.artifacts import TREE_INPUT, inspect_artifact
+from shoal.artifacts import TREE_INPUT
+from shoal.frameworks import inspect_artifact
 
 SEED = 0
 XGB_TREES, XGB_DEPTH = 100, 6

@@ -11,7 +11,7 @@ Registration (``register``):
 1. hash the bytes; if the model already has a version with that sha256, return it
    (``created=False``) and write nothing: re-running a registration is a no-op, and an alias
    that was moved since is *not* moved back;
-2. validate the artifact by loading it (``shoal.artifacts.inspect_artifact``) in the
+2. validate the artifact by loading it (``shoal.frameworks.inspect_artifact``) in the
    registry's validation pool (``placement.validation``): worker processes by default
    (``validate_processes``), or threads in this process (``validate_threads``); never on
    the event loop, never more loads at once than the pool has workers. Results are cached by
@@ -64,7 +64,8 @@ from typing import Literal, TypeVar
 from placement import rules
 from placement.errors import Aborted, InvalidArgument, NotFound, TooLarge
 from placement.validation import ProcessValidator, ThreadValidator, Validator
-from shoal.artifacts import ArtifactInfo, inspect_artifact, sha256_hex
+from shoal.artifacts import ArtifactInfo, sha256_hex
+from shoal.frameworks import inspect_artifact
 from shoal.objstore import ObjectStore, artifact_key
 from shoal.records import (
     DEFAULT_POOL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.frameworks import FRAMEWORKS
 from shoal.records import DEFAULT_POOL
 from shoal.settings import CommonSettings, doc
 
@@ -50,8 +51,6 @@ class PlacementSettings(CommonSettings):
     hot_interval_s: float = doc("how often the leader sums load reports", 2.0)
 
     def default_pools(self) -> dict[str, str]:
-        return {
-            "xgboost": self.pool_xgboost,
-            "lightgbm": self.pool_lightgbm,
-            "onnx": self.pool_onnx,
-        }
+        """framework -> the pool its versions join when registration names none
+        (``pool_<framework>``; a framework without such a setting: the default pool)."""
+        return {fw: str(getattr(self, f"pool_{fw}", DEFAULT_POOL)) for fw in FRAMEWORKS}

@@ -62,15 +62,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from placement.validation_worker import READY, Item, Task, Wire, frame, limit_native_threads
-from shoal.artifacts import (
-    DTYPES,
-    FORMATS,
-    ArtifactError,
-    ArtifactInfo,
-    Signature,
-    TensorSpec,
-    inspect_artifact,
-)
+from shoal.artifacts import DTYPES, ArtifactError, ArtifactInfo, Signature, TensorSpec
+from shoal.frameworks import FORMATS, inspect_artifact
 
 __all__ = [
     "ANSWER_LIMIT",

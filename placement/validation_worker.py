@@ -33,7 +33,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from shoal.artifacts import ArtifactError, inspect_artifact
+from shoal.artifacts import ArtifactError
+from shoal.frameworks import inspect_artifact, libraries
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ Task = Callable[[list[Item]], list[Wire]]
 
 READY = {"ready": True}
 #: Runtimes imported before the worker says it is ready, so a first load does not wait.
-RUNTIMES = ("xgboost", "lightgbm", "onnxruntime")
+RUNTIMES = libraries()
 _PR_SET_PDEATHSIG = 1
 
 #: The answers pipe while ``main`` runs (tests write hostile frames to it).

@@ -15,10 +15,9 @@ import grpc
 from router.core import RouteError, Router
 from shoal import __version__
 from shoal.auth import AuthError, KeyChecker, Principal, bearer
+from shoal.frameworks import platform
 from shoal.oip import generic_handler
 from shoal.pb import shoal_inference_pb2 as pb
-
-PLATFORMS = {"xgboost": "xgboost", "lightgbm": "lightgbm", "onnx": "onnxruntime_onnx"}
 
 
 class RouterService:
@@ -114,7 +113,7 @@ class RouterService:
         resp = pb.ModelMetadataResponse(
             name=req.name,
             versions=[str(x) for x in versions],
-            platform=PLATFORMS.get(v.framework, v.framework),
+            platform=platform(v.framework),
         )
         for spec in v.signature.inputs:
             resp.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))

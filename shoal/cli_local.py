@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shoal.artifacts import ArtifactError, inspect_artifact
+from shoal.artifacts import ArtifactError
+from shoal.frameworks import inspect_artifact
 
 
 def register(sub: Any) -> None:

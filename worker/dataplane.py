@@ -38,6 +38,7 @@ from typing import cast
 
 import numpy as np
 
+from shoal.frameworks import Model
 from shoal.records import InvalidName, ModelVersion, split_model_name
 from worker.batching import Batcher
 from worker.cache import Entry, Tier, TieredCache
@@ -58,7 +59,6 @@ from worker.inline import InlinePolicy
 from worker.limits import ModelLimiter, check_rows
 from worker.loader import FailureMemory, Loader
 from worker.metrics import WorkerMetrics
-from worker.runtimes import Model
 from worker.types import (
     InferRequest,
     InferResult,

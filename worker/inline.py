@@ -10,7 +10,7 @@ A call runs inline only when all of these hold:
 
 * the model is ``bounded``: its runtime has no loops whose length depends on the data (tree
   ensembles; ONNX graphs without loops, subgraphs or operators whose output size comes from
-  a tensor's values: ``worker.runtimes.onnx_bounded``), and it runs on the CPU;
+  a tensor's values: ``shoal.frameworks.onnx.bounded``), and it runs on the CPU;
 * no fault is injected for it (fault drills exercise the thread pool's timeout);
 * the request is small: its inputs hold at most ``max_bytes``;
 * the model has proven fast: at least ``min_samples`` calls measured (or a 1-row prediction

@@ -39,7 +39,8 @@ from functools import partial
 
 import cachetools
 
-from shoal.artifacts import sha256_hex
+from shoal.artifacts import ArtifactError, sha256_hex
+from shoal.frameworks import Model, gpu_capable, import_runtime, load_model
 from shoal.objstore import ObjectNotFound, ObjectStore, ObjectStoreUnavailable, artifact_key
 from shoal.records import ModelVersion
 from worker.cache import Tier, TieredCache
@@ -55,14 +56,7 @@ from worker.errors import (
 )
 from worker.faults import Faults
 from worker.metrics import WorkerMetrics
-from worker.runtimes import (
-    CorruptArtifact,
-    Model,
-    SizeEstimator,
-    gpu_capable,
-    import_runtime,
-    load_model,
-)
+from worker.sizes import SizeEstimator
 from worker.types import ModelId
 
 log = logging.getLogger(__name__)
@@ -272,7 +266,7 @@ class Loader:
         except WorkerError as exc:
             self._fail(mid, exc)
             raise
-        except CorruptArtifact as exc:
+        except ArtifactError as exc:
             err: WorkerError = FailedPrecondition(f"cannot load {mid}: corrupt artifact: {exc}")
             self._fail(mid, err)
             raise err from None

@@ -26,7 +26,9 @@ import grpc
 from prometheus_client import start_http_server
 
 from shoal import tls
+from shoal.device import cuda_devices, resolve_device
 from shoal.etcd import EtcdStore
+from shoal.frameworks import Model
 from shoal.objstore import ObjectStore
 from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
 from shoal.records import WorkerInfo, check_ident, worker_key
@@ -35,7 +37,6 @@ from worker.cache import CacheEvent, Tier, TieredCache
 from worker.calls import RuntimeCalls
 from worker.catalog import Catalog
 from worker.dataplane import Dataplane, Guards
-from worker.device import cuda_devices, resolve_device
 from worker.diskcache import DiskCache
 from worker.faults import Faults
 from worker.inline import InlinePolicy
@@ -43,7 +44,6 @@ from worker.limits import ModelLimiter
 from worker.loader import FailureMemory, Loader
 from worker.metrics import WorkerMetrics
 from worker.registration import Registration
-from worker.runtimes import Model
 from worker.servicer import AdminServicer, Edge, inference_handler
 from worker.settings import WorkerSettings, host_memory_bytes, resolve_budget
 from worker.types import ModelId, Stats

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal.artifacts import inspect_artifact
+from shoal.frameworks import inspect_artifact
 
 CASES: list[tuple[dict[str, Any], int]] = [
     ({"objective": "binary:logistic"}, 3),

@@ -16,7 +16,8 @@ import pytest
 import placement.registry as registry_module
 from placement.errors import TooLarge
 from placement.registry import MAX_TXN_BYTES, Registered, RegisterSpec, Registry
-from shoal.artifacts import ArtifactInfo, inspect_artifact
+from shoal.artifacts import ArtifactInfo
+from shoal.frameworks import inspect_artifact
 from shoal.objstore import ObjectStore
 from shoal.state import MAX_TXN_OPS, Compare, MemoryStore, Op, Put, TxnResult
 from tests.registration.helpers import model_variant

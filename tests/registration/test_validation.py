@@ -32,7 +32,8 @@ from placement.validation import (
     worker_env,
 )
 from placement.validation_worker import answer_items, frame
-from shoal.artifacts import ArtifactError, ArtifactInfo, inspect_artifact
+from shoal.artifacts import ArtifactError, ArtifactInfo
+from shoal.frameworks import inspect_artifact
 from shoal.objstore import ObjectStore
 from shoal.settings import CommonSettings
 from shoal.state import MemoryStore

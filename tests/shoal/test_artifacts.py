@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal.artifacts import ACCEPTED, ArtifactError, inspect_artifact, sha256_hex
+from shoal.artifacts import ArtifactError, sha256_hex
+from shoal.frameworks import ACCEPTED, inspect_artifact
 
 FORMATS = ["xgboost-json", "xgboost-ubj", "lightgbm-text", "onnx"]
 

@@ -11,7 +11,7 @@ from conftest import WorkerFactory
 from worker_harness import Client, WorkerProc, put_model
 
 from shoal import modelgen
-from worker.runtimes import estimate_bytes
+from shoal.frameworks import estimate_bytes
 
 N_MODELS = 30
 

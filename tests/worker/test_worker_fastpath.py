@@ -1,7 +1,7 @@
 """The warm path's shortcuts, and that they never change an answer or a protection.
 
 * ``InlinePolicy`` (pure logic): which predictions may run on the event loop.
-* ``onnx_bounded``: ONNX graphs with control flow are never run inline.
+* ``onnx.bounded``: ONNX graphs with control flow are never run inline.
 * XGBoost's direct C prediction: bit-for-bit ``inplace_predict``'s answer, or not used.
 * A real worker process: a fast model's predictions go inline after a few measured calls and
   answer exactly what the library answers; a faulted model, a model with a loop and a worker
@@ -17,8 +17,10 @@ import pytest
 from conftest import WorkerFactory
 from worker_harness import Client, WorkerProc, put_model
 
+from shoal.frameworks import load_model
+from shoal.frameworks import onnx as onnx_fw
+from shoal.frameworks.xgboost import XGBoostModel, _DirectPredict
 from worker.inline import InlinePolicy
-from worker.runtimes import XGBoostModel, _DirectPredict, load_model, onnx_bounded
 
 ROW = [np.zeros((1, 4), np.float32)]
 
@@ -144,13 +146,13 @@ def _loop_model() -> bytes:
 
 
 def test_onnx_graphs_without_control_flow_are_bounded(model_bytes: dict[str, Any]) -> None:
-    assert onnx_bounded(model_bytes["onnx"]) is True
+    assert onnx_fw.bounded(model_bytes["onnx"]) is True
 
 
 def test_onnx_loops_custom_domains_and_garbage_are_not_bounded() -> None:
     from onnx import TensorProto, helper
 
-    assert onnx_bounded(_loop_model()) is False
+    assert onnx_fw.bounded(_loop_model()) is False
     custom = helper.make_model(
         helper.make_graph(
             [helper.make_node("Spin", ["x"], ["y"], domain="com.example")],
@@ -160,7 +162,7 @@ def test_onnx_loops_custom_domains_and_garbage_are_not_bounded() -> None:
         ),
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
     )
-    assert onnx_bounded(custom.SerializeToString()) is False
+    assert onnx_fw.bounded(custom.SerializeToString()) is False
     sized = helper.make_model(  # output size read from the input's values
         helper.make_graph(
             [helper.make_node("ConstantOfShape", ["shape"], ["y"])],
@@ -170,9 +172,9 @@ def test_onnx_loops_custom_domains_and_garbage_are_not_bounded() -> None:
         ),
         opset_imports=[helper.make_opsetid("", 17)],
     )
-    assert onnx_bounded(sized.SerializeToString()) is False
-    assert onnx_bounded(b"\x3a\xff\xff\xff\xff\x0f") is False  # truncated field
-    assert onnx_bounded(b"") is False
+    assert onnx_fw.bounded(sized.SerializeToString()) is False
+    assert onnx_fw.bounded(b"\x3a\xff\xff\xff\xff\x0f") is False  # truncated field
+    assert onnx_fw.bounded(b"") is False
 
 
 def test_loaded_models_say_whether_they_are_bounded(model_bytes: dict[str, Any]) -> None:

@@ -13,11 +13,12 @@ import pytest
 from worker_harness import Client, WorkerProc, put_model
 
 from shoal.cluster import etcd_get
+from shoal.device import cuda_devices
 from shoal.devservers import LocalEtcd
 from shoal.etcd import EtcdStore
+from shoal.frameworks import gpu_capable
 from shoal.procs import wait_until
 from shoal.settings import CommonSettings
-from worker.device import cuda_devices, onnx_cuda_available
 
 
 def slow_identity_onnx(features: int = 1024, layers: int = 64) -> bytes:
@@ -123,9 +124,9 @@ async def test_onnx_runs_on_cuda_and_demotes_to_host(
 ) -> None:
     if cuda_devices().count == 0:
         pytest.skip("no CUDA device on this machine (libcuda reports none)")
-    if not onnx_cuda_available():
+    if not gpu_capable("onnx"):
         pytest.skip("onnxruntime here has no CUDAExecutionProvider")
-    from worker.runtimes import estimate_bytes
+    from shoal.frameworks import estimate_bytes
 
     data = model_bytes["onnx"]
     gpu_budget = estimate_bytes("onnx", len(data)) + 1  # room for exactly one model

@@ -411,7 +411,7 @@ async def test_catalog_resolves_numbers_aliases_and_reports_what_is_missing() ->
 
 
 def test_size_charges_follow_the_median_not_polluted_measurements() -> None:
-    from worker.runtimes import SizeEstimator
+    from worker.sizes import SizeEstimator
 
     sizes = SizeEstimator(min_samples=8)
     # Until enough loads are measured, a model is charged its own measurement.

@@ -26,9 +26,10 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal import oip
-from shoal.artifacts import Signature, inspect_artifact, sha256_hex
+from shoal.artifacts import Signature, sha256_hex
 from shoal.cluster import etcd_get
 from shoal.etcd import EtcdStore
+from shoal.frameworks import inspect_artifact
 from shoal.objstore import ObjectStore, artifact_key
 from shoal.pb import shoal_inference_pb2 as pb
 from shoal.procs import ManagedProcess, wait_until

@@ -1,5 +1,6 @@
 """What the machine has: CUDA devices (through the driver library, no CUDA toolkit needed)
-and the process's heap usage (for measuring what a model load allocated).
+and the process's heap usage (for measuring what a model load allocated). Shared by the
+frameworks (device support, measured sizes) and the worker (device choice, budgets).
 
 ``cuda_devices()`` asks ``libcuda`` directly (``cuInit`` + ``cuDeviceGetCount``): a wheel that
 *ships* the CUDA execution provider (onnxruntime-gpu) says nothing about whether a device is
@@ -48,13 +49,6 @@ def cuda_devices() -> CudaInfo:
         except AttributeError:
             return CudaInfo(0, 0)
     return CudaInfo(0, 0)
-
-
-def onnx_cuda_available() -> bool:
-    """The CUDA execution provider is built in *and* a device is present."""
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_devices().count > 0
 
 
 def resolve_device(setting: str) -> str:
