@@ -27,7 +27,7 @@ cluster on the policy the simulator models: the hot-tenant controller is off
    ``SHOAL_HOST_BUDGET`` set to it and empty data folders (nothing warm, no disk tier left).
    The disk tier keeps its default budget (2 GiB, it holds every artifact): a miss reads the
    object store (``file://``) the first time a worker needs a model, its disk tier afterwards.
-4. **Traffic.** ``BENCH_TENANTS_REQUESTS`` requests, the stream ``placement.simulate_inputs.
+4. **Traffic.** ``BENCH_TENANTS_REQUESTS`` requests, the stream ``capacity.inputs.
    zipf_traffic`` draws for this fleet with seed ``BENCH_TENANTS_SEED`` and exponent
    ``BENCH_TENANTS_ZIPF`` (1.0): tenant of rank r with weight 1/r. 1-row ModelInfer requests
    (8 float32 features) go through the router in stream order: the first
@@ -51,7 +51,7 @@ Figures:
   + deserialize, both frameworks, both workers), deltas over the measured requests, quantiles
   interpolated within buckets as Prometheus' ``histogram_quantile`` does (bucket bounds 1,
   2.5, 5, 10, 25 ms...: a coarse figure; the miss latency above is the exact end-to-end one);
-* **predicted hit rate**: ``placement.simulate.simulate`` (``shoal simulate``'s Python API)
+* **predicted hit rate**: ``capacity.run.simulate`` (``shoal simulate``'s Python API)
   on the same setup: the same tenants and request stream (same seed), the live pool members
   and salt, the shard size, the per-worker budget in bytes, each model's measured resident
   size, the same warm-up fraction (exact LRU replay per worker). Target: the measured hit rate
@@ -114,8 +114,9 @@ from bench.common import figure, write_results
 from bench.config import scratch, wait_for
 from bench.shoal_harness import ShoalBench
 from bench.wire import INFER_PATH, infer_request
-from placement.simulate import Report, SimConfig, simulate
-from placement.simulate_inputs import Fleet, SizeModel, Traffic, synthetic_fleet, zipf_traffic
+from capacity.inputs import Fleet, SizeModel, Traffic, synthetic_fleet, zipf_traffic
+from capacity.model import Report, SimConfig
+from capacity.run import simulate
 from router.choose import WarmPrimaryPolicy
 from shoal.artifacts import TREE_INPUT
 from shoal.cluster import etcd_get

@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "router.cli",
     "worker.cli",
     "placement.cli",
-    "placement.cli_simulate",
+    "capacity.cli",
     "shoal.cli_keys",
     "shoal.cli_tenants",
 )

@@ -1,8 +1,8 @@
 """``shoal simulate``: capacity planning on the production shard function (no cluster needed).
 
 The fleet is synthetic (``--models``), a replayed trace's (``--trace``), or the live registry's
-(``--from-registry``, read from etcd); see ``placement.simulate`` for what is reported and
-``placement.simulate_inputs`` for the inputs.
+(``--from-registry``, read from etcd); see ``capacity.run`` for what is reported and
+``capacity.inputs`` for the inputs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from placement.simulate import HotRule, SimConfig, simulate
-from placement.simulate_inputs import (
+from capacity.inputs import (
     Fleet,
     InputError,
     Registry,
@@ -29,6 +28,9 @@ from placement.simulate_inputs import (
     trace_traffic,
     zipf_traffic,
 )
+from capacity.model import HotRule, SimConfig
+from capacity.report import dumps, render_table, write_plot
+from capacity.run import simulate
 from shoal.settings import CommonSettings, from_env, parse_bytes
 
 #: Synthetic streams get this many requests per model, within these bounds ("a few million").
@@ -228,8 +230,6 @@ def build(ns: argparse.Namespace) -> tuple[Fleet, Traffic, SimConfig]:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from placement.simulate_report import dumps, render_table, write_plot
-
     show = ns.progress or sys.stderr.isatty()
     bar = ProgressBar(sys.stderr) if show else None
     if bar is not None:

@@ -1,4 +1,4 @@
-"""The fleet simulator (placement/simulate*.py) held to closed forms and to the live code paths:
+"""The fleet simulator (capacity/) held to closed forms and to the live code paths:
 the shard function (``Placement``), the router's member choice, an LRU replay."""
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.simulate import HotRule, SimConfig, hot_overrides, simulate, tenant_shards
-from placement.simulate_inputs import (
+from capacity.inputs import (
     Fleet,
     InputError,
     SizeModel,
@@ -27,7 +26,10 @@ from placement.simulate_inputs import (
     trace_traffic,
     zipf_traffic,
 )
-from placement.simulate_stats import blast_radius, hypergeometric, touch_probability
+from capacity.model import HotRule, SimConfig
+from capacity.run import simulate
+from capacity.shards import hot_overrides, tenant_shards
+from capacity.stats import blast_radius, hypergeometric, touch_probability
 from router.choose import WarmPrimaryPolicy
 from shoal.artifacts import Signature
 from shoal.records import (
@@ -411,7 +413,7 @@ def test_fleet_validation() -> None:
 
 
 def test_report_is_json_serialisable() -> None:
-    from placement.simulate_report import dumps, render_table
+    from capacity.report import dumps, render_table
 
     fleet, traffic, config = _small(models=2000, workers=6, k=2)
     report = simulate(fleet, traffic, config)

@@ -34,8 +34,13 @@ O(R log R) sort to find ``prev``/``next``; memory O(R) (about 100 bytes per requ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+
+from capacity.inputs import Traffic
+from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig, SteadyState
+from capacity.stats import Spread
 
 #: Stack distance of a request with no earlier request for its item in its stream (cold miss).
 COLD = -1
@@ -277,3 +282,107 @@ class CheTable:
             else:
                 lo = mid
         return hi, every
+
+
+# --- the figures of a simulation --------------------------------------------------------
+
+
+def cache_figures(
+    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
+    progress: Callable[[float], None],
+) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-worker streams (time order kept), their stack distances, and the figures; then the
+    steady state from the popularity."""
+    requests = traffic.requests
+    r = len(requests)
+    worker = primary[requests]
+    # A stable sort by worker keeps each stream in time order; small ints sort by radix.
+    order = np.argsort(worker.astype(np.int16) if n < 2**15 else worker, kind="stable")
+    seg = worker[order]
+    items = requests[order]
+    progress(0.1)
+    dist = stack_distances(items, seg, sizes[items])
+    progress(0.8)
+    measured = order >= math.ceil(config.warmup * r)
+    w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
+    hit = measured & (dist != COLD) & (dist <= config.budget_bytes)
+    w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
+    m_total = int(measured.sum())
+    finite = np.sort(dist[measured & (dist != COLD)])
+    hit_rate = float(hit.sum() / m_total) if m_total else math.nan
+    max_hit = len(finite) / m_total if m_total else math.nan
+
+    # The curve spans one model to the budget where only first requests miss; the configured
+    # budget is added as a point of its own.
+    lo = max(1, int(sizes.min()))
+    hi = max(int(finite[-1]) if len(finite) else lo, lo)
+    routed = np.bincount(primary[traffic.popularity > 0], weights=sizes[traffic.popularity > 0],
+                         minlength=n)  # fmt: skip
+    hi = max(hi, int(routed.max()))  # where the steady state holds everything it is asked for
+    budgets = np.unique(
+        np.append(np.geomspace(lo, hi, config.curve_points).astype(np.int64), config.budget_bytes)
+    )
+    curve_hits = np.searchsorted(finite, budgets, side="right")
+    curve = [
+        CurvePoint(int(b), float(h / m_total) if m_total else math.nan)
+        for b, h in zip(budgets.tolist(), curve_hits.tolist(), strict=True)
+    ]
+
+    bounds = np.searchsorted(seg, np.arange(n + 1))
+    budget_for = []
+    for target in config.targets:
+        overall = _quantile_budget(finite, m_total, target)
+        worst: int | None = 0
+        for w in range(n):
+            s, e = bounds[w], bounds[w + 1]
+            mw = measured[s:e]
+            if not mw.any():
+                continue
+            dw = dist[s:e][mw]
+            need = _quantile_budget(dw[dw != COLD], len(dw), target, presorted=False)
+            worst = None if need is None or worst is None else max(worst, need)
+        budget_for.append(BudgetFor(target, overall, worst))
+    progress(0.95)
+    che = CheTable(primary, traffic.popularity, sizes, n)
+    steady_targets = []
+    for target in config.targets:
+        overall_b, every_b = che.budget_for(target)
+        steady_targets.append(BudgetFor(target, _ceil_or_none(overall_b), _ceil_or_none(every_b)))
+    steady = SteadyState(
+        hit_rate=che.hit_rate_at(config.budget_bytes),
+        worker_hit_rate=Spread.of(che.worker_hit_rates(config.budget_bytes)),
+        curve=[CurvePoint(p.budget_bytes, che.hit_rate_at(p.budget_bytes)) for p in curve],
+        budget_for=steady_targets,
+    )
+    progress(1.0)
+    figures = CacheFigures(
+        budget_bytes=config.budget_bytes,
+        requests=r,
+        measured=m_total,
+        warmup=config.warmup,
+        hit_rate=hit_rate,
+        max_hit_rate=max_hit,
+        curve=curve,
+        budget_for=budget_for,
+        steady_state=steady,
+    )
+    return figures, w_hit, w_measured
+
+
+def _ceil_or_none(x: float) -> int | None:
+    return None if math.isinf(x) or math.isnan(x) else math.ceil(x)
+
+
+def _quantile_budget(
+    finite: np.ndarray, total: int, target: float, presorted: bool = True
+) -> int | None:
+    """Smallest budget under which at least ``target`` of ``total`` requests hit, given the
+    finite stack distances; None when even an unbounded cache falls short."""
+    need = math.ceil(target * total - 1e-9)
+    if total == 0 or need > len(finite):
+        return None
+    if need <= 0:
+        return 0
+    if presorted:
+        return int(finite[need - 1])
+    return int(np.partition(finite, need - 1)[need - 1])

@@ -1,4 +1,4 @@
-"""Rendering a ``placement.simulate.Report``: a readable table, JSON, and a PNG plot."""
+"""Rendering a ``capacity.model.Report``: a readable table, JSON, and a PNG plot."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from placement.simulate import Report
-from placement.simulate_stats import Spread, Versus
+from capacity.model import Report
+from capacity.stats import Spread, Versus
 
 
 def to_jsonable(report: Report) -> dict[str, Any]:

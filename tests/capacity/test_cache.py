@@ -1,4 +1,4 @@
-"""The cache simulation (placement/simulate_cache.py) against a straightforward LRU replay."""
+"""The cache simulation (capacity/cache.py) against a straightforward LRU replay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.simulate_cache import COLD, _weighted_inversions, hits_at, stack_distances
+from capacity.cache import COLD, _weighted_inversions, hits_at, stack_distances
 
 
 def lru_replay(items: list[int], sizes: dict[int, int], budget: int) -> list[bool]:
