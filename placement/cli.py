@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from placement import convert
 from placement.settings import PlacementSettings
+from registry import convert
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.records import ModelRecord, split_model_name

@@ -29,14 +29,15 @@ from typing import cast
 
 import grpc
 
-from placement.control import ControlService
 from placement.election import LeaderElection
 from placement.hot import HotPolicy, HotTenantController, HotTenantLoop
 from placement.metrics import PlacementMetrics
 from placement.publisher import NotLeader, SnapshotPublisher
-from placement.registry import ArtifactGC, Registry
 from placement.settings import PlacementSettings
-from placement.workers import WorkerAdminClient
+from registry.control import ControlService
+from registry.facade import Registry
+from registry.gc import ArtifactGC
+from registry.workers import WorkerAdminClient
 from shoal import tls
 from shoal.auth import ADMIN, KeyChecker, KeyInterceptor
 from shoal.etcd import EtcdStore

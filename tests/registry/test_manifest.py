@@ -15,8 +15,8 @@ from shoal.artifacts import sha256_hex
 from shoal.objstore import ObjectStore
 from shoal.procs import ManagedProcess
 from shoal.records import ModelRecord
-from tests.registration.conftest import Control
-from tests.registration.helpers import (
+from tests.registry.conftest import Control
+from tests.registry.helpers import (
     ROOT,
     cli_args,
     count_models,

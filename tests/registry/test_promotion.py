@@ -24,7 +24,7 @@ from shoal.objstore import ObjectStore
 from shoal.pb import shoal_inference_pb2 as ipb
 from shoal.records import WorkerInfo, worker_key
 from shoal.settings import CommonSettings
-from tests.registration.helpers import model_variant
+from tests.registry.helpers import model_variant
 
 FAST = {"SHOAL_LEASE_TTL": "2", "SHOAL_DEBOUNCE_S": "0.3"}
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from placement.errors import Aborted, InvalidArgument, NotFound, TooLarge
-from placement.registry import Registered, RegisterSpec, Registry
+from registry.errors import Aborted, InvalidArgument, NotFound, TooLarge
+from registry.facade import Registry
+from registry.registration import Registered, RegisterSpec
 from shoal.artifacts import ArtifactError
 from shoal.etcd import EtcdStore
 from shoal.objstore import ObjectNotFound, ObjectStore, artifact_key

@@ -13,14 +13,16 @@ from typing import Any
 
 import pytest
 
-import placement.registry as registry_module
-from placement.errors import TooLarge
-from placement.registry import MAX_TXN_BYTES, Registered, RegisterSpec, Registry
+import registry.registration as registration_module
+from registry.errors import TooLarge
+from registry.facade import Registry
+from registry.registration import Registered, RegisterSpec
+from registry.store import MAX_TXN_BYTES
 from shoal.artifacts import ArtifactInfo
 from shoal.frameworks import inspect_artifact
 from shoal.objstore import ObjectStore
 from shoal.state import MAX_TXN_OPS, Compare, MemoryStore, Op, Put, TxnResult
-from tests.registration.helpers import model_variant
+from tests.registry.helpers import model_variant
 
 
 class CountingStore(MemoryStore):
@@ -98,7 +100,7 @@ async def test_validation_runs_on_a_bounded_pool_off_the_loop(
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(registry_module, "inspect_artifact", slow_inspect)
+    monkeypatch.setattr(registration_module, "inspect_artifact", slow_inspect)
     reg = Registry(
         MemoryStore(),
         ObjectStore((tmp_path / "objects").as_uri()),

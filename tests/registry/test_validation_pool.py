@@ -5,7 +5,6 @@ behind (closed, or with the parent killed)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import pickle
@@ -18,113 +17,31 @@ from typing import Any
 
 import pytest
 
-from placement import validation_worker
-from placement.registry import Registered, RegisterSpec, Registry
-from placement.validation import (
-    ANSWER_LIMIT,
+from registry.validation.pool import ProcessValidator, ThreadValidator, worker_env
+from registry.validation.protocol import (
     MALFORMED,
     Item,
     MalformedAnswer,
-    ProcessValidator,
-    ThreadValidator,
-    Wire,
     parse_answer,
-    worker_env,
 )
-from placement.validation_worker import answer_items, frame
+from registry.validation.worker import answer_items
 from shoal.artifacts import ArtifactError, ArtifactInfo
 from shoal.frameworks import inspect_artifact
-from shoal.objstore import ObjectStore
-from shoal.settings import CommonSettings
-from shoal.state import MemoryStore
-from tests.registration.conftest import start_control
-from tests.registration.helpers import ROOT, model_variant
-
-FORMATS = ["xgboost-json", "xgboost-ubj", "lightgbm-text", "onnx"]
-CRASH = b"{crash this worker}"
-HANG = b"{stall this worker}"
-HUGE = b"{announce a huge answer}"
-ENV = b"{answer with the environment}"
-PICKLE = b"{answer with a pickle}:"  # + the path its unpickling would create
-
-
-class _Gadget:
-    """Unpickling this opens (creates) ``path``: a stand-in for code execution."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (self.path, "w"))
-
-
-def misbehave(items: list[Item]) -> list[Wire]:
-    """A worker task that answers like the real one, except for the markers: ``CRASH`` dies
-    (as a native crash would), ``HANG`` never answers (after creating the path that follows
-    it, if any), ``HUGE`` and ``PICKLE`` write hostile frames, ``ENV`` answers with the
-    worker's environment variables as an error message."""
-    out = validation_worker.answers
-    assert out is not None
-    for data, _ in items:
-        if data == CRASH:
-            os._exit(70)
-        if data.startswith(HANG):
-            if len(data) > len(HANG):  # a path to create first: "I am stalled now"
-                Path(data[len(HANG) :].decode()).touch()
-            time.sleep(3600)
-        if data == HUGE:
-            out.write((ANSWER_LIMIT + 1).to_bytes(4, "big"))
-            out.flush()
-            time.sleep(3600)
-        if data.startswith(PICKLE):
-            out.write(frame(pickle.dumps([_Gadget(data[len(PICKLE) :].decode())])))
-            out.flush()
-            time.sleep(3600)
-    answers = answer_items(items)
-    for n, (data, _) in enumerate(items):
-        if data == ENV:
-            answers[n] = ["invalid", json.dumps(dict(os.environ))]
-    return answers
-
-
-def _children() -> set[int]:
-    """Every live child of this process (the validation workers among them)."""
-    out: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(OSError):
-            out.update(int(p) for p in (task / "children").read_text().split())
-    return {pid for pid in out if _alive(pid)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped) counts as gone.
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _plain(value: Any) -> bool:
-    """Only str/int/float/bool/None, and lists and dicts of them (what JSON holds)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return True
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _same(a: object, b: object) -> bool:
-    """Equal outcomes: the same ArtifactInfo, or exceptions of one type with one message."""
-    if isinstance(a, Exception) or isinstance(b, Exception):
-        return type(a) is type(b) and str(a) == str(b)
-    return a == b
+from tests.registry.helpers import ROOT, model_variant
+from tests.registry.validation_faults import (
+    CRASH,
+    ENV,
+    FORMATS,
+    HANG,
+    HUGE,
+    PICKLE,
+    Gadget,
+    alive,
+    children,
+    misbehave,
+    plain,
+    same,
+)
 
 
 async def test_pool_answers_exactly_like_in_process_validation(
@@ -176,14 +93,14 @@ def test_worker_answers_are_plain_json_that_parse_back_exactly(
     items += [(b"\x80\x04junk", ""), (model_bytes["onnx"], "xgboost")]
     answers = answer_items(items)
     assert [a[0] for a in answers] == ["ok"] * 4 + ["invalid"] * 2
-    assert all(_plain(a) for a in answers)
+    assert all(plain(a) for a in answers)
     parsed = parse_answer(json.dumps(answers).encode(), items)
     for (data, fw), got in zip(items, parsed, strict=True):
         try:
             expected: object = inspect_artifact(data, fw or None)
         except ArtifactError as exc:
             expected = exc
-        assert _same(got, expected)
+        assert same(got, expected)
 
 
 def _hostile(good: list[Any], path: str) -> dict[str, bytes]:
@@ -197,8 +114,8 @@ def _hostile(good: list[Any], path: str) -> dict[str, bytes]:
     sig = good[5]
     tensor = sig["inputs"][0]
     return {
-        "pickle": pickle.dumps([_Gadget(path)]),
-        "pickle-protocol-0": pickle.dumps([_Gadget(path)], protocol=0),
+        "pickle": pickle.dumps([Gadget(path)]),
+        "pickle-protocol-0": pickle.dumps([Gadget(path)], protocol=0),
         "empty": b"",
         "not-utf8": b"\xff\xfe[]",
         "nested": b"[" * 100_000 + b"]" * 100_000,
@@ -309,7 +226,7 @@ async def test_an_artifact_that_kills_its_worker_fails_alone(
 ) -> None:
     good = [(model_variant(i)[1], "") for i in range(6)]
     items: list[Item] = [*good[:3], (CRASH, ""), *good[3:]]
-    before = _children()
+    before = children()
     pool = ProcessValidator(2, task=misbehave)
     try:
         answers = await pool.validate(items)
@@ -322,11 +239,11 @@ async def test_an_artifact_that_kills_its_worker_fails_alone(
         (again,) = await pool.validate([good[0]])
         assert again == others[0]
         # A worker killed while idle (not by an artifact) is replaced, blaming nothing.
-        restarts, workers = pool.restarts, _children() - before
+        restarts, workers = pool.restarts, children() - before
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
         for _ in range(1000):  # until they are gone (zombies at most)
-            if not any(_alive(pid) for pid in workers):
+            if not any(alive(pid) for pid in workers):
                 break
             await asyncio.sleep(0.01)
         assert await pool.validate([good[1]]) == [others[1]]
@@ -350,82 +267,82 @@ async def test_an_artifact_that_stalls_its_worker_times_out_alone() -> None:
 
 
 async def test_close_stops_every_worker(model_bytes: dict[str, Any]) -> None:
-    before = _children()
+    before = children()
     pool = ProcessValidator(2)
     await pool.validate([(model_bytes[f], "") for f in FORMATS])
-    workers = _children() - before
+    workers = children() - before
     assert workers, "the pool started no process"
     pool.close()
-    assert not (_children() & workers)
-    assert not any(_alive(pid) for pid in workers)
+    assert not (children() & workers)
+    assert not any(alive(pid) for pid in workers)
     with pytest.raises(RuntimeError, match="closed"):
         await pool.validate([(model_bytes["onnx"], "")])
 
 
 async def test_close_stops_a_busy_worker_too() -> None:
-    before = _children()
+    before = children()
     pool = ProcessValidator(1, task=misbehave, stop_s=1.0)
     stalled = asyncio.create_task(pool.validate([(HANG, "")]))
     for _ in range(1200):  # the worker starts and takes the request
-        if _children() - before and not pool._idle:
+        if children() - before and not pool._idle:
             break
         await asyncio.sleep(0.05)
-    workers = _children() - before
+    workers = children() - before
     assert workers
     await asyncio.to_thread(pool.close)
     with pytest.raises(RuntimeError, match="closed"):
         await stalled
-    assert not any(_alive(pid) for pid in workers)
-    assert not (_children() - before)
+    assert not any(alive(pid) for pid in workers)
+    assert not (children() - before)
 
 
 async def test_start_starts_the_workers_before_any_validation(
     model_bytes: dict[str, Any],
 ) -> None:
-    before = _children()
+    before = children()
     pool = ProcessValidator(2)
     try:
-        assert not (_children() - before)  # the constructor starts nothing
+        assert not (children() - before)  # the constructor starts nothing
         pool.start()
         for _ in range(400):
-            if len(_children() - before) == 2:
+            if len(children() - before) == 2:
                 break
             await asyncio.sleep(0.05)
-        workers = _children() - before
+        workers = children() - before
         assert len(workers) == 2
         await pool.validate([(model_bytes[f], "") for f in FORMATS])
-        assert _children() - before == workers  # the same ones did the work
+        assert children() - before == workers  # the same ones did the work
     finally:
         pool.close()
-    assert not (_children() - before)
+    assert not (children() - before)
 
 
 async def test_idle_workers_stop_and_come_back(model_bytes: dict[str, Any]) -> None:
-    before = _children()
+    before = children()
     pool = ProcessValidator(1, idle_s=0.2)
     try:
         items: list[Item] = [(model_bytes["xgboost-json"], "")]
         (first,) = await pool.validate(items)
-        workers = _children() - before
+        workers = children() - before
         assert workers
         for _ in range(400):  # up to 20 s: the pool stops them without waiting
-            if not any(_alive(pid) for pid in workers):
+            if not any(alive(pid) for pid in workers):
                 break
             await asyncio.sleep(0.05)
-        assert not any(_alive(pid) for pid in workers)
+        assert not any(alive(pid) for pid in workers)
         assert await pool.validate(items) == [first]
         assert await pool.validate([]) == []
     finally:
         pool.close()
-    assert not (_children() - before)
+    assert not (children() - before)
 
 
 _ORPHAN = """
 import asyncio, os, signal, sys, time
 from pathlib import Path
-from placement.validation import ProcessValidator
-from tests.registration.helpers import model_variant
-from tests.registration.test_validation import HANG, misbehave
+from registry.validation.pool import ProcessValidator
+from tests.registry.helpers import model_variant
+from tests.registry.validation_faults import HANG, misbehave
 
 async def main(busy):
     pool = ProcessValidator(2, task=misbehave)
@@ -457,80 +374,6 @@ def test_workers_exit_when_their_parent_is_killed(state: str, tmp_path: Path) ->
     pids = [int(p) for p in proc.stdout.split()]
     assert len(pids) == 2, proc.stderr[-2000:]
     deadline = time.monotonic() + 20
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
-
-
-async def test_registry_on_the_process_pool(tmp_path: Path) -> None:
-    before = _children()
-    reg = Registry(
-        MemoryStore(), ObjectStore((tmp_path / "objects").as_uri()), validate_processes=2
-    )
-    try:
-        items: list[tuple[RegisterSpec, bytes | str]] = [
-            (RegisterSpec(f"t{i}", "m"), model_variant(i)[1]) for i in range(40)
-        ]
-        items.append((RegisterSpec("bad", "m"), pickle.dumps([1, 2], protocol=4)))
-        items.append((RegisterSpec("wrong", "m", framework="lightgbm"), model_variant(0)[1]))
-        out = await reg.register_many(items)
-        assert all(isinstance(o, Registered) and o.created for o in out[:40])
-        for o, (_, data) in zip(out[:40], items[:40], strict=True):
-            assert isinstance(o, Registered) and isinstance(data, bytes)
-            (mv,) = o.record.versions.values()
-            info = inspect_artifact(data)
-            assert (mv.sha256, mv.framework, mv.format, mv.size, mv.signature) == (
-                info.sha256,
-                info.framework,
-                info.format,
-                info.size,
-                info.signature,
-            )
-        assert isinstance(out[40], ArtifactError) and "pickle" in str(out[40])
-        assert isinstance(out[41], ArtifactError) and "is xgboost-json" in str(out[41])
-        assert _children() - before  # validated by worker processes
-    finally:
-        reg.close()
-    assert not (_children() - before)
-
-
-async def test_registry_validates_on_threads_with_no_processes(tmp_path: Path) -> None:
-    before = _children()
-    reg = Registry(
-        MemoryStore(),
-        ObjectStore((tmp_path / "objects").as_uri()),
-        validate_processes=0,
-        validate_threads=2,
-    )
-    try:
-        reg.start()
-        (out,) = await reg.register_many([(RegisterSpec("t", "m"), model_variant(0)[1])])
-        assert isinstance(out, Registered) and out.created
-        assert not (_children() - before)
-    finally:
-        reg.close()
-
-
-def _children_of(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out.update(int(p) for p in (task / "children").read_text().split())
-    return {p for p in out if _alive(p)}
-
-
-def test_the_service_starts_its_validation_workers_when_it_starts(
-    tmp_path: Path, etcd_url: str, s3_store_url: str, s3_settings: CommonSettings
-) -> None:
-    control = start_control(
-        tmp_path / "procs", etcd_url, s3_store_url, s3_settings, validate_processes="1"
-    )
-    try:
-        (placement,) = control.procs.started
-        deadline = time.monotonic() + 60
-        while not _children_of(placement.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # SHOAL_VALIDATE_PROCESSES=1: one worker, before anything was registered.
-        assert len(_children_of(placement.pid)) == 1
-    finally:
-        control.procs.stop_all()
+    assert not any(alive(pid) for pid in pids)

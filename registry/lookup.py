@@ -1,7 +1,7 @@
 """Read-side views the control plane serves: a tenant's placement, and the worker list.
 
 ``tenant_placement`` answers "which workers serve tenant T": for each pool's published
-snapshot it runs the one shard function (``placement.shard.Placement``) with the cluster salt
+snapshot it runs the one shard function (``shoal.shard.Placement``) with the cluster salt
 and the tenant's override, and marks each ranked member ``up`` when its worker record is
 present, ready and not draining. ``serving_members`` is what the router would use: walk the
 ranked order, skip members that are down, take k. It costs a handful of etcd reads per call
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from placement.errors import FailedPrecondition, NotFound
+from registry.errors import FailedPrecondition, NotFound
 from shoal.records import (
     CLUSTER,
     PLACEMENT,

@@ -1,13 +1,13 @@
-"""``shoal.v1`` protobuf <-> the placement core's plain objects: the only place they meet."""
+"""``shoal.v1`` protobuf <-> the control plane core's plain objects: the only place they meet."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from placement.errors import InvalidArgument
-from placement.lookup import PoolPlacement
-from placement.registry import Registered, RegisterSpec
-from placement.workers import WorkerView
+from registry.errors import InvalidArgument
+from registry.lookup import PoolPlacement
+from registry.registration import Registered, RegisterSpec
+from registry.workers import WorkerView
 from shoal.artifacts import Signature, TensorSpec
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.records import ModelRecord, ModelVersion, ShadowConfig

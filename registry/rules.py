@@ -1,4 +1,5 @@
-"""Pure rules over a ``ModelRecord``: what a traffic split, a shadow or a retention pass may do.
+"""Pure rules over a ``ModelRecord``: what an alias, a traffic split, a shadow or a retention
+pass may do.
 
 Each function takes the current record and returns the new one (or the victims), raising
 ``InvalidArgument`` / ``NotFound`` with a user-facing reason; nothing here touches etcd, so the
@@ -11,8 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from placement.errors import InvalidArgument, NotFound
-from shoal.records import ModelRecord, ShadowConfig, check_alias
+from registry.errors import InvalidArgument, NotFound
+from shoal.records import ModelRecord, ModelVersion, ShadowConfig, check_alias
 
 
 def require_version(record: ModelRecord, version: int) -> None:
@@ -71,3 +72,14 @@ def retention_victims(record: ModelRecord, keep_last: int) -> list[int]:
     newest_first = sorted(record.versions, reverse=True)
     referenced = record.referenced_versions()
     return sorted(v for v in newest_first[keep_last:] if v not in referenced)
+
+
+def retain(record: ModelRecord, keep_last: int) -> tuple[ModelRecord, list[ModelVersion]]:
+    """One retention pass: (the record without its ``retention_victims``, the versions it
+    dropped, oldest first). The record is returned as it was when nothing goes."""
+    victims = retention_victims(record, keep_last)
+    if not victims:
+        return record, []
+    gone = set(victims)
+    kept = {v: mv for v, mv in record.versions.items() if v not in gone}
+    return replace(record, versions=kept), [record.versions[v] for v in victims]

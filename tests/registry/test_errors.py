@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from placement.errors import (
+from registry.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,

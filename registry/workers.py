@@ -2,7 +2,7 @@
 
 A worker serves ``shoal.v1.WorkerAdmin`` on the same gRPC address as the inference protocol
 (``WorkerInfo.address``). This module is the edge for that service: protobuf stays here, the
-rest of the placement package sees ``WorkerLoad`` and exceptions.
+rest of the control plane sees ``WorkerLoad`` and exceptions.
 
 * ``warm_up`` loads one model version on every given member concurrently, each under the
   same deadline, and raises ``FailedPrecondition`` naming every member that failed (so a
@@ -19,8 +19,8 @@ from typing import cast
 
 import grpc
 
-from placement.errors import FailedPrecondition
-from placement.lookup import RankedMember, live_workers
+from registry.errors import FailedPrecondition
+from registry.lookup import RankedMember, live_workers
 from shoal import tls
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc

@@ -7,14 +7,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from placement import rules
-from placement.registry import Registered, RegisterSpec, Registry
+from registry import rules
+from registry.facade import Registry
+from registry.registration import Registered, RegisterSpec
 from shoal.artifacts import Signature, sha256_hex
 from shoal.etcd import EtcdStore
 from shoal.objstore import ObjectStore, artifact_key
 from shoal.records import ModelRecord, ModelVersion, ShadowConfig
 from shoal.settings import CommonSettings
-from tests.registration.helpers import model_variant
+from tests.registry.helpers import model_variant
 
 
 def _data(i: int) -> bytes:

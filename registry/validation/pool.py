@@ -1,31 +1,14 @@
-"""Artifact validation off the event loop: a pool of processes, or a pool of threads.
+"""The validation pools: worker processes (``ProcessValidator``), or threads in this process
+(``ThreadValidator``). Both take a batch and answer one outcome per item, in order: an
+``ArtifactInfo`` or the exception ``inspect_artifact`` raised. A batch is split into a few
+chunks, one request each, so the hand-off costs per chunk, not per artifact; at most
+``workers`` loads run at once.
 
-``inspect_artifact`` loads each artifact with its runtime (XGBoost, LightGBM, ONNX Runtime).
-Much of a small model's load is Python (the runtimes' ctypes wrappers, JSON parsing), so on
-threads it holds the placement process's GIL and stalls the event loop that serves the
-control plane, etcd and the object store. ``ProcessValidator`` therefore runs it in worker
-processes (``placement.validation_worker``, started fresh with ``subprocess``: never forked
-from a process running grpc and tokio threads); ``ThreadValidator`` keeps it in-process, for
-small deployments where more interpreters with the runtimes imported (~200 MiB each) cost
-more than they save.
-
-Both take a batch and answer one outcome per item, in order: an ``ArtifactInfo`` or the
-exception ``inspect_artifact`` raised. A batch is split into a few chunks, one request each,
-so the hand-off costs per chunk, not per artifact; at most ``workers`` loads run at once.
-
-Nothing that crosses the process boundary is ever unpickled. A worker has just parsed
-attacker-supplied bytes with native loaders; if one of them is exploited, what the worker
-writes back must not be able to run code here. So a worker speaks JSON over its stdin and
-stdout pipes (protocol in ``validation_worker``): the artifacts' bytes go in, one
-length-prefixed JSON frame per request comes back, read with ``json`` only, at most
-``ANSWER_LIMIT`` bytes, and checked field by field (``parse_answer``: a known framework and
-format, the framework asked for, a 64-hex digest, the size sent, a well-formed signature,
-details a JSON object) before an ``ArtifactInfo`` is built from it. The worker reports the
-sha256 of the bytes it received; the registry checks it against its own digest, so a
-mix-up in between cannot validate the wrong bytes. Workers get a minimal environment
-(``worker_env``: no credentials) and one native thread each.
-
-Failure modes; each costs its worker (killed and reaped; a new one starts on demand):
+Worker processes (``registry.validation.worker``) are started fresh with ``subprocess`` (never
+forked from a process running grpc and tokio threads), with a minimal environment
+(``worker_env``: no credentials) and one native thread each, and speak
+``registry.validation.protocol`` over their stdin and stdout pipes. Failure modes; each costs
+its worker (killed and reaped; a new one starts on demand):
 
 * the worker dies mid-request (EOF: a crash in a native loader) or misses the request's
   deadline (``timeout_s`` plus a second per MiB sent): that chunk's items are retried one at a
@@ -45,13 +28,9 @@ EOF on their stdin, or by a parent-death signal while busy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
 import logging
 import os
-import re
-import select
 import signal
 import subprocess
 import sys
@@ -59,48 +38,25 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
 
-from placement.validation_worker import READY, Item, Task, Wire, frame, limit_native_threads
-from shoal.artifacts import DTYPES, ArtifactError, ArtifactInfo, Signature, TensorSpec
-from shoal.frameworks import FORMATS, inspect_artifact
-
-__all__ = [
-    "ANSWER_LIMIT",
-    "CHUNK",
-    "MALFORMED",
-    "Item",
-    "MalformedAnswer",
-    "Outcome",
-    "ProcessValidator",
-    "ThreadValidator",
-    "Validator",
-    "Wire",
-    "limit_native_threads",
-    "parse_answer",
-    "worker_env",
-]
+from registry.validation.protocol import (
+    MALFORMED,
+    Item,
+    MalformedAnswer,
+    Outcome,
+    Task,
+    parse_answer,
+)
+from registry.validation.worker import Died, TimedOut, WorkerProcess, limit_native_threads
+from shoal.artifacts import ArtifactError, ArtifactInfo
+from shoal.frameworks import inspect_artifact
 
 log = logging.getLogger(__name__)
 
-Outcome = ArtifactInfo | Exception
 Inspect = Callable[[bytes, str], ArtifactInfo]
 
 #: Most artifacts in one request: few enough that one batch still spreads over the workers.
 CHUNK = 32
-#: Largest answer frame read from a worker (a chunk's answers are a few KiB).
-ANSWER_LIMIT = 16 << 20
-MALFORMED = "the validator returned a malformed answer"
-
-
-class Validator(Protocol):
-    """Validates batches of artifacts off the event loop (see module docstring)."""
-
-    async def validate(self, items: Sequence[Item]) -> list[Outcome]: ...
-
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _chunks(n: int, workers: int) -> list[range]:
@@ -155,79 +111,15 @@ class ThreadValidator:
 # --- reading a worker's answer ----------------------------------------------------------------
 
 
-class MalformedAnswer(Exception):
-    """A worker's answer is not exactly what the protocol allows (nothing of it is used)."""
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _tensors(side: Any) -> tuple[TensorSpec, ...]:
-    if not isinstance(side, list):
-        raise MalformedAnswer("a signature side is not a list")
-    out = []
-    for t in side:
-        match t:
-            case [str() as name, str() as dtype, list() as shape] if dtype in DTYPES and all(
-                type(d) is int and d >= -1 for d in shape
-            ):
-                out.append(TensorSpec(name, dtype, tuple(shape)))
-            case _:
-                raise MalformedAnswer("a malformed tensor in a signature")
-    return tuple(out)
-
-
-def _signature(sig: dict[str, Any]) -> Signature:
-    if sig.keys() != {"inputs", "outputs"}:
-        raise MalformedAnswer("a signature has other keys than inputs and outputs")
-    return Signature(_tensors(sig["inputs"]), _tensors(sig["outputs"]))
-
-
-def _outcome(answer: Any, item: Item) -> Outcome:
-    data, asked = item
-    match answer:
-        case ["invalid", str() as message]:
-            return ArtifactError(message)
-        case ["error", str() as kind, str() as message]:
-            return RuntimeError(f"artifact validation failed: {kind}: {message}")
-        case ["ok", str() as fw, str() as fmt, str() as sha, int() as size, dict() as sig, dict()]:
-            details: dict[str, Any] = answer[6]
-            if FORMATS.get(fmt) != fw or (asked and asked != fw):
-                raise MalformedAnswer(f"format {fmt[:40]!r} / framework {fw[:40]!r}")
-            if not _SHA256.fullmatch(sha):
-                raise MalformedAnswer("not a sha256")
-            if type(size) is not int or size != len(data):
-                raise MalformedAnswer(f"the worker saw {size} bytes, not the {len(data)} sent")
-            return ArtifactInfo(fw, fmt, sha, size, _signature(sig), details)
-    raise MalformedAnswer("an answer of an unknown shape")
-
-
-def parse_answer(raw: bytes, items: Sequence[Item]) -> list[Outcome]:
-    """The outcomes in a worker's answer ``raw`` to ``items`` (read with ``json`` only).
-
-    Raises ``MalformedAnswer`` unless ``raw`` is a JSON list with one well-formed answer per
-    item (see ``validation_worker``); an ``ArtifactInfo`` is built only from checked fields.
-    """
-    try:
-        answers = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deeply
-        raise MalformedAnswer(f"not JSON: {str(exc)[:100]}") from None
-    if not isinstance(answers, list) or len(answers) != len(items):
-        raise MalformedAnswer("not a list of one answer per item")
-    return [_outcome(a, item) for a, item in zip(answers, items, strict=True)]
-
-
 # --- the worker processes ---------------------------------------------------------------------
 
 #: What a worker runs: the path this process imports from, then the worker's main.
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from placement.validation_worker import main; main()"
+    "from registry.validation.worker import main; main()"
 )
 _KEEP_ENV = ("PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH")
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-_PIPE_BYTES = 1 << 20
-_F_SETPIPE_SZ = 1031  # Linux
 
 
 def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -248,109 +140,8 @@ def _task_name(task: Task) -> str:
     return name
 
 
-class _Died(Exception):
-    """The worker exited (EOF or a broken pipe)."""
-
-
-class _TimedOut(Exception):
-    """The worker missed a deadline."""
-
-
 class _Lost(Exception):
     """A request lost its worker ("crashed" or "timed out"); its items are to be retried."""
-
-
-class _Worker:
-    """One worker process and this side's ends of its pipes.
-
-    Its pipes are used by one thread at a time, the one holding it; any thread may signal it.
-    The pipes are non-blocking: every wait is a ``poll`` bounded by the request's deadline.
-    """
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._to, self._from = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        for fd in (self._to, self._from):
-            os.set_blocking(fd, False)
-            with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups per request
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        self.ready = False
-        self._teardown = threading.Lock()
-
-    def _wait(self, fd: int, event: int, deadline: float) -> None:
-        left = deadline - time.monotonic()
-        poller = select.poll()
-        poller.register(fd, event)
-        if left <= 0 or not poller.poll(max(1, int(left * 1000))):
-            raise _TimedOut
-
-    def _write(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._to, view) :]
-            except BlockingIOError:
-                self._wait(self._to, select.POLLOUT, deadline)
-            except (BrokenPipeError, ConnectionResetError):
-                raise _Died from None
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            try:
-                got = os.read(self._from, min(n - len(buf), _PIPE_BYTES))
-            except BlockingIOError:
-                self._wait(self._from, select.POLLIN, deadline)
-                continue
-            if not got:
-                raise _Died
-            buf += got
-        return bytes(buf)
-
-    def read_frame(self, deadline: float) -> bytes:
-        n = int.from_bytes(self._read(4, deadline), "big")
-        if n > ANSWER_LIMIT:
-            raise MalformedAnswer(f"a {n}-byte answer")
-        return self._read(n, deadline)
-
-    def await_ready(self, deadline: float) -> None:
-        raw = self.read_frame(deadline)
-        try:
-            ready = json.loads(raw) == READY
-        except (ValueError, RecursionError):
-            ready = False
-        if not ready:
-            raise MalformedAnswer("no ready frame")
-        self.ready = True
-
-    def ask(self, items: Sequence[Item], deadline: float) -> bytes:
-        """Send one request; its answer frame, not yet parsed."""
-        header = json.dumps([[fw, len(data)] for data, fw in items]).encode()
-        self._write(frame(header), deadline)
-        for data, _ in items:
-            self._write(data, deadline)
-        return self.read_frame(deadline)
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` unless the worker was reaped already (any thread)."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
-
-    def finish(self, deadline: float) -> None:
-        """Wait for the worker to exit until ``deadline``, SIGKILL it then, reap it, close
-        the pipes. Only by the thread holding it, or once nobody does."""
-        try:
-            self.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait()
-        with self._teardown:
-            for pipe in (self.proc.stdin, self.proc.stdout):
-                if pipe is not None:
-                    pipe.close()
 
 
 class ProcessValidator:
@@ -385,9 +176,9 @@ class ProcessValidator:
         self._env = worker_env(os.environ if environ is None else environ)
         self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="shoal-validate")
         self._lock = threading.Lock()
-        self._live: set[_Worker] = set()  # started and not being stopped: idle or held
-        self._idle: list[_Worker] = []
-        self._stopping: set[_Worker] = set()
+        self._live: set[WorkerProcess] = set()  # started and not being stopped: idle or held
+        self._idle: list[WorkerProcess] = []
+        self._stopping: set[WorkerProcess] = set()
         self._closed = False
         self._busy = 0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -396,11 +187,11 @@ class ProcessValidator:
 
     # -- on the request threads ------------------------------------------------------------
 
-    def _spawn_locked(self) -> _Worker:
+    def _spawn_locked(self) -> WorkerProcess:
         path = json.dumps([str(p) for p in sys.path])
         argv = [sys.executable, "-I", "-c", _BOOT, path, str(os.getpid())]
-        argv.append(self._task or "placement.validation_worker:answer_items")
-        worker = _Worker(argv, self._env)
+        argv.append(self._task or "registry.validation.worker:answer_items")
+        worker = WorkerProcess(argv, self._env)
         self._live.add(worker)
         return worker
 
@@ -409,7 +200,7 @@ class ProcessValidator:
             if not self._closed and len(self._live) < self.workers:
                 self._idle.append(self._spawn_locked())
 
-    def _take(self) -> _Worker:
+    def _take(self) -> WorkerProcess:
         while True:
             with self._lock:
                 if self._closed:
@@ -421,7 +212,7 @@ class ProcessValidator:
                 return worker
             self._drop(worker, "exited while idle")  # killed from outside: not an artifact's doing
 
-    def _give_back(self, worker: _Worker) -> None:
+    def _give_back(self, worker: WorkerProcess) -> None:
         with self._lock:
             if not self._closed and len(self._live) <= self.workers:
                 self._idle.append(worker)
@@ -430,7 +221,7 @@ class ProcessValidator:
         worker.signal(signal.SIGTERM)
         worker.finish(time.monotonic() + self.stop_s)
 
-    def _drop(self, worker: _Worker, why: str) -> None:
+    def _drop(self, worker: WorkerProcess, why: str) -> None:
         with self._lock:
             self._live.discard(worker)
             closed = self._closed
@@ -446,13 +237,13 @@ class ProcessValidator:
         if not worker.ready:
             try:
                 worker.await_ready(time.monotonic() + self.start_timeout_s)
-            except (_Died, _TimedOut, MalformedAnswer) as exc:
+            except (Died, TimedOut, MalformedAnswer) as exc:
                 self._drop(worker, "did not start")
                 if self._closed:
                     raise RuntimeError("the validation pool is closed") from None
                 why = (
                     f"not ready after {self.start_timeout_s:.0f} s"
-                    if isinstance(exc, _TimedOut)
+                    if isinstance(exc, TimedOut)
                     else f"exit code {worker.proc.returncode}; its stderr is this process's"
                 )
                 raise RuntimeError(f"a validation worker did not start ({why})") from None
@@ -463,10 +254,10 @@ class ProcessValidator:
         except MalformedAnswer as exc:
             self._drop(worker, f"answered malformed ({exc})")
             return [ArtifactError(MALFORMED) for _ in items]
-        except _Died:
+        except Died:
             self._drop(worker, "died")
             raise _Lost("crashed") from None
-        except _TimedOut:
+        except TimedOut:
             self._drop(worker, f"timed out (deadline {deadline - time.monotonic():.0f} s)")
             raise _Lost("timed out") from None
         self._give_back(worker)
@@ -551,7 +342,7 @@ class ProcessValidator:
         if held:
             self._arm_idle()
 
-    def _reap(self, workers: list[_Worker]) -> None:
+    def _reap(self, workers: list[WorkerProcess]) -> None:
         deadline = time.monotonic() + self.stop_s
         for worker in workers:
             worker.finish(deadline)

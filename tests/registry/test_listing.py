@@ -12,8 +12,8 @@ import pytest
 
 from shoal.cli import main
 from shoal.manifest import run_manifest
-from tests.registration.conftest import Control
-from tests.registration.helpers import model_variant, write_manifest
+from tests.registry.conftest import Control
+from tests.registry.helpers import model_variant, write_manifest
 
 
 async def test_listing_pages_limits_and_prune(

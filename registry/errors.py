@@ -1,4 +1,4 @@
-"""Failures of the placement service's core, and the one table that maps them to gRPC codes.
+"""Failures of the control plane's core, and the one table that maps them to gRPC codes.
 
 The core (registry, lookups, warm-ups) raises plain exceptions: its own below, plus the shared
 ones from ``shoal`` (``StateUnavailable``, ``Conflict``, ``ObjectStoreUnavailable``,
@@ -26,31 +26,31 @@ from shoal.records import InvalidName
 from shoal.state import Conflict, StateUnavailable
 
 
-class PlacementError(Exception):
-    """Base class of the placement core's own failures; the message is user-facing."""
+class ControlError(Exception):
+    """Base class of the control plane core's own failures; the message is user-facing."""
 
 
-class NotFound(PlacementError):
+class NotFound(ControlError):
     """A model, version, alias or tenant that does not exist (the message names it)."""
 
 
-class InvalidArgument(PlacementError):
+class InvalidArgument(ControlError):
     """A request that can never succeed as given (the message says why)."""
 
 
-class TooLarge(PlacementError):
+class TooLarge(ControlError):
     """An artifact over the configured size limit."""
 
 
-class FailedPrecondition(PlacementError):
+class FailedPrecondition(ControlError):
     """The system is not in a state that allows the request (e.g. a warm-up failed)."""
 
 
-class Aborted(PlacementError):
+class Aborted(ControlError):
     """A compare-and-swap lost every bounded retry to concurrent writers; safe to retry."""
 
 
-class Unavailable(PlacementError):
+class Unavailable(ControlError):
     """A dependency (etcd, the object store, a worker) could not be reached."""
 
 

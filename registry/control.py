@@ -1,7 +1,7 @@
 """The ``shoal.v1.Control`` gRPC servicer: translate, call the core, translate back.
 
-Each method converts its request (``placement.convert``), calls the registry or a lookup, and
-converts the answer. Failures are mapped to status codes by ``placement.errors.grpc_status``
+Each method converts its request (``registry.convert``), calls the registry or a lookup, and
+converts the answer. Failures are mapped to status codes by ``registry.errors.grpc_status``
 only (in ``_edge``), never here method by method.
 """
 
@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from placement import convert, rules
-from placement.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge, grpc_status
-from placement.lookup import tenant_placement
-from placement.registry import Registered, Registry
-from placement.workers import WorkerAdminClient, list_workers, warm_up
+from registry import convert, rules
+from registry.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge, grpc_status
+from registry.facade import Registry
+from registry.lookup import tenant_placement
+from registry.registration import Registered
+from registry.workers import WorkerAdminClient, list_workers, warm_up
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.state import StateStore

@@ -35,7 +35,7 @@ class Control:
 
     def env(self) -> dict[str, str]:
         """What a CLI process needs to reach this control plane."""
-        from tests.registration.helpers import cli_env
+        from tests.registry.helpers import cli_env
 
         return cli_env(SHOAL_CONTROL=self.address)
 

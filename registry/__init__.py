@@ -1,0 +1,1 @@
+"""The model registry: registration, versions, aliases, traffic splits, shadows, retention."""
