@@ -9,11 +9,9 @@ Works on plain types (``worker.types``); the gRPC servicer only translates. Orde
    and end time (FAILED_PRECONDITION) without touching the runtime;
 4. pin the model in the cache (hit) or load it (single flight; failures and hangs are
    contained by the loader); the pin keeps the cache from displacing it while in use;
-5. predict — merged with concurrent requests when batching is on — under the model's
-   concurrency bound (``ModelLimiter``: RESOURCE_EXHAUSTED naming the model when it is busy
-   beyond its short queue) and through ``RuntimeCalls`` (prediction-thread gate, deadline
-   check right before the runtime is entered, ``predict_timeout_s`` after which the call is
-   abandoned and the version quarantined);
+5. predict — merged with concurrent requests by the ``Batcher`` when batching is on — through
+   the ``Predictor`` (the model's concurrency bound, the prediction-thread gate or the event
+   loop, the timeout, and the failure bookkeeping that quarantines a version);
 6. unpin.
 
 Deadlines: ``deadline`` is the caller's gRPC deadline (monotonic seconds, propagated by the
@@ -21,44 +19,26 @@ router as the forwarded call's timeout). A request whose deadline passes while i
 a busy model, in the batcher, for a prediction thread — is answered DEADLINE_EXCEEDED and its
 prediction is not run (``shoal_worker_expired{stage}``).
 
-Prediction failures: a runtime exception answers INTERNAL and counts against the version;
-``quarantine_after`` consecutive failures quarantine it (``FailureMemory``: exponential
-backoff, a success forgets). A hang (timeout) quarantines it at once, and for as long as the
-stuck thread has not returned. Other models are unaffected.
+The object graph is built in one direction: ``Predictor``, then the ``Batcher`` that runs
+merged calls through it, then this data plane over both.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
-from typing import cast
-
-import numpy as np
 
 from shoal.frameworks import Model
 from shoal.records import InvalidName, ModelVersion, split_model_name
 from worker.batching import Batcher
 from worker.cache import Entry, Tier, TieredCache
-from worker.calls import Abandoned, RuntimeCalls
 from worker.catalog import Catalog
 from worker.convert import output_tensor
-from worker.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    WorkerError,
-)
-from worker.faults import Faults
-from worker.inline import InlinePolicy
-from worker.limits import ModelLimiter, check_rows
-from worker.loader import FailureMemory, Loader
+from worker.errors import InvalidArgument, NotFound, ResourceExhausted
+from worker.limits import check_rows
+from worker.loader import Loader
 from worker.metrics import WorkerMetrics
+from worker.predictor import Predictor
 from worker.types import (
     InferRequest,
     InferResult,
@@ -69,8 +49,6 @@ from worker.types import (
 )
 from worker.validate import check_inputs, select_outputs
 
-log = logging.getLogger(__name__)
-
 
 def _batchable(mv: ModelVersion) -> bool:
     """One input whose first dimension is the batch, and outputs batched the same way."""
@@ -80,44 +58,29 @@ def _batchable(mv: ModelVersion) -> bool:
     return all(o.shape and o.shape[0] == -1 for o in sig.outputs)
 
 
-@dataclass(slots=True)
-class Guards:
-    """What stands between a request and a runtime (see the module docstring)."""
-
-    calls: RuntimeCalls
-    limiter: ModelLimiter
-    quarantine: FailureMemory
-    max_rows: int
-    faults: Faults = field(default_factory=Faults)
-
-
 class Dataplane:
     def __init__(
         self,
         catalog: Catalog,
         cache: TieredCache[ModelId, Model],
         loader: Loader,
-        guards: Guards,
+        predictor: Predictor,
         metrics: WorkerMetrics,
+        max_rows: int,
         batcher: Batcher | None = None,
         now: Callable[[], float] = time.perf_counter,
-        inline: InlinePolicy | None = None,
     ) -> None:
         self.catalog = catalog
         self.cache = cache
         self.loader = loader
-        self.guards = guards
+        self.predictor = predictor
+        self.max_rows = max_rows
         self._metrics = metrics
         self._batcher = batcher
         self._now = now
-        self._inline = inline
         m = metrics
         self._rejected_rows = m.child(m.rejected, "rows")
-        self._rejected_busy = m.child(m.rejected, "concurrency")
         self._rejected_quarantine = m.child(m.rejected, "quarantine")
-        self._expired_queue = m.child(m.expired, "queue")
-        self._quarantines = m.child(m.quarantines, "predict")
-        self._inline_calls = m.inline_predictions
 
     async def _resolve(self, model: str, version: str) -> tuple[ModelId, ModelVersion]:
         try:
@@ -135,9 +98,7 @@ class Dataplane:
             return entry
         self._metrics.child(self._metrics.misses, "memory").inc()
         model = await self.loader.load(mid, mv)
-        warm_s = getattr(model, "warm_s", None)
-        if self._inline is not None and warm_s is not None:
-            self._inline.seed(mid, warm_s)
+        self.predictor.loaded(mid, model)
         entry = self.cache.acquire(mid)
         if entry is None:
             # Displaced between admission and now (heavy pressure): serve from the object we
@@ -147,9 +108,8 @@ class Dataplane:
 
     async def infer(self, req: InferRequest, deadline: float | None = None) -> InferResult:
         """Answer one request (see the module docstring); ``deadline`` in monotonic seconds."""
-        g = self.guards
         try:
-            check_rows(req.inputs, g.max_rows)
+            check_rows(req.inputs, self.max_rows)
         except ResourceExhausted:
             self._rejected_rows.inc()
             raise
@@ -157,7 +117,7 @@ class Dataplane:
         label = f"{req.model}:{mv.version}"
         arrays = check_inputs(label, mv.signature, req.inputs)
         wanted = select_outputs(mv.signature, req.outputs)
-        quarantined = g.quarantine.check(mid)
+        quarantined = self.predictor.check(mid)
         if quarantined is not None:
             self._rejected_quarantine.inc()
             raise quarantined
@@ -168,120 +128,12 @@ class Dataplane:
             if self._batcher is not None and _batchable(mv):
                 outs = await self._batcher.predict(mid, model, arrays[0], deadline)
             else:
-                outs = await self._predict(mid, model, arrays, deadline)
+                outs = await self.predictor.predict(mid, model, arrays, deadline)
         finally:
             self.cache.release(entry)
         specs = mv.signature.outputs
         tensors = tuple(output_tensor(specs[i].name, outs[i]) for i in wanted if i < len(outs))
         return InferResult(req.model, mv.version, tensors, req.id)
-
-    async def _predict(
-        self, mid: ModelId, model: Model, arrays: list[np.ndarray], deadline: float | None
-    ) -> list[np.ndarray]:
-        """One runtime call under the model's concurrency bound, the pool's gate and timeout."""
-        g = self.guards
-        name = f"{mid.tenant}/{mid.name}"
-        try:
-            await g.limiter.acquire(name, deadline)
-        except ResourceExhausted:
-            self._rejected_busy.inc()
-            raise
-        except DeadlineExceeded:
-            self._expired_queue.inc()
-            raise
-        try:
-            rows = len(arrays[0]) if arrays and arrays[0].ndim else 1
-            faults = g.faults.affects("predict", name)
-            predict = g.faults.wrap("predict", name, partial(model.predict, arrays))
-            inline = self._inline
-            if (
-                inline is not None
-                and not faults
-                and inline.eligible(mid, getattr(model, "bounded", False), arrays)
-            ):
-                return self._predict_inline(mid, predict, rows, deadline)
-            observe = self._metrics.batch_rows.observe
-            took = 0.0
-
-            def call() -> list[np.ndarray]:  # on the pool thread, once it is sure to run
-                nonlocal took
-                observe(rows)
-                started = time.thread_time()
-                out = predict()
-                took = time.thread_time() - started
-                return out
-
-            try:
-                outs = await g.calls.run(mid, call, deadline)
-            except WorkerError:  # not run (deadline passed, no thread): not the model's fault
-                raise
-            except Abandoned as exc:
-                err = FailedPrecondition(f"{mid} is quarantined: a prediction hung ({exc})")
-                if inline is not None:
-                    inline.forget(mid)
-                self._quarantine(mid, err, immediate=True)
-                raise DeadlineExceeded(
-                    f"{exc} (SHOAL_PREDICT_TIMEOUT_S) and was abandoned; {mid} is quarantined"
-                ) from None
-            except Exception as exc:
-                raise self._failed(mid, exc) from None
-            if inline is not None:
-                inline.observe(mid, took)
-            self._succeeded(mid)
-            return outs
-        finally:
-            g.limiter.release(name)
-
-    def _predict_inline(
-        self,
-        mid: ModelId,
-        predict: Callable[[], list[np.ndarray]],
-        rows: int,
-        deadline: float | None,
-    ) -> list[np.ndarray]:
-        """A short prediction run on the event loop (``worker.inline``): no thread hand-off."""
-        if deadline is not None and time.monotonic() > deadline:
-            self._metrics.child(self._metrics.expired, "pool").inc()
-            raise DeadlineExceeded(f"deadline passed before {mid} was run; not run")
-        self._metrics.batch_rows.observe(rows)
-        self._inline_calls.inc()
-        started = time.thread_time()
-        try:
-            outs = predict()
-        except Exception as exc:
-            raise self._failed(mid, exc) from None
-        assert self._inline is not None
-        self._inline.observe(mid, time.thread_time() - started)
-        self._succeeded(mid)
-        return outs
-
-    def _failed(self, mid: ModelId, exc: Exception) -> WorkerError:
-        """A runtime exception: counts towards quarantine; the error to answer."""
-        log.error("prediction of %s failed", mid, exc_info=exc)
-        if self._inline is not None:
-            self._inline.forget(mid)
-        what = f"{type(exc).__name__}: {exc}"
-        self._quarantine(
-            mid, FailedPrecondition(f"{mid} is quarantined: its predictions fail ({what})")
-        )
-        return Internal(f"prediction of {mid} failed: {what}")
-
-    def _succeeded(self, mid: ModelId) -> None:
-        quarantine = self.guards.quarantine
-        if len(quarantine):
-            quarantine.clear(mid)
-
-    def _quarantine(self, mid: ModelId, err: WorkerError, immediate: bool = False) -> None:
-        delay = self.guards.quarantine.record(mid, err, immediate)
-        if delay:
-            self._quarantines.inc()
-            log.error("%s quarantined for %.1fs: %s", mid, delay, err.message)
-
-    async def run_batch(
-        self, key: object, model: object, rows: np.ndarray, deadline: float | None
-    ) -> list[np.ndarray]:
-        """The batcher's runner: one merged runtime call, guarded like any prediction."""
-        return await self._predict(cast(ModelId, key), cast(Model, model), [rows], deadline)
 
     async def model_ready(self, model: str, version: str) -> bool:
         """Whether the version is resident and not quarantined (never triggers a load)."""
@@ -289,7 +141,7 @@ class Dataplane:
             mid, _mv = await self._resolve(model, version)
         except NotFound:
             return False
-        return mid in self.cache and self.guards.quarantine.check(mid) is None
+        return mid in self.cache and self.predictor.check(mid) is None
 
     async def model_metadata(self, model: str, version: str) -> ModelMeta:
         try:

@@ -36,13 +36,15 @@ from worker.batching import Batcher
 from worker.cache import CacheEvent, Tier, TieredCache
 from worker.calls import RuntimeCalls
 from worker.catalog import Catalog
-from worker.dataplane import Dataplane, Guards
+from worker.dataplane import Dataplane
 from worker.diskcache import DiskCache
 from worker.faults import Faults
 from worker.inline import InlinePolicy
 from worker.limits import ModelLimiter
-from worker.loader import FailureMemory, Loader
+from worker.loader import Loader
 from worker.metrics import WorkerMetrics
+from worker.predictor import Predictor
+from worker.quarantine import FailureMemory
 from worker.registration import Registration
 from worker.servicer import AdminServicer, Edge, inference_handler
 from worker.settings import WorkerSettings, host_memory_bytes, resolve_budget
@@ -146,7 +148,7 @@ class WorkerServer:
             digests,
             faults,
         )
-        guards = Guards(
+        predictor = Predictor(
             predict_calls,
             ModelLimiter(s.model_concurrency(), s.model_max_queue, s.model_queue_wait_s),
             FailureMemory(
@@ -155,22 +157,27 @@ class WorkerServer:
                 threshold=s.quarantine_after,
                 stuck=predict_calls.stuck,
             ),
-            s.max_request_rows,
+            m,
+            InlinePolicy(s.inline_max_us / 1e6, s.inline_max_bytes)
+            if s.inline_max_us > 0
+            else None,
             faults,
         )
-        inline = (
-            InlinePolicy(s.inline_max_us / 1e6, s.inline_max_bytes) if s.inline_max_us > 0 else None
-        )
-        self._loader = loader
-        self.dataplane = dp = Dataplane(self._catalog, cache, loader, guards, m, inline=inline)
-        if s.batching_enabled(self.device):
-            dp._batcher = Batcher(
-                dp.run_batch,
+        batcher = (
+            Batcher(
+                predictor.run_batch,
                 s.max_batch_rows,
                 s.max_delay_us / 1e6,
                 when_idle=s.batch_when_idle,
                 on_expired=m.child(m.expired, "batch").inc,
             )
+            if s.batching_enabled(self.device)
+            else None
+        )
+        self._loader = loader
+        self.dataplane = dp = Dataplane(
+            self._catalog, cache, loader, predictor, m, s.max_request_rows, batcher
+        )
 
         server = grpc.aio.server(
             options=[

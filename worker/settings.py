@@ -63,7 +63,7 @@ class WorkerSettings(CommonSettings):
     load_backoff_s: float = doc("first retry delay after a failed load, seconds", 1.0)
     load_backoff_max_s: float = doc("longest retry delay after repeated failed loads", 60.0)
     record_cache_size: int = doc("model records kept in memory (LRU)", 100_000)
-    # --- limits and poison containment (worker/limits.py, calls.py, dataplane.py) ----------
+    # --- limits and poison containment (worker/limits.py, calls.py, predictor.py) ----------
     max_request_bytes: int = doc(
         "largest ModelInfer message accepted, bytes (RESOURCE_EXHAUSTED above); the default is "
         "the router's 64 MiB plus room for the routing fields the router appends",

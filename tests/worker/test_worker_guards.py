@@ -24,8 +24,8 @@ from worker.errors import (
 )
 from worker.faults import Faults
 from worker.limits import Admission, ModelLimiter, Slots, check_rows
-from worker.loader import FailureMemory
 from worker.metrics import WorkerMetrics
+from worker.quarantine import FailureMemory
 from worker.types import ModelId, Tensor
 
 # --- slots and the per-model bound ----------------------------------------------------------

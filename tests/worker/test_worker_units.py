@@ -22,7 +22,7 @@ from worker.catalog import Catalog, parse_version
 from worker.convert import infer_request_from_proto, infer_response_to_proto, output_tensor
 from worker.diskcache import DiskCache
 from worker.errors import Code, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from worker.loader import FailureMemory
+from worker.quarantine import FailureMemory
 from worker.types import InferResult, ModelId, Tensor
 from worker.validate import check_inputs, select_outputs
 
