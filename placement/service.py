@@ -124,14 +124,14 @@ class PlacementService:
         interceptors = []
         if s.auth:
             # Control-plane calls need an admin key (SECURITY.md); keys come from etcd.
-            checker = KeyChecker(lambda t: admin.get(tenant_key(t)) if t == ADMIN else None)
             admin = self._admin_keys = PrefixMirror(
-                store,
-                tenant_key(ADMIN),
-                lambda k, v, rev: TenantConfig.decode(v),
-                on_change=lambda keys: checker.invalidate(),
+                store, tenant_key(ADMIN), lambda k, v, rev: TenantConfig.decode(v)
             )
             await admin.start()
+            checker = KeyChecker(
+                lambda t: admin.get(tenant_key(t)) if t == ADMIN else None,
+                generation=lambda: admin.changes,
+            )
             interceptors.append(KeyInterceptor(checker, admin_only=True))
         # Artifacts arrive in chunks; the whole-message cap only needs to fit one chunk.
         self._server = grpc.aio.server(

@@ -14,6 +14,7 @@ import grpc
 from prometheus_client import start_http_server
 
 from router.core import Router
+from router.forward import Forwarder
 from router.load import LoadReporter
 from router.metrics import RouterMetrics
 from router.server import RouterService
@@ -21,6 +22,7 @@ from router.settings import RouterSettings
 from router.shadow import RotatingJsonl, ShadowSender
 from router.view import ClusterView
 from shoal import tls
+from shoal.auth import KeyChecker
 from shoal.etcd import EtcdStore
 
 log = logging.getLogger(__name__)
@@ -37,34 +39,39 @@ class RouterApp:
         self.router: Router | None = None
 
     async def start(self) -> None:
+        """Build the graph in one direction (view, forwarder, shadow sender, load reporter,
+        router, endpoint), then start its background parts and serve."""
         s = self.settings
-        self._store = await EtcdStore(s.etcd).connect()
-        view = ClusterView(self._store)
+        self._store = store = await EtcdStore(s.etcd).connect()
+        view = ClusterView(store)
         await view.start()
-        self.router = router = Router(view, s, self.metrics)
         self.metrics.view_stale.set_function(lambda: 1.0 if view.stale else 0.0)
-        shadow_log = RotatingJsonl(
-            Path(s.data_dir) / "shadow" / "shadow.jsonl", s.shadow_log_bytes, s.shadow_log_keep
-        )
-        router.shadow = ShadowSender(
-            router.send_shadow, self.metrics, shadow_log, s.shadow_queue, s.shadow_atol
-        )
-        router.shadow.start()
-        self._server = grpc.aio.server(
+        self._server = server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._server.add_generic_rpc_handlers((RouterService(router).handler(),))
-        port = tls.add_port(self._server, f"{s.host}:{s.port}", s)
-        await self._server.start()
+        port = tls.add_port(server, f"{s.host}:{s.port}", s)
         self.address = f"{s.host}:{port}"
-        router.load = LoadReporter(
-            self._store, s.router_id or f"router-{s.host}-{port}", s.load_interval_s
+        forwarder = Forwarder(view, s, self.metrics)
+        shadow_log = RotatingJsonl(
+            Path(s.data_dir) / "shadow" / "shadow.jsonl", s.shadow_log_bytes, s.shadow_log_keep
         )
-        router.load.start()
+        shadow = ShadowSender(
+            forwarder.send_shadow, self.metrics, shadow_log, s.shadow_queue, s.shadow_atol
+        )
+        load = LoadReporter(store, s.router_id or f"router-{s.host}-{port}", s.load_interval_s)
+        self.router = router = Router(
+            view, s, self.metrics, forwarder=forwarder, shadow=shadow, load=load
+        )
+        # Keys are cached until the tenant records change (a revocation applies at once).
+        keys = KeyChecker(view.tenant, generation=lambda: view.tenants.changes) if s.auth else None
+        server.add_generic_rpc_handlers((RouterService(router, keys).handler(),))
+        shadow.start()
+        await server.start()
+        load.start()
         if s.metrics_port >= 0:
             httpd, _ = start_http_server(s.metrics_port, s.host, registry=self.metrics.registry)
             self.metrics_address = f"{s.host}:{httpd.server_port}"

@@ -12,7 +12,8 @@ import time
 
 import grpc
 
-from router.core import RouteError, Router
+from router.core import Router
+from router.errors import RouteError
 from shoal import __version__
 from shoal.auth import AuthError, KeyChecker, Principal, bearer
 from shoal.frameworks import platform
@@ -21,13 +22,12 @@ from shoal.pb import shoal_inference_pb2 as pb
 
 
 class RouterService:
-    def __init__(self, router: Router) -> None:
+    """The endpoint over ``router``; with ``keys``, every model call needs a tenant's key."""
+
+    def __init__(self, router: Router, keys: KeyChecker | None = None) -> None:
         self.router = router
         self.metrics = router.metrics
-        self.keys: KeyChecker | None = None
-        if router.settings.auth:
-            self.keys = KeyChecker(router.view.tenant)
-            router.view.on_tenants_change.append(self.keys.invalidate)
+        self.keys = keys
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal | None:
         """The caller, when keys are required; aborts with UNAUTHENTICATED otherwise."""
@@ -92,7 +92,7 @@ class RouterService:
         principal = await self._principal(context)
         try:
             route = self.router.route(req.name, req.version, principal)
-            members = self.router.candidates(route.tenant, route.name, route.version)
+            members = self.router.forwarder.candidates(route.tenant, route.name, route.version)
         except RouteError:
             return pb.ModelReadyResponse(ready=False)
         live = self.router.view.live_worker_ids(route.version.pool)

@@ -12,7 +12,6 @@ known models keep answering.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from shoal.mirror import PrefixMirror
 from shoal.records import (
@@ -56,7 +55,6 @@ class ClusterView:
         self._mirrors = (self.models, self.snapshots, self.tenants, self.workers, self.cluster)
         self._placements: dict[str, Placement] = {}
         self._live: dict[str, frozenset[str]] = {}
-        self.on_tenants_change: list[Callable[[], None]] = []
 
     async def start(self, ready_within: float = 30.0) -> None:
         await asyncio.gather(*(m.start(ready_within=ready_within) for m in self._mirrors))
@@ -77,8 +75,6 @@ class ClusterView:
 
     def _tenants_changed(self, keys: set[str]) -> None:
         self._placements.clear()
-        for hook in self.on_tenants_change:
-            hook()
 
     def tenant(self, tenant: str) -> TenantConfig | None:
         return self.tenants.get(tenant_key(tenant))

@@ -8,7 +8,8 @@ tenant id can equal (ids start with ``[a-z0-9]``).
 
 Secrets are 256 random bits, so one salted SHA-256 is enough (nothing to brute-force); the
 comparison is constant-time. ``KeyChecker`` caches verified keys and forgets them whenever the
-tenant records change, so a revocation takes effect as soon as the change reaches the mirror.
+tenant records change (its ``generation`` moves), so a revocation takes effect as soon as the
+change reaches the mirror.
 """
 
 from __future__ import annotations
@@ -97,15 +98,21 @@ class KeyChecker:
     """Resolves bearer keys to principals against the current tenant configs.
 
     ``lookup(tenant)`` returns that tenant's config (from an in-memory mirror). Verified keys
-    are cached (LRU) until ``invalidate()``, which the owner calls on any tenant change.
+    are cached (LRU) while ``generation()`` (e.g. ``PrefixMirror.changes`` of the mirror
+    ``lookup`` reads) stays the same, or until ``invalidate()``.
     """
 
     def __init__(
-        self, lookup: Callable[[str], TenantConfig | None], cache_size: int = 10_000
+        self,
+        lookup: Callable[[str], TenantConfig | None],
+        cache_size: int = 10_000,
+        generation: Callable[[], int] = lambda: 0,
     ) -> None:
         self._lookup = lookup
         self._cache: OrderedDict[str, Principal] = OrderedDict()
         self._cache_size = cache_size
+        self._generation = generation
+        self._seen = generation()
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -113,6 +120,10 @@ class KeyChecker:
     def check(self, key: str | None) -> Principal:
         if not key:
             raise AuthError("missing API key: send 'authorization: Bearer <key>'")
+        generation = self._generation()
+        if generation != self._seen:
+            self._cache.clear()
+            self._seen = generation
         hit = self._cache.get(key)
         if hit is not None:
             return hit

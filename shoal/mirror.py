@@ -46,6 +46,8 @@ class PrefixMirror(Generic[T]):
         self.synced = asyncio.Event()
         self.stale = True
         self.failures = 0
+        #: Bumped on every change of ``items`` (a generation for caches derived from them).
+        self.changes = 0
         self._task: asyncio.Task[None] | None = None
 
     def get(self, key: str) -> T | None:
@@ -83,8 +85,10 @@ class PrefixMirror(Generic[T]):
         changed |= {k for k in fresh.keys() & self.items.keys() if fresh[k] != self.items[k]}
         self.items = fresh
         self.revision = revision
-        if changed and self._on_change:
-            self._on_change(changed)
+        if changed:
+            self.changes += 1
+            if self._on_change:
+                self._on_change(changed)
 
     def _apply(self, ev: WatchEvent) -> None:
         if ev.kind == "delete":
@@ -96,6 +100,7 @@ class PrefixMirror(Generic[T]):
             else:
                 self.items[ev.key] = item
         self.revision = max(self.revision, ev.mod_revision)
+        self.changes += 1
 
     async def _run(self) -> None:
         delay = 0.1

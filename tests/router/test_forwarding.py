@@ -13,7 +13,8 @@ import grpc
 import numpy as np
 import pytest
 
-from router.core import RouteError, Router
+from router.core import Router
+from router.errors import RouteError
 from router.metrics import RouterMetrics
 from router.settings import RouterSettings
 from router.shadow import RotatingJsonl, ShadowSender
@@ -213,13 +214,16 @@ async def test_shadow_copies_are_sent_and_logged(tmp_path: Path) -> None:
         _,
     ):
         log = RotatingJsonl(tmp_path / "shadow.jsonl", 1 << 20, 1)
-        router.shadow = ShadowSender(router.send_shadow, router.metrics, log, queue_size=4)
-        router.shadow.start()
+        sender = ShadowSender(router.forwarder.send_shadow, router.metrics, log, queue_size=4)
+        router = Router(
+            router.view, router.settings, router.metrics, forwarder=router.forwarder, shadow=sender
+        )
+        sender.start()
         for _ in range(3):
             resp = pb.ModelInferResponse.FromString(await router.infer(_request(), 5.0))
             assert resp.model_version == "1"
-        await asyncio.wait_for(router.shadow.drain(), 10)
-        await router.shadow.stop()
+        await asyncio.wait_for(sender.drain(), 10)
+        await sender.stop()
         reg = router.metrics.registry
         assert (
             reg.get_sample_value("shoal_router_shadow_compared_total", {"model": "acme/churn"}) == 3
