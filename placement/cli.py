@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,29 +184,13 @@ def _run_service(ns: argparse.Namespace) -> int:
         settings = from_env(PlacementSettings, **overrides)
     except (ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
+    from placement.service import PlacementService
+    from shoal.runner import Runner
+
     try:
-        asyncio.run(_serve(settings))
+        return asyncio.run(Runner(PlacementService(settings)).serve())
     except OSError as exc:
         raise CliError(f"placement service: {exc}") from None
-    return 0
-
-
-async def _serve(settings: PlacementSettings) -> None:
-    from placement.service import PlacementService
-
-    service = PlacementService(settings)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await service.start()
-    try:
-        if service.metrics_address:
-            print(f"metrics: {service.metrics_address}", flush=True)
-        print(f"control: {service.address}", flush=True)
-        await stopping.wait()
-    finally:
-        await service.stop()
 
 
 # --- client plumbing ------------------------------------------------------------------------

@@ -18,7 +18,6 @@ the TTL), then stops the gRPC server with a grace period for calls in flight.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -46,6 +45,7 @@ from shoal.objstore import ObjectStore
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.records import CLUSTER, ClusterConfig, TenantConfig, tenant_key
 from shoal.state import Compare, Put, StateStore
+from shoal.tasks import stop_task, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -195,20 +195,19 @@ class PlacementService:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks)
         for t in done:
             if not t.cancelled() and (exc := t.exception()) is not None:
                 raise exc
 
+    def banner(self) -> list[str]:
+        metrics = [f"metrics: {self.metrics_address}"] if self.metrics_address else []
+        return [*metrics, f"control: {self.address}"]
+
     async def stop(self, grace: float = 5.0) -> None:
         """Resign, stop serving (in-flight calls get ``grace`` seconds), close connections."""
-        if self._lead_task is not None:
-            self._lead_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lead_task
-            self._lead_task = None
+        await stop_task(self._lead_task)
+        self._lead_task = None
         if self._election is not None:
             await self._election.resign()
         if self._server is not None:

@@ -1,4 +1,5 @@
-"""The router process: view + core + gRPC server + metrics, with an explicit lifecycle.
+"""The router process: view + core + gRPC server + metrics, with an explicit lifecycle
+(run by ``shoal.runner.Runner``).
 
 ``RouterApp(settings)`` starts nothing; ``start()`` connects to etcd, reads the view, binds
 the endpoint and the metrics port; ``stop(grace)`` stops accepting, lets in-flight requests
@@ -75,6 +76,9 @@ class RouterApp:
         if s.metrics_port >= 0:
             httpd, _ = start_http_server(s.metrics_port, s.host, registry=self.metrics.registry)
             self.metrics_address = f"{s.host}:{httpd.server_port}"
+
+    def banner(self) -> list[str]:
+        return [f"router: {self.address}", f"metrics: {self.metrics_address}"]
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:

@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 def _run_router(ns: argparse.Namespace) -> int:
     from router.app import RouterApp
     from router.settings import RouterSettings
-    from shoal.runner import serve
+    from shoal.runner import Runner
 
     settings = from_env(
         RouterSettings,
@@ -57,8 +57,7 @@ def _run_router(ns: argparse.Namespace) -> int:
         etcd=ns.etcd,
         data_dir=ns.data_dir,
     )
-    app = RouterApp(settings)
-    return asyncio.run(serve(app, lambda: f"router: {app.address}\nmetrics: {app.metrics_address}"))
+    return asyncio.run(Runner(RouterApp(settings)).serve())
 
 
 def _predict(ns: argparse.Namespace) -> int:

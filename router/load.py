@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from shoal.records import LoadReport, load_key
 from shoal.state import Lease, StateError, StateStore
+from shoal.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ class LoadReporter:
                 self._lease = None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._lease is not None:
             with contextlib.suppress(StateError):
                 await self._lease.revoke()

@@ -23,6 +23,7 @@ import numpy as np
 from router.metrics import RouterMetrics
 from shoal.artifacts import DTYPES
 from shoal.pb import shoal_inference_pb2 as pb
+from shoal.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,7 @@ class ShadowSender:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def offer(self, job: ShadowJob) -> bool:
         try:

@@ -9,7 +9,6 @@ and a streaming lease keep-alive that notices expiry. Every call has a deadline
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from shoal.state import (
     WatchEvent,
     prefix_end,
 )
+from shoal.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ class _EtcdLease:
             await asyncio.sleep(interval)
 
     async def revoke(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         try:
             await self._store._lease.LeaseRevoke(
                 rpc.LeaseRevokeRequest(ID=self.id), timeout=self._store.timeout

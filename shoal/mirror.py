@@ -12,13 +12,13 @@ Readers never block on etcd: ``items``/``get`` read the current dict.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from shoal.state import StateError, StateStore, WatchEvent, read_prefix
+from shoal.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,8 @@ class PrefixMirror(Generic[T]):
             await asyncio.wait_for(self.synced.wait(), ready_within)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def _decode_or_skip(self, key: str, value: bytes, rev: int) -> T | None:
         try:

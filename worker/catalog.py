@@ -19,7 +19,6 @@ watch restarts with backoff. etcd unreachable on a miss raises ``Unavailable``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
@@ -37,6 +36,7 @@ from shoal.records import (
     resolve,
 )
 from shoal.state import StateError, StateStore, StateUnavailable, WatchEvent
+from shoal.tasks import stop_task
 from worker.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,8 @@ class Catalog:
         self._task = asyncio.get_running_loop().create_task(self._watch_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def __len__(self) -> int:
         return len(self._records)

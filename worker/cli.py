@@ -67,10 +67,11 @@ def _run(ns: argparse.Namespace) -> int:
     # Runtimes run one thread per call and the worker parallelises across requests; OpenMP
     # reads this when the runtime libraries load (below), so LightGBM's default is one thread.
     os.environ["OMP_NUM_THREADS"] = "1"
-    from worker.server import serve
+    from shoal.runner import Runner
+    from worker.server import WorkerServer
 
     try:
-        rc = asyncio.run(serve(settings))
+        rc = asyncio.run(Runner(WorkerServer(settings), settings.drain_grace_s).serve())
     except (ValueError, OSError) as exc:
         raise CliError(f"worker: {exc}") from None
     _exit_past_stuck_threads(rc)

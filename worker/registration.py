@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from shoal.records import WorkerInfo
 from shoal.state import Lease, StateError, StateStore
+from shoal.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,8 @@ class Registration:
 
     async def stop(self) -> None:
         """Stop re-registering and revoke the lease: the key disappears now."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         lease, self._lease = self._lease, None
         if lease is not None:
             try:

@@ -2,25 +2,24 @@
 
 Start: resolve device and budgets, open etcd and the object store, rebuild the disk tier's
 index, start the model watch, bind gRPC (inference protocol + WorkerAdmin) and the metrics
-HTTP port, then register in etcd. ``serve()`` prints ``worker: HOST:PORT`` once all of that is
-done, so a parent process can read the address from the first line of stdout.
+HTTP port, then register in etcd. The runner (``shoal.runner.Runner``) prints ``banner()``,
+``worker: HOST:PORT`` first, once all of that is done, so a parent process can read the
+address from the first line of stdout.
 
 Stop (SIGTERM/SIGINT), uvicorn-style: mark the record ``draining``, revoke the lease (the key
 disappears at once; routers stop choosing this worker), stop accepting RPCs and give in-flight
-ones ``drain_grace_s`` to finish (then they are cancelled), and close everything. Exit 0.
+ones the grace period (``drain_grace_s``) to finish (then they are cancelled), and close
+everything. Exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
-import signal
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TextIO
+from typing import Any
 
 import grpc
 from prometheus_client import start_http_server
@@ -206,9 +205,22 @@ class WorkerServer:
             self._etcd, worker_key(s.pool, self.worker_id), self.info, s.lease_ttl
         )
         await self._registration.start()
+        log.info(
+            "worker %s (%s, pool %s) serving on %s, metrics on %s",
+            self.worker_id,
+            self.device,
+            s.pool,
+            self.address,
+            self.metrics_address or "-",
+        )
 
-    async def stop(self) -> None:
-        """Drain and shut down; safe to call once after ``start`` (or a failed start)."""
+    def banner(self) -> list[str]:
+        metrics = [f"metrics: {self.metrics_address}"] if self.metrics_address else []
+        return [f"worker: {self.address}", *metrics]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain (in-flight RPCs get ``grace`` seconds, default ``drain_grace_s``) and shut
+        down; safe to call once after ``start`` (or a failed start)."""
         self.draining = True
         t0 = time.monotonic()
         if self._registration is not None:
@@ -216,7 +228,7 @@ class WorkerServer:
             await self._registration.stop()
             log.info("deregistered in %.3fs", time.monotonic() - t0)
         if self._server is not None:
-            await self._server.stop(self.settings.drain_grace_s)
+            await self._server.stop(self.settings.drain_grace_s if grace is None else grace)
             log.info("drained in %.3fs", time.monotonic() - t0)
         if self._http is not None:
             self._http.shutdown()
@@ -316,33 +328,3 @@ class WorkerServer:
             m.child(m.evictions, ev.src.value).inc()
         if ev.dst is not Tier.GPU and ev.dst is not Tier.HOST:
             self._digests.pop(ev.key, None)
-
-
-async def serve(settings: WorkerSettings, out: TextIO = sys.stdout) -> int:
-    """Run a worker until SIGTERM/SIGINT; print ``worker: ADDRESS`` when ready. Returns 0."""
-    worker = WorkerServer(settings)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await worker.start()
-        print(f"worker: {worker.address}", file=out, flush=True)
-        if worker.metrics_address:
-            print(f"metrics: {worker.metrics_address}", file=out, flush=True)
-        log.info(
-            "worker %s (%s, pool %s) serving on %s, metrics on %s",
-            worker.worker_id,
-            worker.device,
-            settings.pool,
-            worker.address,
-            worker.metrics_address or "-",
-        )
-        await stop.wait()
-        log.info("draining (grace %.1fs)", settings.drain_grace_s)
-    finally:
-        await worker.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(sig)
-    return 0
