@@ -31,7 +31,10 @@ from capacity.inputs import (
 from capacity.model import HotRule, SimConfig
 from capacity.report import dumps, render_table, write_plot
 from capacity.run import simulate
+from shoal.cli.errors import CliError
+from shoal.etcd import EtcdStore
 from shoal.settings import CommonSettings, from_env, parse_bytes
+from shoal.state import StateUnavailable
 
 #: Synthetic streams get this many requests per model, within these bounds ("a few million").
 REQUESTS_PER_MODEL = 3
@@ -143,8 +146,6 @@ class ProgressBar:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from shoal.cli import CliError
-
     try:
         return _run(ns)
     except (InputError, ValueError, RuntimeError) as exc:
@@ -172,9 +173,6 @@ def _factors(specs: list[str]) -> dict[str, float]:
 
 
 def _registry(ns: argparse.Namespace) -> Registry:
-    from shoal.etcd import EtcdStore
-    from shoal.state import StateUnavailable
-
     settings = from_env(CommonSettings, etcd=ns.etcd)
 
     async def read() -> Registry:

@@ -23,6 +23,7 @@ from registry.registration import Registered
 from registry.workers import WorkerAdminClient, list_workers, warm_up
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
+from shoal.records_pb import record_to_proto
 from shoal.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -189,13 +190,13 @@ class ControlService(pb_grpc.ControlServicer):
             request.tenant, request.page_size, request.page_token
         )
         return pb.ListModelsResponse(
-            models=[convert.record_to_proto(r) for r in page.models],
+            models=[record_to_proto(r) for r in page.models],
             next_page_token=page.next_page_token,
         )
 
     @_edge
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelRecord:
-        return convert.record_to_proto(await self.registry.get(request.tenant, request.name))
+        return record_to_proto(await self.registry.get(request.tenant, request.name))
 
     @_edge
     async def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.ModelRecord:
@@ -203,7 +204,7 @@ class ControlService(pb_grpc.ControlServicer):
         if request.wait_loaded:
             await self._warm(t, n, request.version, request.warm_timeout_s or self.warm_timeout_s)
         record = await self.registry.set_alias(t, n, request.alias, request.version)
-        return convert.record_to_proto(record)
+        return record_to_proto(record)
 
     async def _warm(self, tenant: str, name: str, version: int, timeout: float) -> None:
         """Load the version on the members the router would use in the version's pool.
@@ -226,20 +227,20 @@ class ControlService(pb_grpc.ControlServicer):
     @_edge
     async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Any) -> pb.ModelRecord:
         record = await self.registry.delete_alias(request.tenant, request.name, request.alias)
-        return convert.record_to_proto(record)
+        return record_to_proto(record)
 
     @_edge
     async def SetTraffic(self, request: pb.SetTrafficRequest, context: Any) -> pb.ModelRecord:
         record = await self.registry.set_traffic(
             request.tenant, request.name, dict(request.percent)
         )
-        return convert.record_to_proto(record)
+        return record_to_proto(record)
 
     @_edge
     async def SetShadow(self, request: pb.SetShadowRequest, context: Any) -> pb.ModelRecord:
         version, percent = convert.shadow_from_proto(request)
         record = await self.registry.set_shadow(request.tenant, request.name, version, percent)
-        return convert.record_to_proto(record)
+        return record_to_proto(record)
 
     @_edge
     async def DeleteVersions(
@@ -248,7 +249,7 @@ class ControlService(pb_grpc.ControlServicer):
         deleted, record = await self.registry.delete_versions(
             request.tenant, request.name, request.keep_last
         )
-        return pb.DeleteVersionsResponse(deleted=deleted, model=convert.record_to_proto(record))
+        return pb.DeleteVersionsResponse(deleted=deleted, model=record_to_proto(record))
 
     # --- placement and workers ------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from router.metrics import RouterMetrics
-from shoal.artifacts import DTYPES
+from shoal.oip import outputs
 from shoal.pb import shoal_inference_pb2 as pb
 from shoal.tasks import stop_task
 
@@ -36,26 +36,6 @@ class ShadowJob:
     shadow_version: int
     request: bytes  # the original request, version not yet overridden
     primary_response: bytes
-
-
-def outputs(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    """Decode a response's outputs (raw or typed contents) to arrays, by name."""
-    out: dict[str, np.ndarray] = {}
-    for i, t in enumerate(resp.outputs):
-        dtype = DTYPES.get(t.datatype)
-        if dtype is None:
-            continue
-        if i < len(resp.raw_output_contents):
-            arr = np.frombuffer(resp.raw_output_contents[i], dtype=dtype)
-        else:
-            c = t.contents
-            typed = (
-                c.fp32_contents or c.fp64_contents or c.int64_contents or c.int_contents
-                or c.uint64_contents or c.uint_contents or c.bool_contents
-            )  # fmt: skip
-            arr = np.asarray(list(typed), dtype=dtype)
-        out[t.name] = arr.reshape(tuple(t.shape)) if arr.size == int(np.prod(t.shape)) else arr
-    return out
 
 
 class RotatingJsonl:

@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 
+from shoal.artifacts import DTYPES
 from shoal.pb import shoal_inference_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
@@ -85,3 +87,23 @@ class InferenceStub:
         self.ModelInfer = call("ModelInfer")
         #: ModelInfer on bytes in, bytes out (no parsing either way).
         self.ModelInferRaw = channel.unary_unary(path("ModelInfer"))
+
+
+def outputs(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Decode a response's outputs (raw or typed contents) to arrays, by name."""
+    out: dict[str, np.ndarray] = {}
+    for i, t in enumerate(resp.outputs):
+        dtype = DTYPES.get(t.datatype)
+        if dtype is None:
+            continue
+        if i < len(resp.raw_output_contents):
+            arr = np.frombuffer(resp.raw_output_contents[i], dtype=dtype)
+        else:
+            c = t.contents
+            typed = (
+                c.fp32_contents or c.fp64_contents or c.int64_contents or c.int_contents
+                or c.uint64_contents or c.uint_contents or c.bool_contents
+            )  # fmt: skip
+            arr = np.asarray(list(typed), dtype=dtype)
+        out[t.name] = arr.reshape(tuple(t.shape)) if arr.size == int(np.prod(t.shape)) else arr
+    return out

@@ -6,11 +6,19 @@ Flags override ``SHOAL_*`` variables, which override defaults; ``--help`` lists 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from shoal.cli.errors import CliError
+from shoal.runner import Runner
 from shoal.settings import describe, from_env
+from worker.server import WorkerServer
 from worker.settings import WorkerSettings
 
 #: flag -> settings field (flags left unset fall through to the environment).
@@ -55,21 +63,15 @@ def register(sub: Any) -> None:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    import asyncio
-
-    from shoal.cli import CliError
-
     overrides = {field: getattr(ns, field) for field, _kind in _FLAGS.values()}
     try:
         settings = from_env(WorkerSettings, **overrides)
     except (ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
     # Runtimes run one thread per call and the worker parallelises across requests; OpenMP
-    # reads this when the runtime libraries load (below), so LightGBM's default is one thread.
+    # reads this when the runtime libraries load (at the first model load), so LightGBM's
+    # default is one thread.
     os.environ["OMP_NUM_THREADS"] = "1"
-    from shoal.runner import Runner
-    from worker.server import WorkerServer
-
     try:
         rc = asyncio.run(Runner(WorkerServer(settings), settings.drain_grace_s).serve())
     except (ValueError, OSError) as exc:
@@ -86,11 +88,6 @@ def _exit_past_stuck_threads(rc: int, grace_s: float = 2.0) -> None:
     process from ever exiting. Idle pool threads get ``grace_s`` to finish; if any is still
     running after that, logs and streams are flushed and the process leaves with ``os._exit``.
     """
-    import logging
-    import sys
-    import threading
-    import time
-
     deadline = time.monotonic() + grace_s
     pool = [t for t in threading.enumerate() if t.name.startswith(("shoal-predict", "shoal-load"))]
     for t in pool:

@@ -52,10 +52,8 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def cli_args(*args: str) -> list[str]:
-    # Not `-m shoal.cli`: that runs the module as __main__, a second copy whose CliError
-    # class the sub-commands (which import shoal.cli) do not raise; the `shoal` script and
-    # this both use the one imported module.
-    return [sys.executable, "-c", "import sys; from shoal.cli import main; sys.exit(main())", *args]
+    """The ``shoal`` command as a process of this interpreter."""
+    return [sys.executable, "-m", "shoal.cli", *args]
 
 
 def shoal(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:

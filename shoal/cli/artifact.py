@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.artifacts import ArtifactError
+from shoal.cli.errors import CliError
 from shoal.frameworks import inspect_artifact
 
 
@@ -20,8 +21,6 @@ def register(sub: Any) -> None:
 
 
 def _inspect(ns: argparse.Namespace) -> int:
-    from shoal.cli import CliError
-
     try:
         data = ns.file.read_bytes()
     except OSError as exc:

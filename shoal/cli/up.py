@@ -10,6 +10,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from shoal import demo
+from shoal.cli.errors import CliError
+from shoal.cluster import LocalCluster, add_key
+from shoal.manifest import run_manifest
 from shoal.procs import port_open
 
 
@@ -41,9 +45,6 @@ def _wait_for_signal() -> None:
 
 
 def _up(ns: argparse.Namespace) -> int:
-    from shoal.cli import CliError
-    from shoal.cluster import LocalCluster
-
     for port, what in ((ns.router_port, "--router-port"), (ns.control_port, "--control-port")):
         if port and port_open("127.0.0.1", port):
             raise CliError(
@@ -85,11 +86,6 @@ def _up(ns: argparse.Namespace) -> int:
 
 
 def _demo(cluster: Any, data_dir: Path, tenants: int) -> str:
-    from shoal import demo
-    from shoal.cli import CliError
-    from shoal.cluster import add_key
-    from shoal.manifest import run_manifest
-
     out = data_dir / "demo"
     stamp = out / "built.json"
     want = {"tenants": tenants, "version": 1}

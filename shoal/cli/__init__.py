@@ -1,9 +1,14 @@
 """The ``shoal`` command: one sub-command per user task, one per process role.
 
-Each sub-command lives beside the code it drives (``worker/cli.py``, ``placement/cli.py``,
-...) and exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
-function taking the parsed namespace and returning an exit status. Failures print one line
-(``shoal: <reason>``) and exit non-zero.
+Client commands live in this package, on one control-plane client (``control``):
+``register``, ``models``, ``alias``, ``traffic``, ``shadow``, ``placement show`` and
+``workers``; ``predict`` talks to the router, ``keys`` and ``tenants`` to etcd, ``inspect``
+to nothing, and ``up`` starts a local cluster. Each process role keeps only its "run me"
+command beside its code (``router/cli.py``, ``worker/cli.py``, ``placement/cli.py``), as does
+capacity planning (``capacity/cli.py``). Every command module exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a function taking the parsed namespace and
+returning an exit status. Failures raise ``CliError`` (``shoal.cli.errors``): one line
+(``shoal: <reason>``) and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -14,21 +19,25 @@ import logging
 import sys
 from collections.abc import Sequence
 
-#: Modules that contribute sub-commands, in help order.
+from shoal.cli.errors import CliError
+
+#: Modules that contribute sub-commands, in help order. Named rather than imported: shoal/ is
+#: what every role builds on, so it does not import the roles; the parser is built from these.
 COMMAND_MODULES: tuple[str, ...] = (
-    "shoal.cli_local",
-    "shoal.cli_up",
+    "shoal.cli.artifact",
+    "shoal.cli.up",
     "router.cli",
+    "shoal.cli.predict",
     "worker.cli",
     "placement.cli",
+    "shoal.cli.cluster",
+    "shoal.cli.models",
+    "shoal.cli.register",
+    "shoal.cli.routing",
     "capacity.cli",
-    "shoal.cli_keys",
-    "shoal.cli_tenants",
+    "shoal.cli.keys",
+    "shoal.cli.tenants",
 )
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,12 +63,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    # Run as ``python -m shoal.cli``: this file is then ``__main__``, a second copy of the
-    # module. Sub-commands raise ``shoal.cli.CliError``, so dispatch through that module, or
-    # its errors would not be this copy's class and would escape as tracebacks.
-    from shoal import cli as _cli
-
-    sys.exit(_cli.main())

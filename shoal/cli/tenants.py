@@ -15,7 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 from shoal.auth import update_tenant
-from shoal.cli_keys import _with_store
+from shoal.cli.errors import CliError
+from shoal.cli.etcd import with_store
 from shoal.records import TenantConfig, check_ident, tenant_key
 from shoal.state import StateStore
 
@@ -69,8 +70,6 @@ async def _get(store: StateStore, tenant: str) -> TenantConfig:
 
 
 def _check(ns: argparse.Namespace) -> None:
-    from shoal.cli import CliError
-
     try:
         check_ident("tenant", ns.tenant)
     except ValueError as exc:
@@ -83,14 +82,12 @@ def _check(ns: argparse.Namespace) -> None:
 
 def _show(ns: argparse.Namespace) -> int:
     _check(ns)
-    cfg = asyncio.run(_with_store(ns, lambda s: _get(s, ns.tenant)))
+    cfg = asyncio.run(with_store(ns, lambda s: _get(s, ns.tenant)))
     _print(cfg, ns.json)
     return 0
 
 
 def _set(ns: argparse.Namespace) -> int:
-    from shoal.cli import CliError
-
     _check(ns)
     changes = {
         k: v
@@ -104,7 +101,7 @@ def _set(ns: argparse.Namespace) -> int:
     if not changes:
         raise CliError("nothing to set: give --rate-limit, --max-in-flight or --shard-size")
     cfg = asyncio.run(
-        _with_store(ns, lambda s: update_tenant(s, ns.tenant, lambda c: replace(c, **changes)))
+        with_store(ns, lambda s: update_tenant(s, ns.tenant, lambda c: replace(c, **changes)))
     )
     _print(cfg, ns.json)
     return 0

@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from typing import Any
 
 from shoal.auth import ADMIN, create_key, list_keys, revoke_key
-from shoal.etcd import EtcdStore
-from shoal.state import StateError
+from shoal.cli.errors import CliError
+from shoal.cli.etcd import with_store
 
 
 def register(sub: Any) -> None:
@@ -37,8 +36,6 @@ def register(sub: Any) -> None:
 
 
 def _tenant(ns: argparse.Namespace) -> str:
-    from shoal.cli import CliError
-
     if getattr(ns, "admin", False):
         return ADMIN
     if not ns.tenant:
@@ -46,23 +43,9 @@ def _tenant(ns: argparse.Namespace) -> str:
     return str(ns.tenant)
 
 
-def _etcd(ns: argparse.Namespace) -> str:
-    return str(ns.etcd or os.environ.get("SHOAL_ETCD", "http://127.0.0.1:2379"))
-
-
-async def _with_store(ns: argparse.Namespace, fn: Any) -> Any:
-    from shoal.cli import CliError
-
-    try:
-        async with EtcdStore(_etcd(ns)) as store:
-            return await fn(store)
-    except (StateError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-
-
 def _create(ns: argparse.Namespace) -> int:
     tenant = _tenant(ns)
-    key, key_id = asyncio.run(_with_store(ns, lambda s: create_key(s, tenant)))
+    key, key_id = asyncio.run(with_store(ns, lambda s: create_key(s, tenant)))
     if ns.json:
         print(json.dumps({"tenant": tenant, "key_id": key_id, "key": key}))
     else:
@@ -72,7 +55,7 @@ def _create(ns: argparse.Namespace) -> int:
 
 def _list(ns: argparse.Namespace) -> int:
     tenant = _tenant(ns)
-    ids = asyncio.run(_with_store(ns, lambda s: list_keys(s, tenant)))
+    ids = asyncio.run(with_store(ns, lambda s: list_keys(s, tenant)))
     if ns.json:
         print(json.dumps({"tenant": tenant, "key_ids": ids}))
     else:
@@ -82,9 +65,7 @@ def _list(ns: argparse.Namespace) -> int:
 
 
 def _revoke(ns: argparse.Namespace) -> int:
-    from shoal.cli import CliError
-
-    found = asyncio.run(_with_store(ns, lambda s: revoke_key(s, ns.tenant, ns.key_id)))
+    found = asyncio.run(with_store(ns, lambda s: revoke_key(s, ns.tenant, ns.key_id)))
     if not found:
         raise CliError(f"tenant {ns.tenant} has no key {ns.key_id}")
     print(f"revoked {ns.key_id}")
