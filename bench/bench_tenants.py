@@ -42,7 +42,7 @@ Figures:
 * **hit and miss latency p50/p99** (client-side, through the router, concurrency 1): each of
   the last ``BENCH_TENANTS_CLASSIFY`` requests is classified exactly, not by a latency
   threshold: before and after it the counters of its primary worker (computed with the
-  router's own code, ``placement.shard.Placement`` + ``router.choose.WarmPrimaryPolicy``, from
+  router's own code, ``shoal.shard.Placement`` + ``router.choose.WarmPrimaryPolicy``, from
   the live snapshot and salt) are scraped; a request is a hit when that worker's hit counter
   moved by one and its miss counter did not, a miss the other way round; anything else (it
   went to another worker, or something else touched the cache) is counted as unclassified and

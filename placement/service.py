@@ -5,8 +5,8 @@ Lifecycle (``start`` / ``stop``; the constructor starts nothing):
 
 1. connect to etcd and make sure ``/shoal/cluster`` exists (created once, with a random
    secret salt, by a create-if-absent transaction: two instances starting together agree);
-2. serve ``shoal.v1.Control`` (both instances serve it: every registry write is a CAS, safe
-   from either);
+2. serve ``shoal.v1.Control`` (``registry.control`` over ``registry.facade.Registry``; both
+   instances serve it: every registry write is a CAS, safe from either);
 3. campaign for leadership in the background. While leading, run the snapshot publisher and
    the hot-tenant loop, both fenced by the election key; when the lease is lost, or a fenced
    write fails, stop them and campaign again.
