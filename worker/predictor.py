@@ -48,6 +48,11 @@ from worker.types import ModelId
 
 log = logging.getLogger(__name__)
 
+Outs = list[np.ndarray]
+#: One runtime call, ready to run (the model's predict on its inputs, faults wrapped in).
+Call = Callable[[], Outs]
+Deadline = float | None
+
 
 class Predictor:
     """Guarded predictions (see the module docstring)."""
@@ -113,13 +118,7 @@ class Predictor:
         """The batcher's runner: one merged runtime call, guarded like any prediction."""
         return await self.predict(cast(ModelId, key), cast(Model, model), [rows], deadline)
 
-    async def _pooled_call(
-        self,
-        mid: ModelId,
-        call: Callable[[], list[np.ndarray]],
-        rows: int,
-        deadline: float | None,
-    ) -> list[np.ndarray]:
+    async def _pooled_call(self, mid: ModelId, call: Call, rows: int, deadline: Deadline) -> Outs:
         observe = self._metrics.batch_rows.observe
         took = 0.0
 
@@ -148,13 +147,7 @@ class Predictor:
         self._succeeded(mid, took)
         return outs
 
-    def _inline_call(
-        self,
-        mid: ModelId,
-        call: Callable[[], list[np.ndarray]],
-        rows: int,
-        deadline: float | None,
-    ) -> list[np.ndarray]:
+    def _inline_call(self, mid: ModelId, call: Call, rows: int, deadline: Deadline) -> Outs:
         """A short prediction run on the event loop (``worker.inline``): no thread hand-off."""
         if deadline is not None and time.monotonic() > deadline:
             self._expired_pool.inc()
