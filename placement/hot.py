@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from placement.publisher import NotLeader
 from shoal.records import LOAD, TENANTS, LoadReport, TenantConfig, tenant_key
 from shoal.state import KV, Compare, Put, StateError, StateStore, iter_prefix
 
@@ -171,8 +172,6 @@ class HotTenantLoop:
         self._on_change = on_change
 
     async def run(self) -> None:
-        from placement.publisher import NotLeader
-
         await self._adopt()
         while True:
             try:
@@ -193,8 +192,6 @@ class HotTenantLoop:
 
     async def tick(self) -> list[TenantConfig]:
         """One round: returns the records written."""
-        from placement.publisher import NotLeader
-
         reports = []
         async for kv, _ in iter_prefix(self._store, LOAD):
             try:
