@@ -1,0 +1,196 @@
+//! The front door: accept connections (h2c, or TLS with ALPN h2), serve HTTP/2 on each, and
+//! shut down gracefully (stop accepting, GOAWAY to every connection, let open streams
+//! finish) when told to.
+
+use std::fs;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use super::service::handle;
+use super::Shared;
+
+/// Open connections, so a stop can wait for them to finish.
+#[derive(Default)]
+pub struct Connections {
+    open: AtomicUsize,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+struct Open(Arc<Connections>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accept until `stop` turns true, then return (dropping the listener: no new connections).
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Connections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => return,
+        };
+        let (tcp, _) = match accepted {
+            Ok(x) => x,
+            Err(_) => {
+                // Out of descriptors or a connection reset before accept: back off briefly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        connections.open.fetch_add(1, Ordering::AcqRel);
+        let open = Open(connections.clone());
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            match tls {
+                None => serve_connection(shared, tcp, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        serve_connection(shared, stream, stop).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<I>(shared: Arc<Shared>, io: I, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max = shared.config.max_message_bytes;
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| handle(svc_shared.clone(), req));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_frame_size(1 << 16)
+        .max_concurrent_streams(1024)
+        .max_header_list_size(64 << 10)
+        .max_send_buf_size(max.clamp(1 << 16, 4 << 20))
+        .keep_alive_interval(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn read(path: &str) -> io::Result<Vec<u8>> {
+    fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read TLS file {path}: {e}")))
+}
+
+fn certs(path: &str) -> io::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        return Err(io::Error::other(format!("no certificate in {path}")));
+    }
+    Ok(certs)
+}
+
+fn key(path: &str) -> io::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut &pem[..])?
+        .ok_or_else(|| io::Error::other(format!("no private key in {path}")))
+}
+
+fn roots(path: &str) -> io::Result<rustls::RootCertStore> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in certs(path)? {
+        store.add(c).map_err(io::Error::other)?;
+    }
+    Ok(store)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS for the listener: `cert`/`key`, and with `client_auth` a client certificate that
+/// chains to `ca` is required.
+pub fn server_tls(
+    cert: &str,
+    key_path: &str,
+    ca: &str,
+    client_auth: bool,
+) -> io::Result<TlsAcceptor> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?;
+    let builder = if client_auth && !ca.is_empty() {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(ca)?),
+            provider(),
+        )
+        .build()
+        .map_err(io::Error::other)?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
+        .with_single_cert(certs(cert)?, key(key_path)?)
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// TLS for calls to workers: verify them against `ca`; present `cert`/`key` when given
+/// (mutual TLS).
+pub fn client_tls(ca: &str, cert: &str, key_path: &str) -> io::Result<Arc<rustls::ClientConfig>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots(ca)?);
+    let mut config = if !cert.is_empty() && !key_path.is_empty() {
+        builder
+            .with_client_auth_cert(certs(cert)?, key(key_path)?)
+            .map_err(io::Error::other)?
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
