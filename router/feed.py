@@ -135,7 +135,9 @@ class PrefixFeed:
                 self._flush()
                 self.failures += 1
                 if not self.stale:
-                    log.warning("lost etcd watch on %s (%s); serving the last view", self.prefix, exc)
+                    log.warning(
+                        "lost etcd watch on %s (%s); serving the last view", self.prefix, exc
+                    )
                 self._set_stale(True)
             await asyncio.sleep(delay * (0.5 + self._rng.random()))
             delay = min(delay * 2, self._backoff_max)
