@@ -1,5 +1,6 @@
 //! Calls to workers: one pooled HTTP/2 connection per worker address (h2c, or mutual TLS
-//! when configured), reopened on demand after it breaks.
+//! when configured), reopened on demand after it breaks. h2 directly: a request's HEADERS and
+//! DATA frames are queued together and leave in one write.
 //!
 //! A call sends one framed request message and reads the whole answer (unary responses are
 //! small: outputs for a few rows) so the gateway can decide to retry before anything reaches
@@ -8,22 +9,33 @@
 //! retried on another member), or the deadline (`Deadline`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::buf::Chain;
+use bytes::{Buf, Bytes};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Limited};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::grpc::{format_timeout, Chunks, Code, Status};
+use super::grpc::{self, format_timeout, Code, Status};
 
 /// Trailing metadata of a worker refusal that another member may not give (a model's
 /// concurrency line full on that worker): the next member is tried, nothing is ejected.
 pub const RETRY_ELSEWHERE: (&str, &str) = ("shoal-retry", "elsewhere");
+
+/// A framed request as three pieces sent as one DATA frame: the 5-byte gRPC header, the
+/// client's message as received, and the appended version field.
+pub type Payload = Chain<Chain<Bytes, Bytes>, Bytes>;
+
+pub fn payload(parts: &[Bytes; 3]) -> Payload {
+    parts[0]
+        .clone()
+        .chain(parts[1].clone())
+        .chain(parts[2].clone())
+}
 
 /// A worker's answer.
 #[derive(Debug)]
@@ -43,21 +55,31 @@ pub enum CallError {
     Deadline,
 }
 
+/// One open connection: its request handle, and whether its driver task has ended.
+#[derive(Clone)]
+struct Conn {
+    sender: h2::client::SendRequest<Payload>,
+    closed: Arc<AtomicBool>,
+}
+
 struct Upstream {
     authority: Authority,
     host: String,
-    sender: Mutex<Option<SendRequest<Chunks>>>,
+    conn: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl Upstream {
-    fn current(&self) -> Option<SendRequest<Chunks>> {
-        let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    fn current(&self) -> Option<Conn> {
+        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|c| !c.closed.load(Ordering::Acquire))
+            .cloned()
     }
 
     fn forget(&self) {
-        *self.sender.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -97,28 +119,28 @@ impl Upstreams {
                 .trim_matches(|c| c == '[' || c == ']')
                 .to_string(),
             authority,
-            sender: Mutex::new(None),
+            conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         });
         conns.insert(address.to_string(), u.clone());
         Ok(u)
     }
 
-    async fn sender(&self, u: &Upstream) -> Result<SendRequest<Chunks>, CallError> {
-        if let Some(s) = u.current() {
-            return Ok(s);
+    async fn conn(&self, u: &Upstream) -> Result<Conn, CallError> {
+        if let Some(c) = u.current() {
+            return Ok(c);
         }
         // One connection attempt at a time per worker; the others wait and share it.
         let _one = u.connecting.lock().await;
-        if let Some(s) = u.current() {
-            return Ok(s);
+        if let Some(c) = u.current() {
+            return Ok(c);
         }
-        let sender = self.connect(u).await?;
-        *u.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        let conn = self.connect(u).await?;
+        *u.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
     }
 
-    async fn connect(&self, u: &Upstream) -> Result<SendRequest<Chunks>, CallError> {
+    async fn connect(&self, u: &Upstream) -> Result<Conn, CallError> {
         let addr = u.authority.as_str();
         let unreachable = |e: &dyn std::fmt::Display| {
             CallError::Unreachable(format!("cannot connect to worker {addr}: {e}"))
@@ -129,26 +151,8 @@ impl Upstreams {
             Err(_) => return Err(unreachable(&"connect timed out")),
         };
         let _ = tcp.set_nodelay(true);
-        let builder = {
-            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .initial_stream_window_size(1 << 20)
-                .initial_connection_window_size(4 << 20)
-                .keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(10));
-            b
-        };
         match &self.tls {
-            None => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| unreachable(&e))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
+            None => handshake(tcp).await.map_err(|e| unreachable(&e)),
             Some(cfg) => {
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from(u.host.clone())
                     .map_err(|e| unreachable(&e))?;
@@ -156,37 +160,40 @@ impl Upstreams {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| unreachable(&e))?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| unreachable(&e))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
+                handshake(tls).await.map_err(|e| unreachable(&e))
             }
         }
     }
 
-    /// Send one framed message (`body`) to `path` on the worker at `address` and read the
-    /// whole answer, within `timeout`.
+    /// Send one framed message (`payload`) to `path` on the worker at `address` and read
+    /// the whole answer, within `timeout`.
     pub async fn call(
         &self,
         address: &str,
         path: &'static str,
-        body: Chunks,
+        payload: Payload,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let u = self.upstream(address)?;
         let work = async {
-            let mut sender = self.sender(&u).await?;
+            let conn = self.conn(&u).await?;
+            let broke = |e: &dyn std::fmt::Display| {
+                CallError::Unreachable(format!("connection to worker {} failed: {e}", u.authority))
+            };
+            let mut sender = match conn.sender.ready().await {
+                Ok(s) => s,
+                Err(e) => {
+                    u.forget();
+                    return Err(broke(&e));
+                }
+            };
             let uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(u.authority.clone())
                 .path_and_query(PathAndQuery::from_static(path))
                 .build()
-                .map_err(|e| CallError::Unreachable(e.to_string()))?;
-            let mut req = Request::new(body);
+                .map_err(|e| broke(&e))?;
+            let mut req = Request::new(());
             *req.method_mut() = Method::POST;
             *req.uri_mut() = uri;
             let h = req.headers_mut();
@@ -198,23 +205,11 @@ impl Upstreams {
             if let Ok(v) = HeaderValue::from_str(&format_timeout(timeout)) {
                 h.insert("grpc-timeout", v);
             }
-            let broke = |e: &dyn std::fmt::Display| {
-                CallError::Unreachable(format!("connection to worker {} failed: {e}", u.authority))
-            };
-            if let Err(e) = sender.ready().await {
-                u.forget();
-                return Err(broke(&e));
-            }
-            let resp = match sender.send_request(req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    if sender.is_closed() {
-                        u.forget();
-                    }
-                    return Err(broke(&e));
-                }
-            };
-            let (parts, body) = resp.into_parts();
+            // HEADERS and DATA are queued before the connection task runs: one write.
+            let (response, mut stream) = sender.send_request(req, false).map_err(|e| broke(&e))?;
+            stream.send_data(payload, true).map_err(|e| broke(&e))?;
+            let resp = response.await.map_err(|e| broke(&e))?;
+            let (parts, mut body) = resp.into_parts();
             if parts.status != http::StatusCode::OK {
                 return Ok(Reply {
                     status: Status::new(
@@ -227,26 +222,38 @@ impl Upstreams {
             }
             if let Some(status) = Status::from_headers(&parts.headers) {
                 // Trailers-only: a failure (or an empty answer) without a body.
-                let retry_elsewhere = retry_elsewhere(&parts.headers);
                 return Ok(Reply {
                     status,
                     body: Bytes::new(),
-                    retry_elsewhere,
+                    retry_elsewhere: retry_elsewhere(&parts.headers),
                 });
             }
-            let collected = Limited::new(body, self.max_message_bytes + 5)
-                .collect()
+            let limit = self.max_message_bytes + 5;
+            let Some(data) = grpc::collect(&mut body, limit)
                 .await
-                .map_err(|e| broke(&e))?;
-            let trailers = collected.trailers().cloned().unwrap_or_default();
+                .map_err(|e| broke(&e))?
+            else {
+                return Ok(Reply {
+                    status: Status::new(
+                        Code::ResourceExhausted,
+                        format!("worker answer is larger than {limit} bytes"),
+                    ),
+                    body: Bytes::new(),
+                    retry_elsewhere: false,
+                });
+            };
+            let trailers = body
+                .trailers()
+                .await
+                .map_err(|e| broke(&e))?
+                .unwrap_or_default();
             let status = Status::from_headers(&trailers).unwrap_or_else(|| {
                 Status::new(Code::Unknown, "worker answer ended without a grpc-status")
             });
-            let retry_elsewhere = retry_elsewhere(&trailers);
             Ok(Reply {
                 status,
-                body: collected.to_bytes(),
-                retry_elsewhere,
+                body: data,
+                retry_elsewhere: retry_elsewhere(&trailers),
             })
         };
         match tokio::time::timeout(timeout, work).await {
@@ -254,6 +261,27 @@ impl Upstreams {
             Err(_) => Err(CallError::Deadline),
         }
     }
+}
+
+/// The HTTP/2 handshake; the connection is driven by a task of its own, which marks the
+/// connection closed when it ends.
+async fn handshake<I>(io: I) -> Result<Conn, h2::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_frame_size(1 << 16)
+        .handshake::<_, Payload>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        flag.store(true, Ordering::Release);
+    });
+    Ok(Conn { sender, closed })
 }
 
 fn retry_elsewhere(map: &http::HeaderMap) -> bool {

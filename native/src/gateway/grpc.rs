@@ -4,16 +4,11 @@
 //! Unary calls only carry one length-prefixed message (`[compressed: u8][length: u32 BE]`),
 //! so bodies here are a few `Bytes` chunks and, for responses, a trailer block.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::Read;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
-use http_body::{Body, Frame, SizeHint};
 
 /// The gRPC status codes (numbering and names as in grpc's `status.proto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -288,48 +283,33 @@ pub fn format_timeout(d: Duration) -> String {
     format!("{}S", d.as_secs().min(99_999_999))
 }
 
-/// A body of data chunks followed, optionally, by trailers: unary gRPC requests and
-/// responses. Never fails.
-#[derive(Debug, Default)]
-pub struct Chunks {
-    data: VecDeque<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl Chunks {
-    pub fn new(data: impl IntoIterator<Item = Bytes>, trailers: Option<HeaderMap>) -> Chunks {
-        Chunks {
-            data: data.into_iter().filter(|b| !b.is_empty()).collect(),
-            trailers,
+/// Read a whole body, giving its flow-control window back as it goes. `Ok(None)` when it is
+/// longer than `limit` bytes (reading stops there). One chunk is returned without a copy.
+pub async fn collect(body: &mut h2::RecvStream, limit: usize) -> Result<Option<Bytes>, h2::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if have + chunk.len() > limit {
+            return Ok(None);
+        }
+        match &first {
+            None => first = Some(chunk),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&chunk);
+            }
         }
     }
-
-    pub fn empty() -> Chunks {
-        Chunks::default()
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(b) = self.data.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty() && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.iter().map(|b| b.len() as u64).sum())
-    }
+    Ok(Some(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    }))
 }
 
 /// The response headers every gRPC answer starts with.

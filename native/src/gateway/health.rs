@@ -4,71 +4,58 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
-use http_body::Frame;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, Request};
 use prost::Message;
-use tokio::sync::mpsc;
 
-use super::body::OutBody;
 use super::grpc::{self, Code, Status};
 use super::oip::{HealthCheckRequest, HealthCheckResponse};
-use super::service::failure;
+use super::service::headers;
 use super::Shared;
 
-pub async fn watch(shared: Arc<Shared>, req: Request<Incoming>) -> Response<OutBody> {
-    let body = match http_body_util::Limited::new(req.into_body(), 1 << 16)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return failure(&Status::new(
-                Code::InvalidArgument,
-                "malformed HealthCheckRequest",
-            ))
-        }
+pub async fn watch(
+    shared: Arc<Shared>,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let mut body = req.into_body();
+    let service = match grpc::collect(&mut body, 1 << 16).await {
+        Ok(Some(b)) => grpc::unary_message(&b, None, 1 << 16)
+            .ok()
+            .and_then(|m| HealthCheckRequest::decode(&m[..]).ok())
+            .map(|r| r.service),
+        _ => None,
     };
-    let service = match grpc::unary_message(&body, None, 1 << 16)
-        .ok()
-        .and_then(|m| HealthCheckRequest::decode(&m[..]).ok())
-    {
-        Some(r) => r.service,
-        None => {
-            return failure(&Status::new(
-                Code::InvalidArgument,
-                "malformed HealthCheckRequest",
-            ))
-        }
+    let Some(service) = service else {
+        let status = Status::new(Code::InvalidArgument, "malformed HealthCheckRequest");
+        let _ = respond.send_response(headers(Some(&status)), true);
+        return;
     };
-    let (tx, rx) = mpsc::channel::<Frame<Bytes>>(4);
+    let Ok(mut stream) = respond.send_response(headers(None), false) else {
+        return;
+    };
     let mut changes = shared.health.subscribe();
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let now = shared.serving(&service);
-            if last != Some(now) {
-                last = Some(now);
-                let msg = grpc::frame(&HealthCheckResponse::of(now).encode_to_vec());
-                if tx.send(Frame::data(msg)).await.is_err() {
-                    return; // the client went away
-                }
-            }
-            if *changes.borrow_and_update() {
-                let mut trailers = HeaderMap::new();
-                Status::new(Code::Unavailable, "the gateway is shutting down")
-                    .to_headers(&mut trailers);
-                let _ = tx.send(Frame::trailers(trailers)).await;
-                return;
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
-                _ = tx.closed() => return,
+    let mut last = None;
+    loop {
+        let now = shared.serving(&service);
+        if last != Some(now) {
+            last = Some(now);
+            let msg = grpc::frame(&HealthCheckResponse::of(now).encode_to_vec());
+            if stream.send_data(msg, false).is_err() {
+                return; // the client went away
             }
         }
-    });
-    let mut resp = Response::new(OutBody::Stream(rx));
-    grpc::response_headers(resp.headers_mut());
-    resp
+        if *changes.borrow_and_update() {
+            let mut trailers = HeaderMap::new();
+            Status::new(Code::Unavailable, "the gateway is shutting down")
+                .to_headers(&mut trailers);
+            let _ = stream.send_trailers(trailers);
+            return;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The front door: accept connections (h2c, or TLS with ALPN h2), serve HTTP/2 on each, and
+//! The front door: accept connections (h2c, or TLS with ALPN h2), serve HTTP/2 on each (h2),
+//! and
 //! shut down gracefully (stop accepting, GOAWAY to every connection, let open streams
 //! finish) when told to.
 
@@ -8,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -86,29 +87,36 @@ async fn serve_connection<I>(shared: Arc<Shared>, io: I, mut stop: watch::Receiv
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max = shared.config.max_message_bytes;
-    let svc_shared = shared.clone();
-    let svc = service_fn(move |req| handle(svc_shared.clone(), req));
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_frame_size(1 << 16)
         .max_concurrent_streams(1024)
         .max_header_list_size(64 << 10)
-        .max_send_buf_size(max.clamp(1 << 16, 4 << 20))
-        .keep_alive_interval(Duration::from_secs(60))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        .max_send_buffer_size(shared.config.max_message_bytes.clamp(1 << 16, 4 << 20))
+        .handshake::<_, Bytes>(io);
+    let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(10), handshake).await else {
+        return;
+    };
+    // `accept` drives the connection (reads, writes, flow control): it is polled while the
+    // connection's streams are answered, all within this one task (no task per request).
+    let mut streams = FuturesUnordered::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => streams.push(handle(shared.clone(), req, respond)),
+                _ => break,
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            _ = stopped(&mut stop), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
         }
     }
+    // The connection is closed (after a graceful shutdown, once every stream was answered):
+    // whatever is left can no longer be sent and is dropped (cancelled).
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -9,22 +9,20 @@
 //! member is ejected for `eject_s`) and after a busy refusal carrying `shoal-retry:
 //! elsewhere` (not ejected); every other status is the client's answer as the worker gave it.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use prost::Message;
 use rand::Rng;
 
 use super::auth::{bearer, Principal};
-use super::body::OutBody;
-use super::forward::{CallError, Reply};
-use super::grpc::{self, Chunks, Code, Status};
+use super::forward::{self, CallError, Reply};
+use super::grpc::{self, Code, Status};
 use super::oip::{self, RoutingHeader};
 use super::policy::choose;
 use super::shadow::ShadowJob;
@@ -167,7 +165,7 @@ impl Shared {
         &self,
         pool: &PoolView,
         candidates: &[usize],
-        payload: &[Bytes],
+        payload: &[Bytes; 3],
         deadline: Instant,
     ) -> Result<Reply, Status> {
         let attempts = candidates.len().min(1 + self.config.retries);
@@ -183,7 +181,7 @@ impl Shared {
             let member = &pool.members[m];
             let state = self.members.get(&member.worker_id);
             let _in_flight = self.members.start(&state);
-            let body = Chunks::new(payload.iter().cloned(), None);
+            let body = forward::payload(payload);
             match self
                 .upstreams
                 .call(&member.address, INFER, body, remaining)
@@ -377,44 +375,77 @@ fn encode(m: &impl Message) -> Bytes {
     grpc::frame(&m.encode_to_vec())
 }
 
-/// A whole unary answer: the framed message, then `grpc-status: 0` (and `extra` trailers).
-fn ok(framed: Bytes, extra: &[(&'static str, &'static str)]) -> Response<OutBody> {
-    let mut trailers = HeaderMap::new();
-    Status::new(Code::Ok, "").to_headers(&mut trailers);
-    for (k, v) in extra {
-        trailers.insert(*k, HeaderValue::from_static(v));
+/// What a unary call answers.
+pub enum Answer {
+    /// The framed message, then `grpc-status: 0` and the extra trailers.
+    Message(Bytes, &'static [(&'static str, &'static str)]),
+    /// A trailers-only answer carrying the status.
+    Failure(Status),
+}
+
+impl From<Result<Bytes, Status>> for Answer {
+    fn from(r: Result<Bytes, Status>) -> Answer {
+        match r {
+            Ok(framed) => Answer::Message(framed, &[]),
+            Err(s) => Answer::Failure(s),
+        }
     }
-    let mut resp = Response::new(OutBody::Unary(Chunks::new([framed], Some(trailers))));
+}
+
+/// Response headers, with the status when the answer is trailers-only.
+pub fn headers(status: Option<&Status>) -> Response<()> {
+    let mut resp = Response::new(());
     grpc::response_headers(resp.headers_mut());
+    if let Some(s) = status {
+        s.to_headers(resp.headers_mut());
+    }
     resp
 }
 
-/// A trailers-only answer carrying `status`.
-pub fn failure(status: &Status) -> Response<OutBody> {
-    let mut resp = Response::new(OutBody::Unary(Chunks::empty()));
-    grpc::response_headers(resp.headers_mut());
-    status.to_headers(resp.headers_mut());
-    resp
+/// Send `answer`: HEADERS, DATA and the trailers are queued together (one write).
+fn send(mut respond: SendResponse<Bytes>, answer: Answer) {
+    match answer {
+        Answer::Message(framed, extra) => {
+            let Ok(mut stream) = respond.send_response(headers(None), false) else {
+                return;
+            };
+            let mut trailers = HeaderMap::new();
+            Status::new(Code::Ok, "").to_headers(&mut trailers);
+            for (k, v) in extra {
+                trailers.insert(*k, HeaderValue::from_static(v));
+            }
+            if stream.send_data(framed, false).is_ok() {
+                let _ = stream.send_trailers(trailers);
+            }
+        }
+        Answer::Failure(status) => {
+            let _ = respond.send_response(headers(Some(&status)), true);
+        }
+    }
 }
 
 /// The request's one message, or the status to answer with.
 async fn read_message(
     shared: &Shared,
-    req: Request<Incoming>,
+    req: Request<RecvStream>,
 ) -> Result<(HeaderMap, Bytes), Status> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let max = shared.config.max_message_bytes;
-    let body = Limited::new(body, max + 5).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            Status::new(
+    let body = match grpc::collect(&mut body, max + 5).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(Status::new(
                 Code::ResourceExhausted,
                 format!("Received message larger than max (over {max} bytes)"),
-            )
-        } else {
-            Status::new(Code::Cancelled, format!("request body broke off: {e}"))
+            ))
         }
-    })?;
-    let body = body.to_bytes();
+        Err(e) => {
+            return Err(Status::new(
+                Code::Cancelled,
+                format!("request body broke off: {e}"),
+            ))
+        }
+    };
     let encoding = parts
         .headers
         .get("grpc-encoding")
@@ -427,30 +458,43 @@ async fn read_message(
     Ok((parts.headers, msg))
 }
 
-/// Answer one HTTP/2 request.
+/// Resolves when the client resets the stream (it went away, or its deadline passed).
+async fn reset(respond: &mut SendResponse<Bytes>) {
+    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+}
+
+/// Answer one HTTP/2 stream. Work stops when the client resets the stream.
 pub async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<OutBody>, Infallible> {
-    let path = req.uri().path().to_string();
-    let Some(method) = path
-        .strip_prefix(oip::SERVICE)
-        .map(|m| (false, m))
-        .or_else(|| path.strip_prefix(oip::HEALTH).map(|m| (true, m)))
-    else {
-        return Ok(failure(&Status::new(
-            Code::Unimplemented,
-            format!("Method not found: {path}"),
-        )));
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let path = req.uri().path();
+    let method = if let Some(m) = path.strip_prefix(oip::SERVICE) {
+        (false, m.to_string())
+    } else if let Some(m) = path.strip_prefix(oip::HEALTH) {
+        (true, m.to_string())
+    } else {
+        let status = Status::new(Code::Unimplemented, format!("Method not found: {path}"));
+        return send(respond, Answer::Failure(status));
     };
-    if method == (true, "Watch") {
-        return Ok(super::health::watch(shared, req).await);
+    if method.0 && method.1 == "Watch" {
+        return super::health::watch(shared, req, respond).await;
     }
-    let (headers, msg) = match read_message(&shared, req).await {
-        Ok(x) => x,
-        Err(s) => return Ok(failure(&s)),
+    let work = answer(&shared, method, req);
+    let answer = tokio::select! {
+        a = work => a,
+        _ = reset(&mut respond) => return,
     };
-    let answer = match method {
+    send(respond, answer);
+}
+
+async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream>) -> Answer {
+    let (headers, msg) = match read_message(shared, req).await {
+        Ok(x) => x,
+        Err(s) => return Answer::Failure(s),
+    };
+    match (method.0, method.1.as_str()) {
         (false, "ModelInfer") => {
             let start = Instant::now();
             shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -458,38 +502,37 @@ pub async fn handle(
             shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             let code = result.as_ref().map_or_else(|s| s.code, |_| Code::Ok);
             shared.stats.request(code, start.elapsed().as_secs_f64());
-            return Ok(match result {
-                Ok(body) => ok(body, &[]),
-                Err(s) => failure(&s),
-            });
+            result.into()
         }
-        (false, "ServerLive") => Ok(encode(&oip::ServerLiveResponse { live: true })),
+        (false, "ServerLive") => {
+            Answer::Message(encode(&oip::ServerLiveResponse { live: true }), &[])
+        }
         (false, "ServerReady") => {
             let ready = shared.view.ready.load(Ordering::Acquire);
             let stale = shared.view.stale.load(Ordering::Acquire);
-            let view = if stale { "stale" } else { "current" };
-            return Ok(ok(
-                encode(&oip::ServerReadyResponse { ready }),
-                &[("shoal-view", view)],
-            ));
+            let trailers: &'static [(&'static str, &'static str)] = if stale {
+                &[("shoal-view", "stale")]
+            } else {
+                &[("shoal-view", "current")]
+            };
+            Answer::Message(encode(&oip::ServerReadyResponse { ready }), trailers)
         }
-        (false, "ServerMetadata") => Ok(encode(&oip::ServerMetadataResponse {
-            name: shared.config.name.clone(),
-            version: shared.config.version.clone(),
-            extensions: Vec::new(),
-        })),
-        (false, "ModelReady") => shared.model_ready(&headers, &msg),
-        (false, "ModelMetadata") => shared.model_metadata(&headers, &msg),
-        (true, "Check") => shared.health(&msg),
-        _ => Err(Status::new(
+        (false, "ServerMetadata") => Answer::Message(
+            encode(&oip::ServerMetadataResponse {
+                name: shared.config.name.clone(),
+                version: shared.config.version.clone(),
+                extensions: Vec::new(),
+            }),
+            &[],
+        ),
+        (false, "ModelReady") => shared.model_ready(&headers, &msg).into(),
+        (false, "ModelMetadata") => shared.model_metadata(&headers, &msg).into(),
+        (true, "Check") => shared.health(&msg).into(),
+        (_, m) => Answer::Failure(Status::new(
             Code::Unimplemented,
-            format!("Method not found: {path}"),
+            format!("Method not found: {m}"),
         )),
-    };
-    Ok(match answer {
-        Ok(framed) => ok(framed, &[]),
-        Err(s) => failure(&s),
-    })
+    }
 }
 
 #[cfg(test)]
