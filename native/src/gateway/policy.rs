@@ -193,6 +193,31 @@ mod tests {
         assert!(choose(&[0, 1], 0, "m:1", 8, |_| 0, |_| false).is_empty());
     }
 
+    proptest::proptest! {
+        /// Every member appears exactly once; with nobody loaded or sick the primary is the
+        /// same whatever the fallbacks, and it is a shard member.
+        #[test]
+        fn choice_is_a_permutation_with_a_stable_primary(
+            n in 1usize..40, k in 1usize..8, version in 1u64..50,
+            load in proptest::collection::vec(0u32..12, 40),
+            sick in proptest::collection::vec(proptest::bool::ANY, 40),
+        ) {
+            let ranked: Vec<usize> = (0..n).rev().collect();
+            let key = format!("acme/churn:{version}");
+            let c = choose(&ranked, k, &key, 8, |m| load[m], |m| sick[m]);
+            let mut sorted = c.clone();
+            sorted.sort_unstable();
+            let want: Vec<usize> = (0..n).collect();
+            proptest::prop_assert_eq!(sorted, if k.min(n) == 0 { vec![] } else { want });
+            let idle = choose(&ranked, k, &key, 8, |_| 0, |_| false);
+            let primary = ranked[primary_index(&key, k.min(n))];
+            proptest::prop_assert_eq!(idle[0], primary);
+            // Healthy members always come before sick ones.
+            let first_sick = c.iter().position(|&m| sick[m]).unwrap_or(c.len());
+            proptest::prop_assert!(c[first_sick..].iter().all(|&m| sick[m]));
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failure_ejects_for_a_while_and_a_success_clears() {
         let members = Members::new(Arc::new(TokioClock::new()), 5.0);
