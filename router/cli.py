@@ -58,7 +58,8 @@ def _run_router(ns: argparse.Namespace) -> int:
         data_dir=ns.data_dir,
     )
     app = RouterApp(settings)
-    return asyncio.run(serve(app, lambda: f"router: {app.address}\nmetrics: {app.metrics_address}"))
+    banner = lambda: f"router: {app.address}\nmetrics: {app.metrics_address}"  # noqa: E731
+    return asyncio.run(serve(app, banner, grace=settings.drain_grace_s))
 
 
 def _predict(ns: argparse.Namespace) -> int:
