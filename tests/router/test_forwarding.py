@@ -49,6 +49,7 @@ class EchoWorker:
         self.worker_id = worker_id
         self.fail_with = fail_with
         self.busy = False  # refuse like a worker whose model line is full
+        self.delay = 0.0  # seconds before answering
         self.seen: list[pb.ModelInferRequest] = []
         self.seen_raw: list[bytes] = []  # the request bytes as received
         self.server: grpc.aio.Server | None = None
@@ -58,6 +59,8 @@ class EchoWorker:
         req = pb.ModelInferRequest.FromString(raw)
         self.seen_raw.append(raw)
         self.seen.append(req)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.busy:
             await ctx.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.worker_id} is busy", RETRY_ELSEWHERE
