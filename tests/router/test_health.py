@@ -16,7 +16,7 @@ from router.settings import RouterSettings
 from shoal.oip import InferenceStub
 from shoal.pb import shoal_inference_pb2 as pb
 from shoal.state import MemoryStore
-from tests.router.test_forwarding import _request, cluster
+from tests.router.test_forwarding import _request, _until, cluster
 
 SERVING = hpb.HealthCheckResponse.SERVING
 NOT_SERVING = hpb.HealthCheckResponse.NOT_SERVING
@@ -56,9 +56,8 @@ async def test_not_serving_and_not_ready_until_the_view_is_read(tmp_path: Path) 
     app = RouterApp(RouterSettings(port=0, metrics_port=-1, data_dir=tmp_path), store=store)
     starting = asyncio.ensure_future(app.start())
     try:
-        while not app.gateway.address:
-            await asyncio.sleep(0.01)
-        async with grpc.aio.insecure_channel(app.gateway.address) as ch:
+        await _until(lambda: app.gateway.address is not None)
+        async with grpc.aio.insecure_channel(app.gateway.address or "") as ch:
             health = hgrpc.HealthStub(ch)
             resp = await health.Check(hpb.HealthCheckRequest(), timeout=5)
             assert resp.status == NOT_SERVING
@@ -81,8 +80,7 @@ async def test_in_flight_requests_finish_during_a_drain(tmp_path: Path) -> None:
         for w in c.workers:
             w.delay = 0.5
         calls = [asyncio.ensure_future(c.infer(_request())) for _ in range(4)]
-        while sum(len(w.seen) for w in c.workers) < 4:
-            await asyncio.sleep(0.01)
+        await _until(lambda: sum(len(w.seen) for w in c.workers) == 4)
         await c.app.stop(5.0)
         answers = await asyncio.gather(*calls)
         assert [a.model_version for a in answers] == ["1"] * 4
