@@ -22,9 +22,11 @@ use tokio::net::TcpStream;
 
 use super::grpc::{self, format_timeout, Code, Status};
 
+const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
 /// Trailing metadata of a worker refusal that another member may not give (a model's
 /// concurrency line full on that worker): the next member is tried, nothing is ejected.
-pub const RETRY_ELSEWHERE: (&str, &str) = ("shoal-retry", "elsewhere");
+pub const RETRY_ELSEWHERE: &str = "elsewhere";
 
 /// A framed request as three pieces sent as one DATA frame: the 5-byte gRPC header, the
 /// client's message as received, and the appended version field.
@@ -64,6 +66,8 @@ struct Conn {
 
 struct Upstream {
     authority: Authority,
+    /// `http://<address>/inference.GRPCInferenceService/ModelInfer`, built once.
+    infer_uri: Uri,
     host: String,
     conn: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
@@ -113,7 +117,14 @@ impl Upstreams {
         let authority: Authority = address
             .parse()
             .map_err(|_| CallError::Unreachable(format!("bad worker address {address:?}")))?;
+        let infer_uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query(PathAndQuery::from_static(INFER))
+            .build()
+            .map_err(|e| CallError::Unreachable(format!("bad worker address {address:?}: {e}")))?;
         let u = Arc::new(Upstream {
+            infer_uri,
             host: authority
                 .host()
                 .trim_matches(|c| c == '[' || c == ']')
@@ -165,12 +176,11 @@ impl Upstreams {
         }
     }
 
-    /// Send one framed message (`payload`) to `path` on the worker at `address` and read
+    /// Send one framed ModelInfer request (`payload`) to the worker at `address` and read
     /// the whole answer, within `timeout`.
-    pub async fn call(
+    pub async fn infer(
         &self,
         address: &str,
-        path: &'static str,
         payload: Payload,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
@@ -187,15 +197,9 @@ impl Upstreams {
                     return Err(broke(&e));
                 }
             };
-            let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(u.authority.clone())
-                .path_and_query(PathAndQuery::from_static(path))
-                .build()
-                .map_err(|e| broke(&e))?;
             let mut req = Request::new(());
             *req.method_mut() = Method::POST;
-            *req.uri_mut() = uri;
+            *req.uri_mut() = u.infer_uri.clone();
             let h = req.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,
@@ -203,7 +207,7 @@ impl Upstreams {
             );
             h.insert(http::header::TE, HeaderValue::from_static("trailers"));
             if let Ok(v) = HeaderValue::from_str(&format_timeout(timeout)) {
-                h.insert("grpc-timeout", v);
+                h.insert(grpc::names::GRPC_TIMEOUT, v);
             }
             // HEADERS and DATA are queued before the connection task runs: one write.
             let (response, mut stream) = sender.send_request(req, false).map_err(|e| broke(&e))?;
@@ -256,9 +260,11 @@ impl Upstreams {
                 retry_elsewhere: retry_elsewhere(&trailers),
             })
         };
-        match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Deadline),
+        // Polled in place (no move of the large future into a timeout wrapper).
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            _ = tokio::time::sleep(timeout) => Err(CallError::Deadline),
         }
     }
 }
@@ -285,7 +291,7 @@ where
 }
 
 fn retry_elsewhere(map: &http::HeaderMap) -> bool {
-    map.get_all(RETRY_ELSEWHERE.0)
+    map.get_all(grpc::names::SHOAL_RETRY)
         .iter()
-        .any(|v| v.as_bytes() == RETRY_ELSEWHERE.1.as_bytes())
+        .any(|v| v.as_bytes() == RETRY_ELSEWHERE.as_bytes())
 }

@@ -10,6 +10,17 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 
+/// Header names the gateway reads or writes, parsed once.
+pub mod names {
+    use http::HeaderName;
+    pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+    pub const SHOAL_VIEW: HeaderName = HeaderName::from_static("shoal-view");
+    pub const SHOAL_RETRY: HeaderName = HeaderName::from_static("shoal-retry");
+}
+
 /// The gRPC status codes (numbering and names as in grpc's `status.proto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -115,10 +126,10 @@ impl Status {
 
     /// The status as trailers (or as the headers of a trailers-only response).
     pub fn to_headers(&self, map: &mut HeaderMap) {
-        map.insert("grpc-status", HeaderValue::from(self.code as u16));
+        map.insert(names::GRPC_STATUS, HeaderValue::from(self.code as u16));
         if !self.message.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&percent_encode(&self.message)) {
-                map.insert("grpc-message", v);
+                map.insert(names::GRPC_MESSAGE, v);
             }
         }
     }
@@ -126,14 +137,14 @@ impl Status {
     /// Read a peer's status from trailers (or trailers-only headers); None if absent.
     pub fn from_headers(map: &HeaderMap) -> Option<Status> {
         let code = map
-            .get("grpc-status")?
+            .get(names::GRPC_STATUS)?
             .to_str()
             .ok()?
             .trim()
             .parse::<u32>()
             .ok()?;
         let message = map
-            .get("grpc-message")
+            .get(names::GRPC_MESSAGE)
             .map(|v| percent_decode(v.as_bytes()))
             .unwrap_or_default();
         Some(Status::new(Code::from_u32(code), message))

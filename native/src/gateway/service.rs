@@ -31,7 +31,6 @@ use super::Shared;
 use crate::pyfmt::repr;
 use crate::resolve::{resolve, Via};
 
-const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// A resolved request: the model, the version that answers, and how it was chosen.
 pub struct Route {
@@ -184,7 +183,7 @@ impl Shared {
             let body = forward::payload(payload);
             match self
                 .upstreams
-                .call(&member.address, INFER, body, remaining)
+                .infer(&member.address, body, remaining)
                 .await
             {
                 Ok(reply) if reply.status.code == Code::Ok => {
@@ -226,7 +225,7 @@ impl Shared {
     /// The deadline a call runs to: the caller's `grpc-timeout`, else the default.
     fn timeout(&self, headers: &HeaderMap) -> Duration {
         headers
-            .get("grpc-timeout")
+            .get(grpc::names::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc::parse_timeout)
             .unwrap_or(self.config.default_timeout)
@@ -377,8 +376,8 @@ fn encode(m: &impl Message) -> Bytes {
 
 /// What a unary call answers.
 pub enum Answer {
-    /// The framed message, then `grpc-status: 0` and the extra trailers.
-    Message(Bytes, &'static [(&'static str, &'static str)]),
+    /// The framed message, then `grpc-status: 0` and an extra trailer.
+    Message(Bytes, Option<(http::HeaderName, &'static str)>),
     /// A trailers-only answer carrying the status.
     Failure(Status),
 }
@@ -386,7 +385,7 @@ pub enum Answer {
 impl From<Result<Bytes, Status>> for Answer {
     fn from(r: Result<Bytes, Status>) -> Answer {
         match r {
-            Ok(framed) => Answer::Message(framed, &[]),
+            Ok(framed) => Answer::Message(framed, None),
             Err(s) => Answer::Failure(s),
         }
     }
@@ -411,8 +410,8 @@ fn send(mut respond: SendResponse<Bytes>, answer: Answer) {
             };
             let mut trailers = HeaderMap::new();
             Status::new(Code::Ok, "").to_headers(&mut trailers);
-            for (k, v) in extra {
-                trailers.insert(*k, HeaderValue::from_static(v));
+            if let Some((k, v)) = extra {
+                trailers.insert(k, HeaderValue::from_static(v));
             }
             if stream.send_data(framed, false).is_ok() {
                 let _ = stream.send_trailers(trailers);
@@ -448,7 +447,7 @@ async fn read_message(
     };
     let encoding = parts
         .headers
-        .get("grpc-encoding")
+        .get(grpc::names::GRPC_ENCODING)
         .and_then(|v| v.to_str().ok());
     let msg = grpc::unary_message(&body, encoding, max).map_err(|e| match e {
         grpc::FrameError::TooLarge(..) => Status::new(Code::ResourceExhausted, e.to_string()),
@@ -482,8 +481,9 @@ pub async fn handle(
         return super::health::watch(shared, req, respond).await;
     }
     let work = answer(&shared, method, req);
+    tokio::pin!(work);
     let answer = tokio::select! {
-        a = work => a,
+        a = &mut work => a,
         _ = reset(&mut respond) => return,
     };
     send(respond, answer);
@@ -505,17 +505,16 @@ async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream
             result.into()
         }
         (false, "ServerLive") => {
-            Answer::Message(encode(&oip::ServerLiveResponse { live: true }), &[])
+            Answer::Message(encode(&oip::ServerLiveResponse { live: true }), None)
         }
         (false, "ServerReady") => {
             let ready = shared.view.ready.load(Ordering::Acquire);
             let stale = shared.view.stale.load(Ordering::Acquire);
-            let trailers: &'static [(&'static str, &'static str)] = if stale {
-                &[("shoal-view", "stale")]
-            } else {
-                &[("shoal-view", "current")]
-            };
-            Answer::Message(encode(&oip::ServerReadyResponse { ready }), trailers)
+            let view = if stale { "stale" } else { "current" };
+            Answer::Message(
+                encode(&oip::ServerReadyResponse { ready }),
+                Some((grpc::names::SHOAL_VIEW, view)),
+            )
         }
         (false, "ServerMetadata") => Answer::Message(
             encode(&oip::ServerMetadataResponse {
@@ -523,7 +522,7 @@ async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream
                 version: shared.config.version.clone(),
                 extensions: Vec::new(),
             }),
-            &[],
+            None,
         ),
         (false, "ModelReady") => shared.model_ready(&headers, &msg).into(),
         (false, "ModelMetadata") => shared.model_metadata(&headers, &msg).into(),
@@ -564,3 +563,4 @@ mod tests {
         assert!(split_model_name("acme/churn\n").is_ok());
     }
 }
+
