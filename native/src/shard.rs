@@ -26,8 +26,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 use blake2::digest::consts::U8;
-use blake2::digest::{Digest, FixedOutput, KeyInit, Update};
-use blake2::{Blake2b, Blake2bMac};
+use blake2::digest::core_api::{Block, Buffer, UpdateCore, VariableOutputCore};
+use blake2::digest::{Digest, FixedOutput, KeyInit, Output};
+use blake2::{Blake2b, Blake2bMac, Blake2bVarCore};
 
 /// Salts longer than this are truncated (BLAKE2b's maximum key length; Python's `salt[:64]`).
 pub const MAX_SALT_LEN: usize = 64;
@@ -44,10 +45,23 @@ const M2: u64 = 0x94D0_49BB_1331_11EB;
 /// the scores (O(N k) per row) instead of sorting the row (O(N log N)); both give the same rows.
 const ARGMAX_MAX_K: usize = 8;
 
-/// BLAKE2b-64 keyed by a salt, built once and cloned per input (no per-hash key setup).
+/// BLAKE2b-64 keyed by a salt, built once to hash many inputs.
+///
+/// Keyed BLAKE2b compresses the zero-padded key as its first block, which does not depend on
+/// the input: that state is computed once, and each non-empty input costs only its own
+/// blocks (one compression for ids under 129 bytes, as unkeyed hashing). An empty input
+/// finalizes the key block itself, which the MAC form does.
 #[derive(Clone)]
 pub struct Hasher {
-    keyed: Option<Blake2bMac<U8>>,
+    keyed: Option<Keyed>,
+}
+
+#[derive(Clone)]
+struct Keyed {
+    /// For the empty input.
+    mac: Blake2bMac<U8>,
+    /// The state after the key block.
+    after_key: Blake2bVarCore,
 }
 
 impl Hasher {
@@ -62,20 +76,32 @@ impl Hasher {
         // The only failure of `new_from_slice` is a key over 64 bytes, excluded just above.
         let mac = <Blake2bMac<U8> as KeyInit>::new_from_slice(key)
             .expect("a BLAKE2b key of 1..=64 bytes is valid");
-        Self { keyed: Some(mac) }
+        let mut after_key = Blake2bVarCore::new_with_params(&[], &[], key.len(), 8);
+        let mut block = Block::<Blake2bVarCore>::default();
+        block[..key.len()].copy_from_slice(key);
+        after_key.update_blocks(std::slice::from_ref(&block));
+        Self {
+            keyed: Some(Keyed { mac, after_key }),
+        }
     }
 
     /// The little-endian `u64` of the 8-byte digest of `data`.
     pub fn hash(&self, data: &[u8]) -> u64 {
-        let digest = match &self.keyed {
-            Some(mac) => {
-                let mut mac = mac.clone();
-                Update::update(&mut mac, data);
-                mac.finalize_fixed()
+        let mut first = [0u8; 8];
+        match &self.keyed {
+            Some(keyed) if !data.is_empty() => {
+                let mut core = keyed.after_key.clone();
+                let mut buffer = Buffer::<Blake2bVarCore>::default();
+                buffer.digest_blocks(data, |blocks| core.update_blocks(blocks));
+                let mut out = Output::<Blake2bVarCore>::default();
+                core.finalize_variable_core(&mut buffer, &mut out);
+                // The 8-byte digest is the first 8 bytes of the state (TRUNC_SIDE is Left).
+                first.copy_from_slice(&out[..8]);
             }
-            None => Blake2b::<U8>::digest(data),
-        };
-        u64::from_le_bytes(digest.into())
+            Some(keyed) => first.copy_from_slice(&keyed.mac.clone().finalize_fixed()),
+            None => first.copy_from_slice(&Blake2b::<U8>::digest(data)),
+        }
+        u64::from_le_bytes(first)
     }
 }
 
@@ -483,37 +509,42 @@ impl Pool {
     /// the unpicked member of greatest `(score, index)` whose zone is under the cap, or, when
     /// none is, of all unpicked members. Equal to the skipped-list walk of
     /// [`Pool::selection_order_into`], which takes the best-ranked eligible member too.
+    ///
+    /// Members are scanned by ascending index, so a later member with an equal score ranks
+    /// higher: comparing scores with `>=` (or `<` to reject) is comparing `(score, index)`.
     fn prefix_by_argmax(&self, h_t: u64, row: &mut [u32], scratch: &mut Scratch) {
-        let n = self.len();
-        // (score, index) in one u128: the greater key ranks first.
-        let key = |i: usize, s: u64| (u128::from(s) << 64) | i as u128;
-        let scores = &mut scratch.scores;
-        scores.clear();
-        scores.extend(self.hashes.iter().map(|&h_w| score(h_t, h_w)));
+        const NONE: usize = usize::MAX;
+        let k = row.len();
         if self.n_zones <= 1 {
-            // Insertion into the best `row.len()` keys seen so far, kept in descending order.
-            let k = row.len();
-            let mut best: [u128; ARGMAX_MAX_K] = [0; ARGMAX_MAX_K];
+            // Insertion into the best `k` seen so far, kept in descending order.
+            let mut best_s = [0u64; ARGMAX_MAX_K];
+            let mut best_i = [0usize; ARGMAX_MAX_K];
             let mut len = 0;
-            for (i, &s) in scores.iter().enumerate() {
-                let kv = key(i, s);
-                if len == k && kv <= best[k - 1] {
+            for (i, &h_w) in self.hashes.iter().enumerate() {
+                let s = score(h_t, h_w);
+                if len == k && s < best_s[k - 1] {
                     continue;
                 }
                 let mut pos = len.min(k - 1);
-                while pos > 0 && best[pos - 1] < kv {
-                    best[pos] = best[pos - 1];
+                while pos > 0 && best_s[pos - 1] <= s {
+                    best_s[pos] = best_s[pos - 1];
+                    best_i[pos] = best_i[pos - 1];
                     pos -= 1;
                 }
-                best[pos] = kv;
+                best_s[pos] = s;
+                best_i[pos] = i;
                 len = (len + 1).min(k);
             }
-            for (slot, kv) in row.iter_mut().zip(best) {
-                // The low 64 bits hold the index (< N <= u32::MAX).
-                *slot = kv as u64 as u32;
+            for (slot, &i) in row.iter_mut().zip(&best_i) {
+                // Lossless: N fits in u32 (checked in `Pool::new`).
+                *slot = i as u32;
             }
             return;
         }
+        let n = self.len();
+        let scores = &mut scratch.scores;
+        scores.clear();
+        scores.extend(self.hashes.iter().map(|&h_w| score(h_t, h_w)));
         let taken = &mut scratch.taken;
         taken.clear();
         taken.resize(n, false);
@@ -522,23 +553,23 @@ impl Pool {
         counts.resize(self.n_zones, 0);
         for (i, slot) in row.iter_mut().enumerate() {
             let cap = (i + 1).div_ceil(self.n_zones);
-            let mut best: Option<(u128, usize)> = None;
-            let mut relaxed: Option<(u128, usize)> = None;
-            for (j, &s) in scores.iter().enumerate() {
+            let (mut best, mut best_s) = (NONE, 0);
+            let (mut relaxed, mut relaxed_s) = (NONE, 0);
+            for (j, (&s, &zone)) in scores.iter().zip(&self.zones).enumerate() {
                 if taken[j] {
                     continue;
                 }
-                let kv = key(j, s);
-                if relaxed.map_or(true, |(b, _)| kv > b) {
-                    relaxed = Some((kv, j));
+                if relaxed == NONE || s >= relaxed_s {
+                    (relaxed, relaxed_s) = (j, s);
                 }
-                if counts[self.zones[j]] < cap && best.map_or(true, |(b, _)| kv > b) {
-                    best = Some((kv, j));
+                if counts[zone] < cap && (best == NONE || s >= best_s) {
+                    (best, best_s) = (j, s);
                 }
             }
-            let Some((_, pick)) = best.or(relaxed) else {
+            let pick = if best != NONE { best } else { relaxed };
+            if pick == NONE {
                 return;
-            };
+            }
             taken[pick] = true;
             counts[self.zones[pick]] += 1;
             *slot = pick as u32;

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::*;
+use blake2::digest::Update;
 
 fn vectors() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/vectors/shard.json");
@@ -200,6 +201,21 @@ fn salt_is_truncated_to_64_bytes_and_empty_means_unkeyed() {
     Update::update(&mut mac, b"acme");
     let zero_block = u64::from_le_bytes(mac.finalize_fixed().into());
     assert_ne!(h64(b"acme", b""), zero_block);
+}
+
+#[test]
+fn precomputed_key_state_equals_the_mac() {
+    for salt_len in [1usize, 7, 32, 63, 64] {
+        let salt: Vec<u8> = (0..salt_len).map(|i| (i * 7 + 1) as u8).collect();
+        let hasher = Hasher::new(&salt);
+        for len in 0..300usize {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let mut mac = <Blake2bMac<U8> as KeyInit>::new_from_slice(&salt).expect("key");
+            Update::update(&mut mac, &data);
+            let want = u64::from_le_bytes(mac.finalize_fixed().into());
+            assert_eq!(hasher.hash(&data), want, "salt {salt_len} data {len}");
+        }
+    }
 }
 
 #[test]
