@@ -18,6 +18,7 @@
 //! "not found" (`NotFound`, a `LookupError`), the few `ValueError`s of the reference are kept
 //! apart ([`ResolveError::is_not_found`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -30,19 +31,19 @@ pub use pystr::{py_repr, py_strip};
 pub const STABLE: &str = "stable";
 
 /// A model's versions (each with a payload `V`, e.g. its pool and signature), aliases and
-/// traffic split: what resolution reads. Immutable once built.
+/// traffic split: what resolution reads. Immutable once published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routes<V> {
-    versions: BTreeMap<u64, V>,
-    aliases: HashMap<String, u64>,
-    /// (version, weight), ascending by version.
-    traffic: Vec<(u64, u32)>,
-    /// Running sums of the weights (saturating; exact below 2^64).
-    cumulative: Vec<u64>,
+    pub versions: BTreeMap<u64, V>,
+    pub aliases: HashMap<String, u64>,
+    /// The traffic split, (version, weight), ascending by version with each version once
+    /// (the reference's `sorted(record.traffic)`, which [`Routes::new`] builds); empty: no
+    /// split. [`resolve`] sorts a copy of a split given out of order.
+    pub traffic: Vec<(u64, u32)>,
 }
 
 impl<V> Routes<V> {
-    /// Builds the routes; the traffic split is sorted by version (a version given twice
+    /// Builds the routes with the traffic split sorted by version (a version given twice
     /// keeps its last weight, as a dict would).
     pub fn new(
         versions: BTreeMap<u64, V>,
@@ -50,36 +51,11 @@ impl<V> Routes<V> {
         traffic: impl IntoIterator<Item = (u64, u32)>,
     ) -> Self {
         let traffic: BTreeMap<u64, u32> = traffic.into_iter().collect();
-        let traffic: Vec<(u64, u32)> = traffic.into_iter().collect();
-        let mut sum = 0u64;
-        let cumulative = traffic
-            .iter()
-            .map(|&(_, w)| {
-                sum = sum.saturating_add(u64::from(w));
-                sum
-            })
-            .collect();
         Self {
             versions,
             aliases,
-            traffic,
-            cumulative,
+            traffic: traffic.into_iter().collect(),
         }
-    }
-
-    /// Versions and their payloads.
-    pub fn versions(&self) -> &BTreeMap<u64, V> {
-        &self.versions
-    }
-
-    /// Alias name to version.
-    pub fn aliases(&self) -> &HashMap<String, u64> {
-        &self.aliases
-    }
-
-    /// The traffic split: (version, weight), ascending by version; empty when unset.
-    pub fn traffic(&self) -> &[(u64, u32)] {
-        &self.traffic
     }
 }
 
@@ -105,14 +81,6 @@ impl fmt::Display for Via<'_> {
             Self::Latest => f.write_str("latest"),
         }
     }
-}
-
-/// The answer of [`resolve`]: the version, its payload and how it was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resolution<'r, V> {
-    pub version: u64,
-    pub payload: &'r V,
-    pub via: Via<'r>,
 }
 
 /// What pointed at a missing version (for [`ResolveError::Dangling`]).
@@ -209,15 +177,17 @@ impl fmt::Display for ResolveError {
 impl std::error::Error for ResolveError {}
 
 /// Resolves `requested` (a request's `model_version`) for the model `full_name`
-/// (`tenant/name`, used in messages only). `draw` is called once, and only when the traffic
-/// split decides; it should return a uniform number in `[0, 1)` (any `f64` is accepted and
-/// treated as `random.choices` would treat it: the index stays within the split).
+/// (`tenant/name`, used in messages only): the version, its payload and how it was chosen.
+/// `draw` is called once, and only when the traffic split decides; it should return a
+/// uniform number in `[0, 1)` (any `f64` is accepted and treated as `random.choices` would
+/// treat it: the index stays within the split). Allocates only on errors (and for a split
+/// given out of order).
 pub fn resolve<'r, V>(
     routes: &'r Routes<V>,
     full_name: &str,
     requested: &str,
     draw: impl FnOnce() -> f64,
-) -> Result<Resolution<'r, V>, ResolveError> {
+) -> Result<(u64, &'r V, Via<'r>), ResolveError> {
     let requested = py_strip(requested);
     if pystr::is_digits(requested) {
         let number = match pystr::parse_int(requested) {
@@ -232,11 +202,7 @@ pub fn resolve<'r, V>(
             }
         };
         return match number.and_then(|v| routes.versions.get_key_value(&v)) {
-            Some((&version, payload)) => Ok(Resolution {
-                version,
-                payload,
-                via: Via::Pinned,
-            }),
+            Some((&version, payload)) => Ok((version, payload, Via::Pinned)),
             None => Err(ResolveError::NoVersion {
                 model: full_name.to_owned(),
                 requested: requested.to_owned(),
@@ -252,25 +218,15 @@ pub fn resolve<'r, V>(
         };
         return target_of(routes, full_name, target, Via::Alias(name));
     }
-    if let Some(&last) = routes.cumulative.last() {
-        // random.choices: total = float(cum[-1]); refuses a total <= 0 before drawing.
-        if last == 0 {
-            return Err(ResolveError::ZeroWeights);
-        }
-        let x = draw() * last as f64;
-        let i = bisect_right(&routes.cumulative, x, routes.cumulative.len() - 1);
-        let (version, _) = routes.traffic[i];
+    if !routes.traffic.is_empty() {
+        let version = split(&routes.traffic, draw)?;
         return target_of(routes, full_name, version, Via::Traffic);
     }
     if let Some((name, &target)) = routes.aliases.get_key_value(STABLE) {
         return target_of(routes, full_name, target, Via::Alias(name));
     }
     match routes.versions.last_key_value() {
-        Some((&version, payload)) => Ok(Resolution {
-            version,
-            payload,
-            via: Via::Latest,
-        }),
+        Some((&version, payload)) => Ok((version, payload, Via::Latest)),
         None => Err(ResolveError::NoVersions {
             model: full_name.to_owned(),
         }),
@@ -284,13 +240,9 @@ fn target_of<'r, V>(
     full_name: &str,
     version: u64,
     via: Via<'r>,
-) -> Result<Resolution<'r, V>, ResolveError> {
+) -> Result<(u64, &'r V, Via<'r>), ResolveError> {
     if let Some(payload) = routes.versions.get(&version) {
-        return Ok(Resolution {
-            version,
-            payload,
-            via,
-        });
+        return Ok((version, payload, via));
     }
     let pointer = match via {
         Via::Alias(name) => Pointer::Alias(name.to_owned()),
@@ -303,19 +255,39 @@ fn target_of<'r, V>(
     })
 }
 
-/// Python's `bisect.bisect_right(a, x, 0, hi)` with Python's exact int/float comparison: the
-/// same halving steps, so the same answer even if `a` were unsorted.
-fn bisect_right(a: &[u64], x: f64, hi: usize) -> usize {
-    let (mut lo, mut hi) = (0, hi.min(a.len()));
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if f64_lt_u64(x, a[mid]) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+/// `random.choices(versions, weights)[0]` with `random()` = `draw()`, over the split sorted
+/// by version: `total = float(sum(weights))`, refused (before drawing) when 0; then
+/// `bisect_right(cumulative, draw() * total, 0, n - 1)`. The weights are non-negative, so
+/// the running sums never decrease and that bisection is the first index whose running sum
+/// exceeds `x` (compared exactly, as Python compares a float with an int), or `n - 1`.
+fn split(traffic: &[(u64, u32)], draw: impl FnOnce() -> f64) -> Result<u64, ResolveError> {
+    let sorted: Cow<'_, [(u64, u32)]> = if traffic.windows(2).all(|w| w[0].0 < w[1].0) {
+        Cow::Borrowed(traffic)
+    } else {
+        let mut copy = traffic.to_vec();
+        copy.sort_by_key(|&(v, _)| v);
+        Cow::Owned(copy)
+    };
+    // Saturating: exact below 2^64, i.e. for any split of fewer than 2^32 versions.
+    let total = sorted
+        .iter()
+        .fold(0u64, |sum, &(_, w)| sum.saturating_add(u64::from(w)));
+    if total == 0 {
+        return Err(ResolveError::ZeroWeights);
+    }
+    let x = draw() * total as f64;
+    let (last, head) = match sorted.split_last() {
+        Some(split) => split,
+        None => return Err(ResolveError::ZeroWeights),
+    };
+    let mut running = 0u64;
+    for &(version, weight) in head {
+        running = running.saturating_add(u64::from(weight));
+        if f64_lt_u64(x, running) {
+            return Ok(version);
         }
     }
-    lo
+    Ok(last.0)
 }
 
 /// `x < c` exactly, as Python compares a float with an int (NaN compares false).

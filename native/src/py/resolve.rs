@@ -30,7 +30,7 @@ fn resolve_version(
         .collect::<PyResult<BTreeMap<u64, ()>>>()?;
     let routes = Routes::new(versions, aliases, traffic);
     match resolve(&routes, full_name, requested, || u) {
-        Ok(r) => Ok((r.version, r.via.to_string())),
+        Ok((version, _, via)) => Ok((version, via.to_string())),
         Err(e) if e.is_not_found() => Err(PyLookupError::new_err(e.to_string())),
         Err(e) => Err(PyValueError::new_err(e.to_string())),
     }

@@ -84,17 +84,9 @@ fn vectors_resolve() {
         );
         match (&got, &case["ok"], &case["error"]) {
             (Ok(r), ok, Value::Null) => {
-                assert_eq!(
-                    r.version,
-                    ok["version"].as_u64().expect("version"),
-                    "{case}"
-                );
-                assert_eq!(*r.payload, r.version);
-                assert_eq!(
-                    r.via.to_string(),
-                    ok["via"].as_str().expect("via"),
-                    "{case}"
-                );
+                assert_eq!(r.0, ok["version"].as_u64().expect("version"), "{case}");
+                assert_eq!(*r.1, r.0);
+                assert_eq!(r.2.to_string(), ok["via"].as_str().expect("via"), "{case}");
             }
             (Err(e), Value::Null, err) => {
                 assert_eq!(
@@ -128,7 +120,7 @@ fn resolution_rules_and_messages() {
     let never = || -> f64 { panic!("no split: no draw") };
     let ok = |req: &str| {
         let res = resolve(&r, "acme/churn", req, never).expect("resolves");
-        (res.version, res.via.to_string())
+        (res.0, res.2.to_string())
     };
     assert_eq!(ok(" 1 "), (1, "pinned".into()));
     assert_eq!(ok("canary"), (3, "alias:canary".into()));
@@ -157,7 +149,7 @@ fn resolution_rules_and_messages() {
     );
     let latest = simple(&[3, 10, 4], &[], &[]);
     let res = resolve(&latest, "a/b", "  ", never).expect("latest");
-    assert_eq!((res.version, res.via), (10, Via::Latest));
+    assert_eq!((res.0, res.2), (10, Via::Latest));
 }
 
 #[test]
@@ -181,7 +173,7 @@ fn split_draws_once_and_caps_the_index() {
         })
         .expect("split");
         assert_eq!(
-            (res.version, res.via, draws.get()),
+            (res.0, res.2, draws.get()),
             (want, Via::Traffic, 1),
             "u={u}"
         );
@@ -204,14 +196,29 @@ fn exact_float_int_comparison() {
     assert!(f64_lt_u64(9_007_199_254_740_992.0, 9_007_199_254_740_993));
     assert!(!f64_lt_u64(18_446_744_073_709_551_616.0, u64::MAX));
     assert!(f64_lt_u64(18_446_744_073_709_549_568.0, u64::MAX));
-    assert_eq!(bisect_right(&[1, 1, 3], 1.0, 2), 2);
-    assert_eq!(bisect_right(&[1, 1, 3], 0.5, 2), 0);
+    // In a split: running sums 1, 1, 3 (a zero weight between), x = u * 3.
+    let r = simple(&[1, 2, 3], &[], &[(1, 1), (2, 0), (3, 2)]);
+    let pick = |u: f64| resolve(&r, "a/b", "", || u).map(|res| res.0);
+    assert_eq!(pick(1.0 / 3.0), Ok(3));
+    assert_eq!(pick(0.333_333_333_333_333), Ok(1));
 }
 
 #[test]
 fn last_duplicate_traffic_weight_wins() {
     let r = simple(&[1, 2], &[], &[(2, 0), (1, 5), (2, 5)]);
-    assert_eq!(r.traffic(), &[(1, 5), (2, 5)]);
+    assert_eq!(r.traffic, [(1, 5), (2, 5)]);
+}
+
+#[test]
+fn a_split_out_of_order_is_read_sorted() {
+    let sorted = simple(&[1, 2, 3], &[], &[(1, 20), (2, 30), (3, 50)]);
+    let mut shuffled = sorted.clone();
+    shuffled.traffic = vec![(3, 50), (1, 20), (2, 30)];
+    for u in [0.0, 0.19, 0.2, 0.49, 0.5, 0.99] {
+        let a = resolve(&sorted, "a/b", "", || u).map(|r| r.0);
+        let b = resolve(&shuffled, "a/b", "", || u).map(|r| r.0);
+        assert_eq!(a, b, "u={u}");
+    }
 }
 
 proptest! {
@@ -237,11 +244,11 @@ proptest! {
         for &v in &versions {
             let req = format!("{pad}{}{v}{pad}", "0".repeat(zeros));
             let res = resolve(&r, "a/b", &req, || 0.5).expect("pinned");
-            prop_assert_eq!((res.version, *res.payload, res.via), (v, v, Via::Pinned));
+            prop_assert_eq!((res.0, *res.1, res.2), (v, v, Via::Pinned));
         }
         let res = resolve(&r, "a/b", pad, || u).expect("split");
-        prop_assert!(traffic.iter().any(|&(v, _)| v == res.version));
-        prop_assert_eq!(res.via, Via::Traffic);
+        prop_assert!(traffic.iter().any(|&(v, _)| v == res.0));
+        prop_assert_eq!(res.2, Via::Traffic);
     }
 
     /// The split picks version i for u in [cum[i-1], cum[i]) / total (exact arithmetic).
@@ -265,7 +272,7 @@ proptest! {
             }
         }
         let res = resolve(&r, "a/b", "", || u).expect("split");
-        prop_assert_eq!(res.version, want as u64);
+        prop_assert_eq!(res.0, want as u64);
     }
 
     /// Resolution never panics, whatever the request.
