@@ -1,5 +1,6 @@
-//! Bindings of `crate::shard`: conversion and calls only. Heavy calls (`tenant_hashes`,
-//! `NativePool.shard_matrix`) copy their input while holding the GIL and compute without it.
+//! Bindings of `crate::shard`: conversion and calls only. The heavy calls compute without the
+//! GIL: `tenant_hashes` on the strings themselves (`PyBackedStr`: immutable, no copy),
+//! `NativePool.shard_matrix` on a copy of the hash array (which Python could write to).
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
