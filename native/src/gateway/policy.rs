@@ -130,7 +130,7 @@ pub fn choose(
     if k == 0 {
         return Vec::new();
     }
-    let p = primary_index(model_key, k);
+    let p = primary_index(model_key, k).unwrap_or(0);
     let mut ordered: Vec<usize> = (0..k).map(|i| ranked[(p + i) % k]).collect();
     if in_flight(ordered[0]) >= spill_at {
         ordered.sort_by_key(|&m| in_flight(m));
@@ -151,7 +151,7 @@ mod tests {
     fn the_primary_comes_first_and_fallbacks_follow_the_shard() {
         let ranked = [4, 2, 7, 1, 0];
         let c = choose(&ranked, 3, "acme/churn:1", 8, |_| 0, |_| false);
-        let p = primary_index("acme/churn:1", 3);
+        let p = primary_index("acme/churn:1", 3).unwrap();
         assert_eq!(c[0], ranked[p]);
         assert_eq!(&c[3..], &[1, 0]);
         let mut shard = c[..3].to_vec();
@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn a_loaded_primary_spills_to_the_least_loaded_member() {
         let ranked = [0, 1, 2];
-        let p = ranked[primary_index("m:1", 3)];
+        let p = ranked[primary_index("m:1", 3).unwrap()];
         let load = |m: usize| if m == p { 8 } else { m as u32 };
         let c = choose(&ranked, 3, "m:1", 8, load, |_| false);
         assert_ne!(c[0], p);
@@ -180,7 +180,7 @@ mod tests {
             "m:1",
             8,
             |_| 0,
-            |m| m == 3 || m == ranked[primary_index("m:1", 2)],
+            |m| m == 3 || m == ranked[primary_index("m:1", 2).unwrap()],
         );
         assert!(c[..2].iter().all(|&m| m != 3));
         assert_eq!(c.len(), 4);
@@ -210,7 +210,7 @@ mod tests {
             let want: Vec<usize> = (0..n).collect();
             proptest::prop_assert_eq!(sorted, if k.min(n) == 0 { vec![] } else { want });
             let idle = choose(&ranked, k, &key, 8, |_| 0, |_| false);
-            let primary = ranked[primary_index(&key, k.min(n))];
+            let primary = ranked[primary_index(&key, k.min(n)).unwrap()];
             proptest::prop_assert_eq!(idle[0], primary);
             // Healthy members always come before sick ones.
             let first_sick = c.iter().position(|&m| sick[m]).unwrap_or(c.len());

@@ -29,14 +29,23 @@ use super::shadow::ShadowJob;
 use super::table::{Model, PoolView, Version};
 use super::Shared;
 use crate::pyfmt::repr;
-use crate::resolve::{resolve, Via};
+use crate::resolve::{resolve, ResolveError};
 
+/// NOT_FOUND for what does not exist (the Python router's answers); a version string Python
+/// could not read as a number (`²`, 4,300+ digits) is the caller's mistake: INVALID_ARGUMENT.
+fn resolve_status(e: ResolveError) -> Status {
+    let code = match e {
+        _ if e.is_not_found() => Code::NotFound,
+        ResolveError::ZeroWeights => Code::Internal,
+        _ => Code::InvalidArgument,
+    };
+    Status::new(code, e.to_string())
+}
 
 /// A resolved request: the model, the version that answers, and how it was chosen.
 pub struct Route {
     pub model: Arc<Model>,
     pub version: u64,
-    pub via: Via,
 }
 
 impl Route {
@@ -115,12 +124,11 @@ impl Shared {
         let (version, _, via) = resolve(&model.routes, &model.full_name, model_version, || {
             self.random()
         })
-        .map_err(|e| Status::new(Code::NotFound, e.to_string()))?;
+        .map_err(resolve_status)?;
         self.stats.resolved(via);
         Ok(Route {
             model: model.clone(),
             version,
-            via,
         })
     }
 
@@ -181,11 +189,7 @@ impl Shared {
             let state = self.members.get(&member.worker_id);
             let _in_flight = self.members.start(&state);
             let body = forward::payload(payload);
-            match self
-                .upstreams
-                .infer(&member.address, body, remaining)
-                .await
-            {
+            match self.upstreams.infer(&member.address, body, remaining).await {
                 Ok(reply) if reply.status.code == Code::Ok => {
                     self.members.success(&state);
                     return Ok(reply);
@@ -563,4 +567,3 @@ mod tests {
         assert!(split_model_name("acme/churn\n").is_ok());
     }
 }
-

@@ -30,10 +30,10 @@ pub struct Stats {
     load: Mutex<HashMap<String, u64>>,
 }
 
-pub fn via_index(via: Via) -> usize {
+pub fn via_index(via: Via<'_>) -> usize {
     match via {
         Via::Pinned => 0,
-        Via::Alias => 1,
+        Via::Alias(_) => 1,
         Via::Traffic => 2,
         Via::Latest => 3,
     }
@@ -70,7 +70,7 @@ impl Stats {
             .fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
     }
 
-    pub fn resolved(&self, via: Via) {
+    pub fn resolved(&self, via: Via<'_>) {
         self.resolved[via_index(via)].fetch_add(1, Ordering::Relaxed);
     }
 

@@ -89,15 +89,14 @@ impl Model {
                 .map_err(|_| format!("traffic version {v:?} is not a number"))?;
             traffic.push((v, pct));
         }
-        traffic.sort_unstable();
         Ok(Model {
             full_name: format!("{}/{}", m.tenant, m.name),
             tenant: m.tenant,
-            routes: Routes {
-                versions: m.versions.into_iter().map(|v| (v.version, v)).collect(),
-                aliases: m.aliases,
+            routes: Routes::new(
+                m.versions.into_iter().map(|v| (v.version, v)).collect(),
+                m.aliases,
                 traffic,
-            },
+            ),
             shadow: m.shadow,
         })
     }
@@ -207,28 +206,35 @@ pub struct PoolView {
     /// Per member: its lease is alive and it is not draining.
     pub live: Vec<bool>,
     pub shard: shard::Pool,
-    index: HashMap<String, usize>,
+}
+
+thread_local! {
+    /// The shard function's buffers, reused by every request on this thread.
+    static SCRATCH: std::cell::RefCell<shard::Scratch> = std::cell::RefCell::default();
 }
 
 impl PoolView {
-    pub fn index_of(&self, worker_id: &str) -> Option<usize> {
-        self.index.get(worker_id).copied()
-    }
-
-    /// Member indices best first and the shard size k for `tenant` (overrides applied).
+    /// Member indices best first and the shard size k for `tenant` (its overrides applied:
+    /// explicit members first, else its shard size, else the pool's).
     pub fn ranked(&self, tenant: &str, cfg: Option<&Tenant>) -> (Vec<usize>, usize) {
-        let (size, explicit): (usize, Vec<usize>) = match cfg {
-            Some(t) => (
-                t.shard_size,
-                t.members.iter().filter_map(|w| self.index_of(w)).collect(),
-            ),
-            None => (0, Vec::new()),
+        let pinned;
+        let ov = match cfg {
+            Some(t) if !t.members.is_empty() => {
+                pinned = self.shard.pinned(&t.members);
+                shard::Override::Members(&pinned)
+            }
+            Some(t) if t.shard_size > 0 => shard::Override::ShardSize(t.shard_size),
+            _ => shard::Override::Default,
         };
-        if cfg.is_some_and(|t| !t.members.is_empty()) {
-            // Explicit members: those still in the pool, in their given order.
-            return self.shard.ranked(tenant, size, &explicit);
-        }
-        self.shard.ranked(tenant, size, &[])
+        let h_t = self.shard.tenant_hash(tenant);
+        let mut out = Vec::with_capacity(self.members.len());
+        let k = SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut scratch) => self.shard.ranked_into(h_t, ov, &mut scratch, &mut out),
+            Err(_) => self
+                .shard
+                .ranked_into(h_t, ov, &mut shard::Scratch::default(), &mut out),
+        });
+        (out, k)
     }
 }
 
@@ -425,13 +431,13 @@ impl Table {
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         if pools_dirty {
-            self.pools.store(Arc::new(build_pools(&inputs)));
+            self.pools.store(Arc::new(build_pools(&inputs, &mut bad)));
         }
         bad
     }
 }
 
-fn build_pools(inputs: &Inputs) -> Map<PoolView> {
+fn build_pools(inputs: &Inputs, bad: &mut Vec<(String, String)>) -> Map<PoolView> {
     let mut out = Map::new();
     let Some(salt) = inputs.salt.as_deref() else {
         return out;
@@ -446,8 +452,15 @@ fn build_pools(inputs: &Inputs) -> Map<PoolView> {
             .filter(|(pool, _, draining)| pool == name && !draining)
             .map(|(_, id, _)| id.as_str())
             .collect();
-        let ids: Vec<String> = snap.members.iter().map(|m| m.worker_id.clone()).collect();
-        let zones: Vec<String> = snap.members.iter().map(|m| m.zone.clone()).collect();
+        let ids: Vec<&str> = snap.members.iter().map(|m| m.worker_id.as_str()).collect();
+        let zones: Vec<&str> = snap.members.iter().map(|m| m.zone.as_str()).collect();
+        let shard = match shard::Pool::new(&ids, &zones, salt, snap.shard_size) {
+            Ok(p) => p,
+            Err(e) => {
+                bad.push((format!("{PLACEMENT}{name}"), e.to_string()));
+                continue;
+            }
+        };
         let view = PoolView {
             name: name.clone(),
             epoch: snap.epoch,
@@ -456,12 +469,7 @@ fn build_pools(inputs: &Inputs) -> Map<PoolView> {
                 .iter()
                 .map(|m| live_ids.contains(m.worker_id.as_str()))
                 .collect(),
-            index: ids
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (w.clone(), i))
-                .collect(),
-            shard: shard::Pool::new(&ids, &zones, salt, snap.shard_size),
+            shard,
             members: snap.members.clone(),
         };
         out.insert(name.as_str().into(), Arc::new(view));
