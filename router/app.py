@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from prometheus_client import start_http_server
@@ -79,7 +80,12 @@ class RouterApp:
             PrefixFeed(self._store, prefix, self.gateway.apply, self._view_changed)
             for prefix in PREFIXES
         ]
-        self.metrics = RouterMetrics(self.gateway.stats, lambda: self.stale)
+        #: Unix times of the start of the first etcd read and of the view being complete.
+        self.view_read_at = 0.0
+        self.view_ready_at = 0.0
+        self.metrics = RouterMetrics(
+            self.gateway.stats, lambda: self.stale, lambda: (self.view_read_at, self.view_ready_at)
+        )
         self.address = ""
         self.metrics_address = ""
         self._http: object | None = None
@@ -111,8 +117,11 @@ class RouterApp:
         self.address = await asyncio.to_thread(self.gateway.start)
         if self._own_store is not None:
             await self._own_store.connect()
+        self.view_read_at = time.time()
         await asyncio.gather(*(f.start() for f in self.feeds))
+        self.view_ready_at = time.time()
         self._view_changed()
+        log.info("routing view read in %.3f s", self.view_ready_at - self.view_read_at)
         self.shadow.start()
         host, _, port = self.address.rpartition(":")
         self.load = LoadReporter(

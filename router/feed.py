@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from shoal.records import CLUSTER, MODELS, PLACEMENT, TENANTS, WORKERS
-from shoal.state import StateError, StateStore, WatchEvent, read_prefix
+from shoal.state import StateError, StateStore, WatchEvent, iter_prefix
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,11 @@ PREFIXES = (MODELS, TENANTS, WORKERS, PLACEMENT, CLUSTER)
 Change = tuple[str, bytes | None]
 Apply = Callable[[Sequence[Change]], Sequence[tuple[str, str]]]
 
-#: Keys pushed per call into the gateway during a full read.
-_CHUNK = 2048
+#: Keys per etcd range read of a full read. etcd counts every key from a page's start to the
+#: end of the range whatever the limit, so small pages make a full read quadratic: 100K models
+#: took 6.9 s in pages of 1,000 and 0.8 s in pages of 20,000 (each page ~10 MB, far below
+#: the client's 64 MiB message limit).
+PAGE = 10_000
 
 
 class PrefixFeed:
@@ -79,14 +82,24 @@ class PrefixFeed:
             log.warning("gateway skipped undecodable %s: %s", key, why)
 
     async def _resync(self) -> None:
-        kvs, revision = await read_prefix(self.store, self.prefix)
-        fresh = {kv.key: kv.mod_revision for kv in kvs}
-        changes: list[Change] = [
-            (kv.key, kv.value) for kv in kvs if self.revisions.get(kv.key) != kv.mod_revision
-        ]
-        changes += [(k, None) for k in self.revisions if k not in fresh]
-        for i in range(0, len(changes), _CHUNK):
-            self._push(changes[i : i + _CHUNK])
+        """Read the prefix at one revision, pushing each page as it arrives (reading the next
+        page overlaps the gateway's decoding of this one), then the deletions."""
+        fresh: dict[str, int] = {}
+        revision = 0
+        page: list[Change] = []
+        async for kv, rev in iter_prefix(self.store, self.prefix, page_size=PAGE):
+            revision = rev
+            fresh[kv.key] = kv.mod_revision
+            if self.revisions.get(kv.key) != kv.mod_revision:
+                page.append((kv.key, kv.value))
+            if len(page) >= PAGE:
+                self._push(page)
+                page = []
+        gone = [(k, None) for k in self.revisions if k not in fresh]
+        if page or gone:
+            self._push(page + gone)
+        if not fresh:
+            revision = (await self.store.range(self.prefix, limit=1)).revision
         self.revisions = fresh
         self.revision = revision
 

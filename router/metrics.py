@@ -27,9 +27,15 @@ Stats = Mapping[str, Any]
 class GatewayCollector(Collector):
     """The gateway's counters as Prometheus families, read when scraped."""
 
-    def __init__(self, stats: Callable[[], Stats], stale: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], Stats],
+        stale: Callable[[], bool],
+        view_times: Callable[[], tuple[float, float]],
+    ) -> None:
         self._stats = stats
         self._stale = stale
+        self._view_times = view_times
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
@@ -80,6 +86,17 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "shoal_router_models", "models in the gateway's routing table", value=s["models"]
         )
+        read_at, ready_at = self._view_times()
+        yield GaugeMetricFamily(
+            "shoal_router_view_read_started_timestamp_seconds",
+            "when this router began its first read of etcd (unix time)",
+            value=read_at,
+        )
+        yield GaugeMetricFamily(
+            "shoal_router_view_ready_timestamp_seconds",
+            "when its routing view was first complete (unix time; 0: not yet)",
+            value=ready_at,
+        )
 
 
 def _le(bound: float) -> str:
@@ -95,9 +112,14 @@ class RouterMetrics:
     """The router's registry: the gateway's families and the shadow recorder's per-model
     counters."""
 
-    def __init__(self, stats: Callable[[], Stats], stale: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], Stats],
+        stale: Callable[[], bool],
+        view_times: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0),
+    ) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        r.register(GatewayCollector(stats, stale))
+        r.register(GatewayCollector(stats, stale, view_times))
         self.shadow_errors = Counter(
             "shoal_router_shadow_errors", "shadow copies that failed", ["model"], registry=r
         )
