@@ -95,7 +95,7 @@ class PrefixFeed:
             if len(page) >= PAGE:
                 self._push(page)
                 page = []
-        gone = [(k, None) for k in self.revisions if k not in fresh]
+        gone: list[Change] = [(k, None) for k in self.revisions if k not in fresh]
         if page or gone:
             self._push(page + gone)
         if not fresh:
