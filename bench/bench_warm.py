@@ -6,9 +6,11 @@ is already resident, at each concurrency of ``BENCH_CONCURRENCY`` (1 and 32), fo
 
 * **router**: Shoal through its router (a ``LocalCluster`` of etcd, placement, one worker and
   the router as real processes; models registered through the control plane, ``stable``
-  alias), i.e. two gRPC hops;
+  alias), i.e. two gRPC hops; the router's data path is the native gateway;
 * **worker**: the same worker called directly (one hop), so ``router - worker`` is what
   routing costs;
+* **nginx**: nginx ``grpc_pass`` in front of the same worker (``bench.nginx``): what a native
+  proxy hop costs on this machine, the reference the gateway is held to;
 * **mlserver**: MLServer (``bench.peers``, its own venv, one process, the same artifact bytes;
   XGBoost and LightGBM only: MLServer's peer set has no ONNX runtime);
 * **echo**: a bare grpc.aio server returning a fixed response (``bench.echo_server``), the
@@ -19,9 +21,11 @@ MLP. Load comes from h2load (C, one thread; see ``bench.loadgen``), which report
 per request; client and server CPU are read from ``/proc`` over each phase. Servers run one at
 a time (echo, then Shoal, then MLServer), so they do not compete for the 2 cores.
 
-Ratios and the issue's targets: router/MLServer req/s at concurrency 32 (>= 3x), router p99
-vs MLServer p99 (lower), router/echo req/s (>= 0.5x), router's added p50 at concurrency 1
-vs the worker direct (<= 0.3 ms). Written with ``bench.common.write_results("warm", ...)``.
+Ratios and the issues' targets: router/worker-direct req/s at concurrency 32 (>= 0.9x), the
+router's added p50 at concurrency 1 over the worker direct (<= 0.1 ms, i.e. below nginx's),
+the router process's CPU per request (<= 80 µs), router/MLServer req/s at concurrency 32
+(>= 3x), router p99 vs MLServer p99 (lower), router/echo req/s (>= 0.5x). Written with
+``bench.common.write_results("warm", ...)``.
 
 Run alone: ``.venv/bin/python -m bench.bench_warm`` (``BENCH_SMOKE=1`` for a < 1 minute
 plumbing check; see ``bench.config`` for every knob).
@@ -42,6 +46,7 @@ from bench.config import BenchConfig, scratch, wait_for
 from bench.echo_server import EchoProcess
 from bench.loadgen import Load, LoadResult, h2load_version, run_load
 from bench.models import BenchModel, bench_models
+from bench.nginx import NginxProxy, nginx_version
 from bench.peers import IMPLEMENTATIONS, MLServerProcess, PeerModel, installed_versions
 from bench.shoal_harness import ShoalBench
 from bench.wire import infer_once, infer_request
@@ -87,10 +92,15 @@ def run_echo(cfg: BenchConfig, tmp: Path, body: bytes, runs: Runs) -> None:
 
 def run_shoal(cfg: BenchConfig, tmp: Path, models: dict[str, BenchModel], runs: Runs) -> None:
     sb = ShoalBench(tmp / "shoal", workers=1, shard_size=1, worker_env=WORKER_ENV).start()
+    nginx: NginxProxy | None = None
     try:
         for key, m in models.items():
             sb.register(TENANT, key, m.data)
         pids = {"router": sb.router_pid, "worker": sb.worker_pid()}
+        try:
+            nginx = NginxProxy(tmp / "nginx", sb.worker_address()).start()
+        except RuntimeError as exc:  # no nginx to be had: the reference rows are missing
+            print(f"  nginx reference skipped: {exc}", flush=True)
         for key, m in models.items():
             body = infer_request(f"{TENANT}/{key}", m.row, m.input_name)
             # The router learns of the new record through its etcd watch: wait for it.
@@ -100,7 +110,12 @@ def run_shoal(cfg: BenchConfig, tmp: Path, models: dict[str, BenchModel], runs: 
                 runs.add("router", key, run_load(sb.router_address, body, load, pids))
                 direct = {"worker": pids["worker"]}
                 runs.add("worker", key, run_load(sb.worker_address(), body, load, direct))
+                if nginx is not None:
+                    proxied = {"nginx": nginx.pid, "worker": pids["worker"]}
+                    runs.add("nginx", key, run_load(nginx.address, body, load, proxied))
     finally:
+        if nginx is not None:
+            nginx.stop()
         sb.stop()
 
 
@@ -138,6 +153,7 @@ def figures(cfg: BenchConfig, runs: Runs, models: dict[str, BenchModel]) -> list
     hi = 32 if 32 in cfg.concurrency else max(cfg.concurrency)
     lo = 1 if 1 in cfg.concurrency else min(cfg.concurrency)
     for key in models:
+        out += _gateway_figures(runs, key, lo, hi)
         r_hi, m_hi = runs.get("router", key, hi), runs.get("mlserver", key, hi)
         if r_hi and m_hi:
             v = _ratio(r_hi.rps, m_hi.rps)
@@ -152,11 +168,6 @@ def figures(cfg: BenchConfig, runs: Runs, models: dict[str, BenchModel]) -> list
             if r and e:
                 v = _ratio(r.rps, e.rps)
                 out.append(figure(f"{key}: router/echo req/s, c={c}", v, "x", ">= 0.5", v >= 0.5))
-        r, w = runs.get("router", key, lo), runs.get("worker", key, lo)
-        if r and w:
-            v = r.p50_ms - w.p50_ms
-            out.append(figure(f"{key}: router added p50 vs worker, c={lo}", v, "ms", "<= 0.3",
-                              v <= 0.3))  # fmt: skip
         w_hi = runs.get("worker", key, hi)
         if w_hi and m_hi:
             v = _ratio(w_hi.rps, m_hi.rps)
@@ -166,6 +177,43 @@ def figures(cfg: BenchConfig, runs: Runs, models: dict[str, BenchModel]) -> list
         out.append(figure(f"{label}: req/s", res.rps, "req/s"))
         out.append(figure(f"{label}: p50", res.p50_ms, "ms"))
         out.append(figure(f"{label}: p99", res.p99_ms, "ms"))
+    return out
+
+
+def _cpu_us(res: LoadResult, server: str) -> float:
+    return res.server_cpu_by.get(server, 0.0) * 1e6 / max(res.requests, 1)
+
+
+def _gateway_figures(runs: Runs, key: str, lo: int, hi: int) -> list[dict[str, Any]]:
+    """Issue 15's targets: what the router's native hop costs, beside nginx's."""
+    out: list[dict[str, Any]] = []
+    r_hi, w_hi, n_hi = (runs.get(s, key, hi) for s in ("router", "worker", "nginx"))
+    if r_hi and w_hi:
+        v = _ratio(r_hi.rps, w_hi.rps)
+        out.append(figure(f"{key}: router/worker-direct req/s, c={hi}", v, "x", ">= 0.9", v >= 0.9))
+    if n_hi and w_hi:
+        out.append(
+            figure(f"{key}: nginx/worker-direct req/s, c={hi}", _ratio(n_hi.rps, w_hi.rps), "x")
+        )
+    r, w, n = (runs.get(s, key, lo) for s in ("router", "worker", "nginx"))
+    if r and w:
+        v = r.p50_ms - w.p50_ms
+        out.append(
+            figure(f"{key}: router added p50 vs worker, c={lo}", v, "ms", "<= 0.1", v <= 0.1)
+        )
+    if n and w:
+        out.append(figure(f"{key}: nginx added p50 vs worker, c={lo}", n.p50_ms - w.p50_ms, "ms"))
+    if r and n and w:
+        v = (r.p50_ms - w.p50_ms) - (n.p50_ms - w.p50_ms)
+        out.append(figure(f"{key}: router added p50 minus nginx's, c={lo}", v, "ms", "< 0", v < 0))
+    for c in sorted({lo, hi}):
+        for server in ("router", "nginx"):
+            res = runs.get(server, key, c)
+            if res is None:
+                continue
+            v = _cpu_us(res, server)
+            target = ("<= 80", v <= 80) if server == "router" else ("", None)
+            out.append(figure(f"{key}: {server} CPU per request, c={c}", v, "µs", *target))
     return out
 
 
@@ -204,14 +252,14 @@ def main() -> int:
     first = next(iter(models.values()))
     runs = Runs()
     extra: dict[str, Any] = {"config": cfg.as_dict(), "h2load": h2load_version(),
-                             "worker_env": WORKER_ENV}  # fmt: skip
+                             "nginx": nginx_version(), "worker_env": WORKER_ENV}  # fmt: skip
     extra["models"] = {
         k: {"format": m.format, "sha256": m.sha256, "bytes": m.size} for k, m in models.items()
     }
     with scratch("warm", cfg.keep) as tmp:
         print("== echo (bare grpc.aio floor)", flush=True)
         run_echo(cfg, tmp, infer_request(f"{TENANT}/echo", first.row, first.input_name), runs)
-        print("== shoal (router, worker direct)", flush=True)
+        print("== shoal (router, worker direct, nginx in front of the worker)", flush=True)
         run_shoal(cfg, tmp, models, runs)
         print("== mlserver", flush=True)
         extra["mlserver"] = run_mlserver(cfg, tmp, models, runs)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.procutil import cpu_seconds, host_cpu_ticks, tree_cpu_seconds
+from bench.procutil import cpu_seconds, ensure_debian_tool, host_cpu_ticks, tree_cpu_seconds
 from bench.wire import INFER_PATH, grpc_frame, infer_once
 
 PROBE_REQUESTS = 50
@@ -95,32 +95,9 @@ class LoadResult:
 
 
 def ensure_h2load(install: bool | None = None) -> str | None:
-    """Path of ``h2load``; install ``nghttp2-client`` with apt-get if missing and allowed.
-
-    Installing needs root and network access to Debian's archive; set
-    ``BENCH_INSTALL_H2LOAD=0`` to never try (the Python clients are used instead).
-    """
-    found = shutil.which("h2load")
-    if found:
-        return found
-    if install is None:
-        install = os.environ.get("BENCH_INSTALL_H2LOAD", "1") != "0"
-    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None
-    print("h2load missing: apt-get install nghttp2-client ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "nghttp2-client"],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"could not install nghttp2-client ({exc}); using Python clients", flush=True)
-        return None
-    return shutil.which("h2load")
+    """Path of ``h2load``; installs ``nghttp2-client`` with apt-get if missing and allowed
+    (``BENCH_INSTALL_H2LOAD=0``: never try; the Python clients are used instead)."""
+    return ensure_debian_tool("h2load", "nghttp2-client", "BENCH_INSTALL_H2LOAD", install)
 
 
 def h2load_version() -> str:

@@ -8,6 +8,8 @@ server spent per request. Resident memory is ``VmRSS`` from ``/proc/<pid>/status
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 from shoal.procs import wait_for_banner
@@ -86,3 +88,34 @@ def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     """Share (0-1) of the CPU time between two ``host_cpu_ticks`` readings that was stolen."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def ensure_debian_tool(
+    binary: str, package: str, env_flag: str, install: bool | None = None
+) -> str | None:
+    """Path of ``binary``; if missing, install Debian's ``package`` with apt-get when allowed.
+
+    Installing needs root and Debian's archive; ``<env_flag>=0`` means never try. Returns None
+    when the tool cannot be had (the caller says what it does instead).
+    """
+    found = shutil.which(binary)
+    if found:
+        return found
+    if install is None:
+        install = os.environ.get(env_flag, "1") != "0"
+    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None
+    print(f"{binary} missing: apt-get install {package} ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"could not install {package} ({exc})", flush=True)
+        return None
+    return shutil.which(binary)

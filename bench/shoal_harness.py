@@ -28,6 +28,7 @@ class ShoalBench:
     worker_env: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     store: str = ""
+    router_port: int = 0  # 0: a free port
     cluster: LocalCluster | None = None
 
     def start(self, timeout: float = 120.0) -> ShoalBench:
@@ -38,6 +39,7 @@ class ShoalBench:
             env=dict(self.env),
             worker_env=dict(self.worker_env),
             store=self.store,
+            router_port=self.router_port,
         ).start(timeout)
         return self
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from placement.membership import MembershipTracker
 from shoal.records import PLACEMENT, WORKERS, PoolSnapshot, placement_key
 from shoal.state import Compare, Put, StateError, StateStore, WatchEvent, read_prefix
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class SnapshotPublisher:
                     await self._publish()
         finally:
             await watch.cancel()
-            await stop_task(pump_task)
+            await cancel_and_wait(pump_task)
 
     async def _publish(self) -> None:
         for snap in self.tracker.changed_snapshots(self.published, self._shard_size, self._now()):

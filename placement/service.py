@@ -45,7 +45,7 @@ from shoal.objstore import ObjectStore
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.records import CLUSTER, ClusterConfig, TenantConfig, tenant_key
 from shoal.state import Compare, Put, StateStore
-from shoal.tasks import stop_task, stop_tasks
+from shoal.tasks import cancel_and_wait, cancel_and_wait_all
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class PlacementService:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await stop_tasks(tasks)
+            await cancel_and_wait_all(tasks)
         for t in done:
             if not t.cancelled() and (exc := t.exception()) is not None:
                 raise exc
@@ -206,7 +206,7 @@ class PlacementService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Resign, stop serving (in-flight calls get ``grace`` seconds), close connections."""
-        await stop_task(self._lead_task)
+        await cancel_and_wait(self._lead_task)
         self._lead_task = None
         if self._election is not None:
             await self._election.resign()

@@ -1,94 +1,152 @@
-"""The router process: view + core + gRPC server + metrics, with an explicit lifecycle
-(run by ``shoal.runner.Runner``).
+"""The router process: the native gateway (the data path) and its control plane.
 
-``RouterApp(settings)`` starts nothing; ``start()`` connects to etcd, reads the view, binds
-the endpoint and the metrics port; ``stop(grace)`` stops accepting, lets in-flight requests
-finish for up to ``grace`` seconds, then cancels them.
+No Python runs per request. The gateway (``shoal._native.Gateway``, native/src/gateway) binds
+the inference endpoint and answers every request from its routing table; this module wires
+what Python owns around it:
+
+* ``router.feed``: the gateway's table, fed from etcd (models, tenants and their keys and
+  quotas, pool snapshots, worker leases, the cluster salt), and its view state (ready after
+  the first full read; stale while etcd is unreachable: it keeps serving from the last view);
+* ``router.metrics``: the gateway's counters as Prometheus families, on an HTTP port;
+* ``router.shadow``: the shadow copies' outcomes, compared and logged;
+* ``router.load``: per-tenant request rates published for the hot-tenant controller.
+
+``RouterApp(settings)`` starts nothing (``shoal.runner.Runner`` runs it). ``start()`` binds the
+gateway (NOT_SERVING until the view is complete), connects to etcd and fills the table, then
+reports the view ready.
+``stop(grace)``: health NOT_SERVING, stop accepting, in-flight requests get ``grace`` seconds
+to finish, then the control plane stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 
-import grpc
 from prometheus_client import start_http_server
 
-from router.core import Router
-from router.forward import Forwarder
+from router.feed import PREFIXES, PrefixFeed
 from router.load import LoadReporter
 from router.metrics import RouterMetrics
-from router.server import RouterService
 from router.settings import RouterSettings
-from router.shadow import RotatingJsonl, ShadowSender
-from router.view import ClusterView
-from shoal import tls
-from shoal.auth import KeyChecker
+from router.shadow import RotatingJsonl, ShadowRecorder
+from shoal import __version__
+from shoal._native import Gateway
 from shoal.etcd import EtcdStore
+from shoal.state import StateStore
 
 log = logging.getLogger(__name__)
 
 
+def gateway_for(s: RouterSettings) -> Gateway:
+    """The native gateway configured from the router's settings."""
+    return Gateway(
+        host=s.host,
+        port=s.port,
+        threads=s.gateway_threads,
+        retries=s.retries,
+        default_timeout_s=s.default_timeout_s,
+        spill_at=s.spill_at,
+        eject_s=s.eject_s,
+        shadow_queue=s.shadow_queue,
+        max_message_bytes=s.max_message_bytes,
+        seed=s.seed,
+        tenant_rate_limit=s.tenant_rate_limit,
+        tenant_max_in_flight=s.tenant_max_in_flight,
+        tenant_queue_s=s.tenant_queue_s,
+        tenant_max_queued=s.tenant_max_queued,
+        auth=s.auth,
+        tls_cert=s.tls_cert,
+        tls_key=s.tls_key,
+        tls_ca=s.tls_ca,
+        tls_client_auth=False,
+        name="shoal-router",
+        version=__version__,
+    )
+
+
 class RouterApp:
-    def __init__(self, settings: RouterSettings) -> None:
+    def __init__(self, settings: RouterSettings, store: StateStore | None = None) -> None:
+        """``store``: the state store to follow (default: etcd at ``settings.etcd``, opened by
+        ``start`` and closed by ``stop``)."""
         self.settings = settings
-        self.metrics = RouterMetrics()
+        self._own_store: EtcdStore | None = None
+        if store is None:
+            store = self._own_store = EtcdStore(settings.etcd)
+        self._store: StateStore = store
+        self.gateway = gateway_for(settings)
+        self.feeds = [
+            PrefixFeed(self._store, prefix, self.gateway.apply, self._view_changed)
+            for prefix in PREFIXES
+        ]
+        #: Unix times of the start of the first etcd read and of the view being complete.
+        self.view_read_at = 0.0
+        self.view_ready_at = 0.0
+        self.metrics = RouterMetrics(
+            self.gateway.stats, lambda: self.stale, lambda: (self.view_read_at, self.view_ready_at)
+        )
         self.address = ""
         self.metrics_address = ""
-        self._store: EtcdStore | None = None
-        self._server: grpc.aio.Server | None = None
-        self.router: Router | None = None
+        self._http: object | None = None
+        self.shadow = ShadowRecorder(
+            self.gateway.take_shadow,
+            self.metrics,
+            RotatingJsonl(
+                Path(settings.data_dir) / "shadow" / "shadow.jsonl",
+                settings.shadow_log_bytes,
+                settings.shadow_log_keep,
+            ),
+            settings.shadow_atol,
+        )
+        self.load: LoadReporter | None = None
+
+    @property
+    def stale(self) -> bool:
+        return any(f.stale for f in self.feeds)
+
+    @property
+    def ready(self) -> bool:
+        return all(f.synced.is_set() for f in self.feeds)
+
+    def _view_changed(self) -> None:
+        self.gateway.set_view(self.ready, self.stale)
 
     async def start(self) -> None:
-        """Build the graph in one direction (view, forwarder, shadow sender, load reporter,
-        router, endpoint), then start its background parts and serve."""
         s = self.settings
-        self._store = store = await EtcdStore(s.etcd).connect()
-        view = ClusterView(store)
-        await view.start()
-        self.metrics.view_stale.set_function(lambda: 1.0 if view.stale else 0.0)
-        self._server = server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
+        self.address = await asyncio.to_thread(self.gateway.start)
+        if self._own_store is not None:
+            await self._own_store.connect()
+        self.view_read_at = time.time()
+        await asyncio.gather(*(f.start() for f in self.feeds))
+        self.view_ready_at = time.time()
+        self._view_changed()
+        log.info("routing view read in %.3f s", self.view_ready_at - self.view_read_at)
+        self.shadow.start()
+        host, _, port = self.address.rpartition(":")
+        self.load = LoadReporter(
+            self._store,
+            s.router_id or f"router-{host}-{port}",
+            self.gateway.take_load,
+            s.load_interval_s,
         )
-        port = tls.add_port(server, f"{s.host}:{s.port}", s)
-        self.address = f"{s.host}:{port}"
-        forwarder = Forwarder(view, s, self.metrics)
-        shadow_log = RotatingJsonl(
-            Path(s.data_dir) / "shadow" / "shadow.jsonl", s.shadow_log_bytes, s.shadow_log_keep
-        )
-        shadow = ShadowSender(
-            forwarder.send_shadow, self.metrics, shadow_log, s.shadow_queue, s.shadow_atol
-        )
-        load = LoadReporter(store, s.router_id or f"router-{s.host}-{port}", s.load_interval_s)
-        self.router = router = Router(
-            view, s, self.metrics, forwarder=forwarder, shadow=shadow, load=load
-        )
-        # Keys are cached until the tenant records change (a revocation applies at once).
-        keys = KeyChecker(view.tenant, generation=lambda: view.tenants.changes) if s.auth else None
-        server.add_generic_rpc_handlers((RouterService(router, keys).handler(),))
-        shadow.start()
-        await server.start()
-        load.start()
+        self.load.start()
         if s.metrics_port >= 0:
             httpd, _ = start_http_server(s.metrics_port, s.host, registry=self.metrics.registry)
+            self._http = httpd
             self.metrics_address = f"{s.host}:{httpd.server_port}"
 
     def banner(self) -> list[str]:
         return [f"router: {self.address}", f"metrics: {self.metrics_address}"]
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
-        if self.router is not None:
-            if self.router.shadow is not None:
-                await self.router.shadow.stop()
-            if self.router.load is not None:
-                await self.router.load.stop()
-            await self.router.view.stop()
-            await self.router.close()
-        if self._store is not None:
-            await self._store.close()
+        await asyncio.to_thread(self.gateway.stop, grace)
+        await self.shadow.stop()
+        if self.load is not None:
+            await self.load.stop()
+        await asyncio.gather(*(f.stop() for f in self.feeds))
+        if self._own_store is not None:
+            await self._own_store.close()
+        if self._http is not None:
+            self._http.shutdown()  # type: ignore[attr-defined]

@@ -36,4 +36,4 @@ def _run_router(ns: argparse.Namespace) -> int:
         etcd=ns.etcd,
         data_dir=ns.data_dir,
     )
-    return asyncio.run(Runner(RouterApp(settings)).serve())
+    return asyncio.run(Runner(RouterApp(settings), settings.drain_grace_s).serve())

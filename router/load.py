@@ -1,9 +1,9 @@
 """Per-tenant request rates the router publishes for the hot-tenant controller.
 
-Requests are counted per tenant in the current window; every ``interval`` seconds the window's
-rates are written to ``/shoal/load/<router_id>`` (a ``LoadReport``) under this router's lease,
-so a router that dies takes its report with it. Routers report, workers do not: each request
-is counted once (see ``LoadReport``).
+The gateway counts requests per tenant (natively, per request); every ``interval`` seconds the
+reporter takes those counts and writes the window's rates to ``/shoal/load/<router_id>`` (a
+``LoadReport``) under this router's lease, so a router that dies takes its report with it.
+Routers report, workers do not: each request is counted once (see ``LoadReport``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from shoal.records import LoadReport, load_key
 from shoal.state import Lease, StateError, StateStore
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,7 @@ class LoadReporter:
         self,
         store: StateStore,
         reporter_id: str,
+        counts: Callable[[], Mapping[str, int]],
         interval: float = 2.0,
         lease_ttl: int = 10,
         now: Callable[[], float] = time.monotonic,
@@ -36,20 +36,16 @@ class LoadReporter:
         self.interval = interval
         self.lease_ttl = lease_ttl
         self._now = now
-        self._counts: Counter[str] = Counter()
+        self._counts = counts
         self._since = now()
         self._lease: Lease | None = None
         self._task: asyncio.Task[None] | None = None
-
-    def count(self, tenant: str) -> None:
-        self._counts[tenant] += 1
 
     def take(self) -> LoadReport:
         """The rates since the last call, and a fresh window."""
         now = self._now()
         span = max(now - self._since, 1e-6)
-        rates = {t: n / span for t, n in self._counts.items()}
-        self._counts = Counter()
+        rates = {t: n / span for t, n in self._counts().items()}
         self._since = now
         return LoadReport(self.reporter_id, rates)
 
@@ -72,7 +68,8 @@ class LoadReporter:
                 self._lease = None
 
     async def stop(self) -> None:
-        await stop_task(self._task)
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._lease is not None:
             with contextlib.suppress(StateError):
                 await self._lease.revoke()

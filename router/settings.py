@@ -32,3 +32,7 @@ class RouterSettings(CommonSettings):
     tenant_max_queued: int = doc("requests per tenant waiting for an in-flight slot", 256)
     router_id: str = doc("this router's id in load reports (empty: host-port)", "")
     load_interval_s: float = doc("how often per-tenant request rates are published", 2.0)
+    gateway_threads: int = doc(
+        "threads of the native gateway (1: one event loop, no cross-thread wake-ups)", 1
+    )
+    drain_grace_s: float = doc("how long in-flight requests may finish after SIGTERM", 5.0)

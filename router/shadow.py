@@ -1,9 +1,10 @@
-"""Shadow traffic: copies of a share of requests sent to a shadow version, off the hot path.
+"""Shadow traffic: what the gateway's shadow copies answered, compared and logged.
 
-``ShadowSender.offer`` never blocks and never fails: it puts the copy on a bounded queue or
-drops it (counted) when the queue is full. A background task sends each copy, compares the
-shadow's outputs with the primary's, counts agreement per model, and appends a JSON line to
-``shadow.jsonl`` (rotated at ``max_bytes``, ``keep`` old files kept).
+The native gateway sends the copies (a bounded queue: a full queue drops copies, counted as
+``shoal_router_shadow_dropped``; never slowing the primary answer) and keeps each outcome.
+``ShadowRecorder`` takes the outcomes in batches, off the request path, compares the shadow's
+outputs with the primary's (``atol``), counts agreement per model, and appends one JSON line
+per copy to ``shadow.jsonl`` (rotated at ``max_bytes``, ``keep`` old files kept).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +23,27 @@ import numpy as np
 from router.metrics import RouterMetrics
 from shoal.oip import outputs
 from shoal.pb import shoal_inference_pb2 as pb
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class ShadowJob:
+class ShadowOutcome:
+    """One shadow copy as the gateway reports it."""
+
+    ts: float
     model: str  # tenant/name
-    tenant: str
     primary_version: int
     shadow_version: int
-    request: bytes  # the original request, version not yet overridden
-    primary_response: bytes
+    primary_response: bytes  # ModelInferResponse bytes
+    shadow_response: bytes | None
+    error: str | None  # "CODE: message" when the copy failed
+
+
+#: ``Gateway.take_shadow(max, timeout_s)``: up to ``max`` outcomes, waiting at most
+#: ``timeout_s`` for the first (blocking; run on a thread).
+TakeOutcomes = Callable[[int, float], Sequence[tuple[Any, ...]]]
 
 
 class RotatingJsonl:
@@ -64,70 +72,61 @@ class RotatingJsonl:
             self.path.unlink()
 
 
-class ShadowSender:
+class ShadowRecorder:
+    """Records the gateway's shadow outcomes (see the module docstring)."""
+
     def __init__(
         self,
-        send: Callable[[ShadowJob], Awaitable[bytes]],
+        take: TakeOutcomes,
         metrics: RouterMetrics,
         log_file: RotatingJsonl,
-        queue_size: int = 256,
         atol: float = 1e-6,
+        batch: int = 256,
+        wait_s: float = 0.2,
     ) -> None:
-        self._send = send
+        self._take = take
         self._metrics = metrics
         self._log = log_file
         self._atol = atol
-        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(queue_size)
+        self._batch = batch
+        self._wait_s = wait_s
+        self.recorded = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        await stop_task(self._task)
-
-    def offer(self, job: ShadowJob) -> bool:
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            self._metrics.shadow_dropped.inc()
-            return False
-        return True
-
-    async def drain(self) -> None:
-        """Wait until every queued copy has been sent and recorded."""
-        await self._queue.join()
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
-            job = await self._queue.get()
-            try:
-                await self._one(job)
-            except Exception:  # a shadow failure must never stop the loop
-                log.exception("shadow copy for %s failed unexpectedly", job.model)
-            finally:
-                self._queue.task_done()
+            got = await asyncio.to_thread(self._take, self._batch, self._wait_s)
+            for raw in got:
+                try:
+                    self.record(ShadowOutcome(*raw))
+                except Exception:  # one bad outcome must never stop the recorder
+                    log.exception("recording a shadow outcome failed")
 
-    async def _one(self, job: ShadowJob) -> None:
-        self._metrics.shadow_sent.inc()
+    def record(self, o: ShadowOutcome) -> None:
         record: dict[str, Any] = {
-            "ts": time.time(),
-            "model": job.model,
-            "primary_version": job.primary_version,
-            "shadow_version": job.shadow_version,
+            "ts": o.ts,
+            "model": o.model,
+            "primary_version": o.primary_version,
+            "shadow_version": o.shadow_version,
         }
-        primary = pb.ModelInferResponse.FromString(job.primary_response)
+        primary = pb.ModelInferResponse.FromString(o.primary_response)
         record["id"] = primary.id
         p_out = outputs(primary)
         record["primary"] = {k: v.tolist() for k, v in p_out.items()}
-        try:
-            raw = await self._send(job)
-        except Exception as exc:  # recorded and counted, never raised
-            self._metrics.shadow_errors.labels(job.model).inc()
-            record["error"] = _describe(exc)
+        self.recorded += 1
+        if o.shadow_response is None:
+            self._metrics.shadow_errors.labels(o.model).inc()
+            record["error"] = o.error or "UNKNOWN: no answer"
             self._log.write(record)
             return
-        s_out = outputs(pb.ModelInferResponse.FromString(raw))
+        s_out = outputs(pb.ModelInferResponse.FromString(o.shadow_response))
         record["shadow"] = {k: v.tolist() for k, v in s_out.items()}
         agree = set(p_out) == set(s_out) and all(
             p_out[k].shape == s_out[k].shape
@@ -135,15 +134,7 @@ class ShadowSender:
             for k in p_out
         )
         record["agree"] = agree
-        self._metrics.shadow_compared.labels(job.model).inc()
+        self._metrics.shadow_compared.labels(o.model).inc()
         if agree:
-            self._metrics.shadow_agree.labels(job.model).inc()
+            self._metrics.shadow_agree.labels(o.model).inc()
         self._log.write(record)
-
-
-def _describe(exc: BaseException) -> str:
-    details = getattr(exc, "details", None)
-    text = details() if callable(details) else str(exc)
-    code = getattr(exc, "code", None)
-    name = code().name if callable(code) else type(exc).__name__
-    return f"{name}: {text}"

@@ -1,3 +1,117 @@
-"""Type stubs of ``shoal._native``, the Rust data path (native/src/py.rs)."""
+"""Type stubs of ``shoal._native``, the Rust data path (native/src/py/)."""
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 __version__: str
+
+#: Fallback positions past k that still follow the zone rule in ``NativePool.ranked``.
+FALLBACK_ZONED: int
+
+class NativePool:
+    """One pool's members with their hashes precomputed (build once per snapshot epoch).
+
+    The shard function of DESIGN.md (rendezvous hashing keyed by ``salt[:64]``, zone-aware
+    selection order), bit-identical to ``placement/shard.py``; ``tests/vectors/shard.json``
+    pins it. Raises ``ValueError`` for duplicate worker ids or ``len(zones) !=
+    len(worker_ids)``; ``zones=None`` means no zones. ``shard_size`` must be >= 0.
+    """
+
+    def __new__(
+        cls,
+        worker_ids: Sequence[str],
+        zones: Sequence[str] | None,
+        salt: bytes,
+        shard_size: int = 2,
+    ) -> NativePool: ...
+    def __len__(self) -> int: ...
+    @property
+    def n_zones(self) -> int:
+        """Distinct zones, at least 1 (one distinct zone, ``""`` included, is unzoned)."""
+    @property
+    def shard_size(self) -> int: ...
+    @property
+    def worker_ids(self) -> list[str]: ...
+    def worker_hashes(self) -> NDArray[np.uint64]:
+        """Keyed hashes of the worker ids, by member index."""
+    def tenant_hash(self, tenant: str) -> int:
+        """``blake2b(tenant, digest_size=8, key=salt[:64])`` as a little-endian u64."""
+    def selection_order(self, tenant: str, length: int | None = None) -> list[int]:
+        """Every member index, best first: the first ``min(length, N)`` by the zone rule
+        (``None``: N), then the rest in rank order."""
+    def shard_matrix(self, tenant_hashes: NDArray[np.uint64], k: int) -> NDArray[np.int64]:
+        """``[T, min(k, N)]``: row t is the first ``min(k, N)`` of the selection order of
+        ``tenant_hashes[t]``. Computed without the GIL."""
+    def ranked(
+        self, tenant: str, shard_size: int = 0, members: Sequence[str] = ()
+    ) -> tuple[list[int], int]:
+        """``Placement.ranked``: (every member index in order, k). A positive ``shard_size``
+        overrides the pool's; non-empty ``members`` (worker ids; unknown ones dropped,
+        duplicates kept) come first and are the shard."""
+
+def tenant_hashes(tenants: Sequence[str], salt: bytes) -> NDArray[np.uint64]:
+    """Keyed 64-bit hashes of ids (``salt[:64]``; empty salt: unkeyed). Computed without the
+    GIL."""
+
+def primary_index(key: str, k: int) -> int:
+    """Unkeyed ``blake2b(key, digest_size=8)`` (little-endian) ``% k``: the primary member of a
+    model version. ``ZeroDivisionError`` for k = 0."""
+
+def resolve_version(
+    full_name: str,
+    versions: Iterable[int],
+    aliases: dict[str, int],
+    traffic: dict[int, int],
+    requested: str,
+    u: float,
+) -> tuple[int, str]:
+    """Version resolution (``router/resolve.py``): (version, via) with via one of
+    ``pinned``, ``alias:<name>``, ``traffic``, ``latest``. ``u`` is the traffic split's draw
+    in [0, 1), used only when the split decides. Raises ``LookupError`` (the reference's
+    ``NotFound``) or ``ValueError`` with the reference's exact message. ``aliases`` and
+    ``traffic`` are dicts; versions are u64, weights u32."""
+
+class Gateway:
+    """The router's data path (native/src/gateway): see router/app.py for how it is driven."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        threads: int = 1,
+        retries: int = 2,
+        default_timeout_s: float = 30.0,
+        spill_at: int = 8,
+        eject_s: float = 5.0,
+        shadow_queue: int = 256,
+        max_message_bytes: int = 64 << 20,
+        seed: int = 0,
+        tenant_rate_limit: float = 0.0,
+        tenant_max_in_flight: int = 0,
+        tenant_queue_s: float = 0.5,
+        tenant_max_queued: int = 256,
+        auth: bool = False,
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
+        tls_client_auth: bool = False,
+        name: str = "shoal-router",
+        version: str = "",
+    ) -> None: ...
+    def start(self) -> str:
+        """Bind and serve; returns "host:port". Raises OSError when it cannot bind."""
+    @property
+    def address(self) -> str | None: ...
+    def apply(self, changes: Sequence[tuple[str, bytes | None]]) -> list[tuple[str, str]]:
+        """Apply etcd changes; returns (key, why) for values that could not be decoded."""
+    def set_view(self, ready: bool, stale: bool) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def take_load(self) -> dict[str, int]: ...
+    def take_shadow(
+        self, max: int, timeout_s: float
+    ) -> list[tuple[float, str, int, int, bytes, bytes | None, str | None]]: ...
+    def stop(self, grace_s: float) -> None: ...

@@ -32,7 +32,7 @@ from shoal.state import (
     WatchEvent,
     prefix_end,
 )
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class _EtcdLease:
             await asyncio.sleep(interval)
 
     async def revoke(self) -> None:
-        await stop_task(self._task)
+        await cancel_and_wait(self._task)
         try:
             await self._store._lease.LeaseRevoke(
                 rpc.LeaseRevokeRequest(ID=self.id), timeout=self._store.timeout

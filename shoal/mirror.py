@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from shoal.state import StateError, StateStore, WatchEvent, read_prefix
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class PrefixMirror(Generic[T]):
             await asyncio.wait_for(self.synced.wait(), ready_within)
 
     async def stop(self) -> None:
-        await stop_task(self._task)
+        await cancel_and_wait(self._task)
         self._task = None
 
     def _decode_or_skip(self, key: str, value: bytes, rev: int) -> T | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import random
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -361,19 +362,21 @@ def default_route(record: ModelRecord) -> DefaultRoute | None:
 
 
 def resolve_draw(record: ModelRecord, requested: str, u: float) -> Resolution:
-    """Which version answers ``requested`` (surrounding blanks ignored), given a draw ``u`` in
-    [0, 1) that only a traffic split reads:
+    """Which version answers ``requested`` (surrounding whitespace ignored), given a draw ``u``
+    in [0, 1) that only a traffic split reads:
 
     * empty: ``default_route``; a split picks ``versions[bisect_right(cumulative, u * total)]``
       (what ``random.choices(versions, weights)`` does with the same draw);
-    * ASCII digits: that version, pinned;
+    * digits (``str.isdigit``): that version, pinned;
     * anything else: the alias of that name.
 
-    Pure; raises ``UnknownVersion`` naming what is missing, and nothing else.
+    Pure. Raises ``UnknownVersion`` naming what is missing; and, exactly as the router's
+    ``random.choices`` and ``int`` did, ``ValueError`` for a split whose weights do not sum to
+    a positive finite total, or for digits ``int`` cannot read (e.g. ``"²"``).
     """
     requested = requested.strip()
     name = record.full_name
-    if requested.isascii() and requested.isdigit():
+    if requested.isdigit():
         v = record.versions.get(int(requested))
         if v is None:
             raise UnknownVersion(f"model {name} has no version {requested}")
@@ -386,8 +389,9 @@ def resolve_draw(record: ModelRecord, requested: str, u: float) -> Resolution:
     route = default_route(record)
     if route is None:
         raise UnknownVersion(f"model {name} has no versions")
+    total = _split_total(route)
     hi = len(route.versions) - 1
-    chosen = route.versions[bisect.bisect_right(route.cumulative, u * route.cumulative[-1], 0, hi)]
+    chosen = route.versions[bisect.bisect_right(route.cumulative, u * total, 0, hi)]
     if not route.source:  # the newest version: present by construction
         return Resolution(record.versions[chosen], route.via)
     return Resolution(_existing(record, chosen, route.source), route.via)
@@ -395,9 +399,21 @@ def resolve_draw(record: ModelRecord, requested: str, u: float) -> Resolution:
 
 def resolve(record: ModelRecord, requested: str, rng: random.Random) -> Resolution:
     """``resolve_draw`` with ``u = rng.random()``, drawn only when the traffic split decides
-    (so a pinned or aliased request leaves ``rng`` where it was)."""
-    draws = not requested.strip() and bool(record.traffic)
+    (so a pinned or aliased request, or a split that cannot be drawn from, leaves ``rng`` where
+    it was, as ``random.choices`` did)."""
+    route = default_route(record) if not requested.strip() else None
+    draws = route is not None and route.via == "traffic" and _split_total(route, check=False) > 0
     return resolve_draw(record, requested, rng.random() if draws else 0.0)
+
+
+def _split_total(route: DefaultRoute, check: bool = True) -> float:
+    """The weights' total as ``random.choices`` takes it (a float), checked as it checks it."""
+    total = route.cumulative[-1] + 0.0
+    if check and total <= 0.0:
+        raise ValueError("Total of weights must be greater than zero")
+    if check and not math.isfinite(total):
+        raise ValueError("Total of weights must be finite")
+    return total if math.isfinite(total) else 0.0
 
 
 def _existing(record: ModelRecord, version: int, source: str) -> ModelVersion:

@@ -1,4 +1,4 @@
-"""Stopping background tasks: cancel, then wait until they have really ended."""
+"""Background tasks: the one way they are stopped (cancel, then wait until they have ended)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from typing import Any
 
 
-async def stop_task(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` and wait for it to end. Its own cancellation is absorbed; an exception
-    it ended with is raised; a cancellation of the caller while it waits still propagates."""
-    if task is None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has finished. Its own cancellation is
+    absorbed; any other exception it ends with is raised; a cancellation of the caller while
+    it waits still propagates."""
+    if task is None or (task.done() and task.cancelled()):
         return
     task.cancel()
     try:
@@ -21,8 +22,8 @@ async def stop_task(task: asyncio.Task[Any] | None) -> None:
             raise
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel every task and wait for all of them to end; what they ended with is dropped
+async def cancel_and_wait_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel every task and wait for all of them to finish; what they ended with is dropped
     (the caller reads it from the tasks)."""
     tasks = list(tasks)
     for task in tasks:

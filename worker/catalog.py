@@ -36,7 +36,7 @@ from shoal.records import (
     resolve,
 )
 from shoal.state import StateError, StateStore, StateUnavailable, WatchEvent
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 from worker.errors import InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def parse_version(version: str) -> int | str:
     v = version.strip()
     if not v:
         return STABLE
-    if v.isascii() and v.isdigit():
+    if v.isdigit():
         n = int(v)
         if n <= 0:
             raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
@@ -88,7 +88,7 @@ class Catalog:
         self._task = asyncio.get_running_loop().create_task(self._watch_loop())
 
     async def stop(self) -> None:
-        await stop_task(self._task)
+        await cancel_and_wait(self._task)
         self._task = None
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from shoal.records import WorkerInfo
 from shoal.state import Lease, StateError, StateStore
-from shoal.tasks import stop_task
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Registration:
 
     async def stop(self) -> None:
         """Stop re-registering and revoke the lease: the key disappears now."""
-        await stop_task(self._task)
+        await cancel_and_wait(self._task)
         self._task = None
         lease, self._lease = self._lease, None
         if lease is not None:

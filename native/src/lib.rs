@@ -10,6 +10,7 @@
 
 pub mod gateway;
 mod py;
+pub mod pyfmt;
 pub mod resolve;
 pub mod shard;
 

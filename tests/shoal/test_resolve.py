@@ -4,6 +4,7 @@ and the simulator: examples, and properties that pin it to ``random.choices`` dr
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from shoal.artifacts import Signature
 from shoal.records import (
     ModelRecord,
     ModelVersion,
+    Resolution,
     UnknownVersion,
     default_route,
     resolve,
@@ -62,8 +64,16 @@ def records(draw: st.DrawFn) -> ModelRecord:
     versions = draw(st.lists(st.integers(1, 9), unique=True, max_size=5))
     refs = st.integers(1, 11)
     aliases = draw(st.dictionaries(st.sampled_from(["stable", "canary"]), refs, max_size=2))
-    traffic = draw(st.dictionaries(refs, st.integers(1, 100), max_size=4))
+    traffic = draw(st.dictionaries(refs, st.integers(0, 100), max_size=4))
     return _record(versions, aliases=aliases, traffic=traffic)
+
+
+def _outcome(fn: Callable[[], Resolution]) -> object:
+    try:
+        res = fn()
+    except (UnknownVersion, ValueError) as exc:
+        return type(exc).__name__, str(exc)
+    return res.version.version, res.via
 
 
 @given(records(), st.integers(0, 2**32))
@@ -71,46 +81,54 @@ def test_a_split_draws_once_and_picks_what_random_choices_picks(
     rec: ModelRecord, seed: int
 ) -> None:
     mine, theirs = random.Random(seed), random.Random(seed)
-    try:
-        got = resolve(rec, "", mine).version.version
-    except UnknownVersion:
-        got = None
+    got = _outcome(lambda: resolve(rec, "", mine))
     if rec.traffic:
         versions = sorted(rec.traffic)
-        want = theirs.choices(versions, weights=[rec.traffic[v] for v in versions])[0]
-        assert got == (want if want in rec.versions else None)
+        try:
+            want = theirs.choices(versions, weights=[rec.traffic[v] for v in versions])[0]
+        except ValueError as exc:  # weights summing to 0: no draw, the same error
+            assert got == ("ValueError", str(exc))
+        else:
+            assert got == (
+                (want, "traffic")
+                if want in rec.versions
+                else (
+                    "UnknownVersion",
+                    f"model acme/churn: the traffic split points to missing version {want}",
+                )
+            )
     assert mine.getstate() == theirs.getstate()  # one draw with a split, none without
 
 
-@given(records(), st.sampled_from(["", " ", "1", "02", "9", "stable", "canary", "beta", "²"]),
+@given(records(), st.sampled_from(["", " ", "1", "02", "9", "stable", "canary", "beta", "²", "٣"]),
        st.floats(0.0, 1.0, exclude_max=True))  # fmt: skip
 def test_digits_pin_a_name_is_an_alias_empty_follows_the_default_route(
     rec: ModelRecord, requested: str, u: float
 ) -> None:
-    try:
-        res = resolve_draw(rec, requested, u)
-    except UnknownVersion:
-        res = None
+    got = _outcome(lambda: resolve_draw(rec, requested, u))
     want = requested.strip()
-    if want.isascii() and want.isdigit():
-        expected = int(want) if int(want) in rec.versions else None
-        via = "pinned"
+    expected: tuple[int | None, str] | tuple[str, str]
+    if want.isdigit():
+        try:
+            expected = (int(want), "pinned")
+        except ValueError as exc:  # "²" is a digit that int() cannot read
+            expected = ("ValueError", str(exc))
     elif want:
-        target = rec.aliases.get(want)
-        expected = target if target in rec.versions else None
-        via = f"alias:{want}"
+        expected = (rec.aliases.get(want), f"alias:{want}")
     else:
         route = default_route(rec)
-        if route is None:
-            expected, via = None, ""
-        else:
-            total = route.cumulative[-1]
-            i = next(i for i, c in enumerate(route.cumulative) if u * total < c)
-            expected = route.versions[i] if route.versions[i] in rec.versions else None
-            via = route.via
-    assert (res.version.version if res else None) == expected
-    if res is not None:
-        assert res.via == via
+        if route is None or route.cumulative[-1] <= 0:
+            assert got[0] in ("UnknownVersion", "ValueError")  # type: ignore[index]
+            return
+        i = next(i for i, c in enumerate(route.cumulative) if u * route.cumulative[-1] < c)
+        expected = (route.versions[i], route.via)
+    missing = expected[0] is None or (
+        isinstance(expected[0], int) and expected[0] not in rec.versions
+    )
+    if missing:
+        assert got[0] == "UnknownVersion"  # type: ignore[index]
+    else:
+        assert got == expected
 
 
 def test_default_route_prefers_the_split_then_stable_then_the_newest() -> None:

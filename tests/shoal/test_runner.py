@@ -9,7 +9,7 @@ import io
 import pytest
 
 from shoal.runner import Runner
-from shoal.tasks import stop_task, stop_tasks
+from shoal.tasks import cancel_and_wait, cancel_and_wait_all
 
 
 class FakeApp:
@@ -50,11 +50,11 @@ async def test_a_failed_start_stops_at_once_and_raises() -> None:
     assert app.calls == ["start", "stop 0"] and out.getvalue() == ""
 
 
-async def test_stop_task_absorbs_the_cancellation_and_raises_a_failure() -> None:
+async def test_cancel_and_wait_absorbs_the_cancellation_and_raises_a_failure() -> None:
     forever = asyncio.create_task(asyncio.sleep(3600))
-    await stop_task(forever)
+    await cancel_and_wait(forever)
     assert forever.cancelled()
-    await stop_task(None)
+    await cancel_and_wait(None)
 
     async def broken() -> None:
         raise ValueError("boom")
@@ -62,7 +62,7 @@ async def test_stop_task_absorbs_the_cancellation_and_raises_a_failure() -> None
     failed = asyncio.create_task(broken())
     await asyncio.sleep(0)
     with pytest.raises(ValueError, match="boom"):
-        await stop_task(failed)
+        await cancel_and_wait(failed)
     both = [asyncio.create_task(asyncio.sleep(3600)), asyncio.create_task(broken())]
-    await stop_tasks(both)
+    await cancel_and_wait_all(both)
     assert all(t.done() for t in both)

@@ -1,1 +1,258 @@
-//! The gateway: the router's data path.
+//! The gateway: the router's data path. No Python runs per request.
+//!
+//! Python (`router/`) is its control plane: it watches etcd and pushes every change of the
+//! keys the gateway needs into the table (`apply`), tells it when its view is complete or
+//! stale, reads its counters for Prometheus, reports per-tenant load, and logs shadow
+//! outcomes. The gateway runs on a tokio runtime of its own threads.
+//!
+//! Concerns, one module each: `table` (routing state), `auth` (API keys), `quota`, `policy`
+//! (member choice, ejection), `forward` (pooled HTTP/2 to workers), `service` (what each
+//! method answers), `shadow`, `health`, `server` (accept, TLS, graceful shutdown), `stats`.
+
+pub mod auth;
+pub mod clock;
+pub mod forward;
+pub mod grpc;
+pub mod health;
+pub mod oip;
+pub mod policy;
+pub mod quota;
+pub mod server;
+pub mod service;
+pub mod shadow;
+pub mod stats;
+pub mod table;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::sync::watch;
+
+use clock::{Clock, TokioClock};
+use quota::{QuotaSettings, Quotas};
+
+/// How the gateway runs (the router's settings).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// Runtime threads: 1 runs everything on one thread (no cross-thread wake-ups).
+    pub threads: usize,
+    pub retries: usize,
+    pub default_timeout: Duration,
+    pub spill_at: u32,
+    pub eject_s: f64,
+    pub shadow_queue: usize,
+    pub max_message_bytes: usize,
+    pub seed: u64,
+    pub quotas: QuotaSettings,
+    pub auth: bool,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_ca: String,
+    pub tls_client_auth: bool,
+    /// ServerMetadata's name and version.
+    pub name: String,
+    pub version: String,
+}
+
+/// The view's state as Python reports it.
+#[derive(Default)]
+pub struct ViewState {
+    /// The first full read of etcd is done.
+    pub ready: AtomicBool,
+    /// etcd is unreachable: serving from the last view.
+    pub stale: AtomicBool,
+}
+
+/// Everything the request path shares.
+pub struct Shared {
+    pub config: Config,
+    pub table: table::Table,
+    pub stats: stats::Stats,
+    pub keys: auth::KeyChecker,
+    pub quotas: Quotas,
+    pub members: policy::Members,
+    pub upstreams: forward::Upstreams,
+    pub shadow: shadow::ShadowQueue,
+    pub view: ViewState,
+    pub draining: AtomicBool,
+    /// Health watchers' wake-up; `true` once the gateway is shutting down.
+    pub health: watch::Sender<bool>,
+    rng: Mutex<SmallRng>,
+}
+
+impl Shared {
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> io::Result<Shared> {
+        let client_tls = if config.tls_ca.is_empty() {
+            None
+        } else {
+            Some(server::client_tls(
+                &config.tls_ca,
+                &config.tls_cert,
+                &config.tls_key,
+            )?)
+        };
+        let rng = if config.seed == 0 {
+            SmallRng::from_os_rng()
+        } else {
+            SmallRng::seed_from_u64(config.seed)
+        };
+        Ok(Shared {
+            table: table::Table::new(),
+            stats: stats::Stats::default(),
+            keys: auth::KeyChecker::default(),
+            quotas: Quotas::new(clock.clone(), config.quotas, config.seed),
+            members: policy::Members::new(clock, config.eject_s),
+            upstreams: forward::Upstreams::new(
+                client_tls,
+                Duration::from_secs(2),
+                config.max_message_bytes,
+            ),
+            shadow: shadow::ShadowQueue::new(config.shadow_queue),
+            view: ViewState::default(),
+            draining: AtomicBool::new(false),
+            health: watch::Sender::new(false),
+            rng: Mutex::new(rng),
+            config,
+        })
+    }
+
+    /// Wake health watchers (the serving status may have changed).
+    pub fn health_changed(&self) {
+        self.health.send_modify(|_| {});
+    }
+}
+
+/// Keeps a timer due within `ANCHOR` at all times.
+///
+/// Every forwarded call runs under a deadline timer. tokio wakes its driver (an eventfd write
+/// and one more epoll return) whenever a timer is registered that is due before the driver's
+/// next wake-up, which an idle gateway does not have: at low load that was two syscalls per
+/// request. With this anchor, deadlines further away than `ANCHOR` register silently.
+async fn timer_anchor() {
+    const ANCHOR: Duration = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(ANCHOR).await;
+    }
+}
+
+struct Running {
+    thread: JoinHandle<()>,
+    stop_accepting: watch::Sender<bool>,
+    halt: tokio::sync::oneshot::Sender<()>,
+    connections: Arc<server::Connections>,
+}
+
+/// A gateway and, once started, its runtime thread.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    running: Mutex<Option<Running>>,
+    address: Mutex<Option<SocketAddr>>,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> io::Result<Gateway> {
+        Ok(Gateway {
+            shared: Arc::new(Shared::new(config, Arc::new(TokioClock::new()))?),
+            running: Mutex::new(None),
+            address: Mutex::new(None),
+        })
+    }
+
+    /// Bind and start serving on a runtime thread of its own; returns the bound address.
+    pub fn start(&self) -> io::Result<SocketAddr> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.is_some() {
+            return Err(io::Error::other("the gateway is already started"));
+        }
+        let cfg = &self.shared.config;
+        let runtime = if cfg.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.threads)
+                .thread_name("shoal-gateway")
+                .enable_all()
+                .build()?
+        };
+        let tls = if cfg.tls_cert.is_empty() {
+            None
+        } else {
+            Some(server::server_tls(
+                &cfg.tls_cert,
+                &cfg.tls_key,
+                &cfg.tls_ca,
+                cfg.tls_client_auth,
+            )?)
+        };
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = runtime.block_on(async { tokio::net::TcpListener::bind(&addr).await })?;
+        let local = listener.local_addr()?;
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let (halt, halted) = tokio::sync::oneshot::channel::<()>();
+        let connections = Arc::new(server::Connections::default());
+        let shared = self.shared.clone();
+        let conns = connections.clone();
+        let thread = std::thread::Builder::new()
+            .name("shoal-gateway".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::spawn(timer_anchor());
+                    tokio::spawn(shadow::run(shared.clone()));
+                    tokio::spawn(server::accept_loop(shared, listener, tls, conns, stop_rx));
+                    let _ = halted.await;
+                });
+                runtime.shutdown_timeout(Duration::from_millis(200));
+            })?;
+        *running = Some(Running {
+            thread,
+            stop_accepting,
+            halt,
+            connections,
+        });
+        *self.address.lock().unwrap_or_else(|p| p.into_inner()) = Some(local);
+        Ok(local)
+    }
+
+    pub fn address(&self) -> Option<SocketAddr> {
+        *self.address.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drain and stop: health NOT_SERVING, stop accepting, GOAWAY to every connection, wait
+    /// up to `grace` for open streams to finish, then end whatever is left. Blocking.
+    pub fn stop(&self, grace: Duration) {
+        let Some(run) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.health_changed();
+        let _ = run.stop_accepting.send(true);
+        self.shared.health.send_replace(true);
+        let until = Instant::now() + grace;
+        while run.connections.open() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = run.halt.send(());
+        let _ = run.thread.join();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}

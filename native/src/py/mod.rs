@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 
 mod gateway;
+mod resolve;
 mod shard;
 
 /// The `shoal._native` module.
@@ -10,6 +11,7 @@ mod shard;
 pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     shard::register(m)?;
+    resolve::register(m)?;
     gateway::register(m)?;
     Ok(())
 }

@@ -1,7 +1,134 @@
-//! Bindings of `crate::shard`.
+//! Bindings of `crate::shard`: conversion and calls only. The heavy calls compute without the
+//! GIL: `tenant_hashes` on the strings themselves (`PyBackedStr`: immutable, no copy),
+//! `NativePool.shard_matrix` on a copy of the hash array (which Python could write to).
 
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
+use pyo3::exceptions::{PyValueError, PyZeroDivisionError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::shard::{self, Pool, FALLBACK_ZONED};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("FALLBACK_ZONED", FALLBACK_ZONED)?;
+    m.add_class::<NativePool>()?;
+    m.add_function(wrap_pyfunction!(tenant_hashes, m)?)?;
+    m.add_function(wrap_pyfunction!(primary_index, m)?)?;
     Ok(())
+}
+
+/// One pool's members with their hashes precomputed: build once per snapshot epoch.
+#[pyclass(frozen, module = "shoal._native")]
+pub struct NativePool {
+    pool: Pool,
+}
+
+#[pymethods]
+impl NativePool {
+    #[new]
+    #[pyo3(signature = (worker_ids, zones, salt, shard_size = 2))]
+    fn new(
+        worker_ids: Vec<String>,
+        zones: Option<Vec<String>>,
+        salt: &[u8],
+        shard_size: usize,
+    ) -> PyResult<Self> {
+        let zones = zones.unwrap_or_else(|| vec![String::new(); worker_ids.len()]);
+        Pool::new(&worker_ids, &zones, salt, shard_size)
+            .map(|pool| Self { pool })
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    fn __len__(&self) -> usize {
+        self.pool.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "NativePool({} members, {} zones, shard_size={})",
+            self.pool.len(),
+            self.pool.n_zones(),
+            self.pool.shard_size()
+        )
+    }
+
+    #[getter]
+    fn n_zones(&self) -> usize {
+        self.pool.n_zones()
+    }
+
+    #[getter]
+    fn shard_size(&self) -> usize {
+        self.pool.shard_size()
+    }
+
+    #[getter]
+    fn worker_ids(&self) -> Vec<String> {
+        self.pool.worker_ids().to_vec()
+    }
+
+    fn worker_hashes<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.pool.worker_hashes().to_vec().into_pyarray(py)
+    }
+
+    fn tenant_hash(&self, tenant: &str) -> u64 {
+        self.pool.tenant_hash(tenant)
+    }
+
+    #[pyo3(signature = (tenant, length = None))]
+    fn selection_order(&self, tenant: &str, length: Option<i64>) -> Vec<usize> {
+        // A negative length picks nothing by the zone rule, as in the reference.
+        let length = length.map_or(self.pool.len(), |l| usize::try_from(l).unwrap_or(0));
+        self.pool
+            .selection_order(self.pool.tenant_hash(tenant), length)
+    }
+
+    fn shard_matrix<'py>(
+        &self,
+        py: Python<'py>,
+        tenant_hashes: PyReadonlyArray1<'py, u64>,
+        k: usize,
+    ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+        // A copy: Python code may write to the array once the GIL is released.
+        let hashes: Vec<u64> = match tenant_hashes.as_slice() {
+            Ok(s) => s.to_vec(),
+            Err(_) => tenant_hashes.as_array().iter().copied().collect(),
+        };
+        let k = k.min(self.pool.len());
+        let pool = &self.pool;
+        let rows = py.detach(|| {
+            pool.shard_matrix(&hashes, k)
+                .into_iter()
+                .map(i64::from)
+                .collect::<Vec<i64>>()
+        });
+        let matrix = Array2::from_shape_vec((hashes.len(), k), rows)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(matrix.into_pyarray(py))
+    }
+
+    #[pyo3(signature = (tenant, shard_size = 0, members = Vec::new()))]
+    fn ranked(&self, tenant: &str, shard_size: i64, members: Vec<String>) -> (Vec<usize>, usize) {
+        // Zero or negative: the pool's shard size (the reference tests `> 0`).
+        let shard_size = usize::try_from(shard_size).unwrap_or(0);
+        self.pool.ranked(tenant, shard_size, &members)
+    }
+}
+
+#[pyfunction]
+fn tenant_hashes<'py>(
+    py: Python<'py>,
+    tenants: Vec<PyBackedStr>,
+    salt: &[u8],
+) -> Bound<'py, PyArray1<u64>> {
+    let hashes = py.detach(|| shard::tenant_hashes(&tenants, salt));
+    hashes.into_pyarray(py)
+}
+
+#[pyfunction]
+fn primary_index(key: &str, k: usize) -> PyResult<usize> {
+    // The reference computes `h % k`: k = 0 fails as Python's modulo does.
+    shard::primary_index(key, k)
+        .ok_or_else(|| PyZeroDivisionError::new_err("integer modulo by zero"))
 }

@@ -1,0 +1,61 @@
+//! grpc.health.v1 `Watch`: the serving status now, then every change, until the client goes
+//! away or the gateway stops (the stream then ends with UNAVAILABLE).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, Request};
+use prost::Message;
+
+use super::grpc::{self, Code, Status};
+use super::oip::{HealthCheckRequest, HealthCheckResponse};
+use super::service::headers;
+use super::Shared;
+
+pub async fn watch(
+    shared: Arc<Shared>,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let mut body = req.into_body();
+    let service = match grpc::collect(&mut body, 1 << 16).await {
+        Ok(Some(b)) => grpc::unary_message(&b, None, 1 << 16)
+            .ok()
+            .and_then(|m| HealthCheckRequest::decode(&m[..]).ok())
+            .map(|r| r.service),
+        _ => None,
+    };
+    let Some(service) = service else {
+        let status = Status::new(Code::InvalidArgument, "malformed HealthCheckRequest");
+        let _ = respond.send_response(headers(Some(&status)), true);
+        return;
+    };
+    let Ok(mut stream) = respond.send_response(headers(None), false) else {
+        return;
+    };
+    let mut changes = shared.health.subscribe();
+    let mut last = None;
+    loop {
+        let now = shared.serving(&service);
+        if last != Some(now) {
+            last = Some(now);
+            let msg = grpc::frame(&HealthCheckResponse::of(now).encode_to_vec());
+            if stream.send_data(msg, false).is_err() {
+                return; // the client went away
+            }
+        }
+        if *changes.borrow_and_update() {
+            let mut trailers = HeaderMap::new();
+            Status::new(Code::Unavailable, "the gateway is shutting down")
+                .to_headers(&mut trailers);
+            let _ = stream.send_trailers(trailers);
+            return;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        }
+    }
+}

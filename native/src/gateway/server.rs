@@ -1,0 +1,204 @@
+//! The front door: accept connections (h2c, or TLS with ALPN h2), serve HTTP/2 on each (h2),
+//! and
+//! shut down gracefully (stop accepting, GOAWAY to every connection, let open streams
+//! finish) when told to.
+
+use std::fs;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use super::service::handle;
+use super::Shared;
+
+/// Open connections, so a stop can wait for them to finish.
+#[derive(Default)]
+pub struct Connections {
+    open: AtomicUsize,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+struct Open(Arc<Connections>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accept until `stop` turns true, then return (dropping the listener: no new connections).
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Connections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => return,
+        };
+        let (tcp, _) = match accepted {
+            Ok(x) => x,
+            Err(_) => {
+                // Out of descriptors or a connection reset before accept: back off briefly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        connections.open.fetch_add(1, Ordering::AcqRel);
+        let open = Open(connections.clone());
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            match tls {
+                None => serve_connection(shared, tcp, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        serve_connection(shared, stream, stop).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<I>(shared: Arc<Shared>, io: I, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_frame_size(1 << 16)
+        .max_concurrent_streams(1024)
+        .max_header_list_size(64 << 10)
+        .max_send_buffer_size(shared.config.max_message_bytes.clamp(1 << 16, 4 << 20))
+        .handshake::<_, Bytes>(io);
+    let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(10), handshake).await else {
+        return;
+    };
+    // `accept` drives the connection (reads, writes, flow control): it is polled while the
+    // connection's streams are answered, all within this one task (no task per request).
+    let mut streams = FuturesUnordered::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => streams.push(handle(shared.clone(), req, respond)),
+                _ => break,
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            _ = stopped(&mut stop), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+        }
+    }
+    // The connection is closed (after a graceful shutdown, once every stream was answered):
+    // whatever is left can no longer be sent and is dropped (cancelled).
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn read(path: &str) -> io::Result<Vec<u8>> {
+    fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read TLS file {path}: {e}")))
+}
+
+fn certs(path: &str) -> io::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        return Err(io::Error::other(format!("no certificate in {path}")));
+    }
+    Ok(certs)
+}
+
+fn key(path: &str) -> io::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut &pem[..])?
+        .ok_or_else(|| io::Error::other(format!("no private key in {path}")))
+}
+
+fn roots(path: &str) -> io::Result<rustls::RootCertStore> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in certs(path)? {
+        store.add(c).map_err(io::Error::other)?;
+    }
+    Ok(store)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS for the listener: `cert`/`key`, and with `client_auth` a client certificate that
+/// chains to `ca` is required.
+pub fn server_tls(
+    cert: &str,
+    key_path: &str,
+    ca: &str,
+    client_auth: bool,
+) -> io::Result<TlsAcceptor> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?;
+    let builder = if client_auth && !ca.is_empty() {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(ca)?),
+            provider(),
+        )
+        .build()
+        .map_err(io::Error::other)?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
+        .with_single_cert(certs(cert)?, key(key_path)?)
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// TLS for calls to workers: verify them against `ca`; present `cert`/`key` when given
+/// (mutual TLS).
+pub fn client_tls(ca: &str, cert: &str, key_path: &str) -> io::Result<Arc<rustls::ClientConfig>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots(ca)?);
+    let mut config = if !cert.is_empty() && !key_path.is_empty() {
+        builder
+            .with_client_auth_cert(certs(cert)?, key(key_path)?)
+            .map_err(io::Error::other)?
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
