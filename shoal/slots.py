@@ -2,8 +2,9 @@
 
 ``Slots`` hands a released slot to the oldest waiter, so a waiter is never overtaken by a
 later arrival; its line is bounded (``max_waiting``) and every wait has a timeout. The worker
-bounds calls per model with it (``worker.limits``), the router bounds requests in flight per
-tenant (``router.quota``). Event loop only; nothing here is thread-safe.
+bounds calls per model with it (``worker.limits``) and gates its runtime threads
+(``worker.calls``); the router's per-tenant quotas are the native gateway's now. Event loop
+only; nothing here is thread-safe.
 """
 
 from __future__ import annotations
