@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import pytest
 
 from shoal.auth import (
@@ -49,3 +52,24 @@ async def test_admin_keys_and_bearer_parsing() -> None:
     assert bearer((("authorization", f"Bearer {key}"),)) == key
     assert bearer((("Authorization", "Basic abc"),)) is None
     assert bearer(None) is None
+
+
+async def test_only_a_salted_digest_is_stored() -> None:
+    """SECURITY.md: only ``key_id:salt:sha256(salt || key)`` is stored, a fresh salt per key."""
+    store = MemoryStore()
+    keys = [await create_key(store, "acme") for _ in range(3)]
+    raw = await store.get(tenant_key("acme"))
+    assert raw is not None
+    entries = TenantConfig.decode(raw.value).key_hashes
+    assert len(entries) == len(keys)
+    salts = []
+    for (key, key_id), entry in zip(keys, entries, strict=True):
+        secret = key.rsplit(".", 1)[1]
+        assert len(secret) >= 43  # 256 random bits, base64url
+        assert secret.encode() not in raw.value and key.encode() not in raw.value
+        stored_id, salt, digest = entry.split(":")
+        assert stored_id == key_id
+        assert re.fullmatch(r"[0-9a-f]{32}", salt), salt  # 128 random bits, hex
+        assert digest == hashlib.sha256(bytes.fromhex(salt) + key.encode()).hexdigest()
+        salts.append(salt)
+    assert len(set(salts)) == len(salts)  # never one salt shared between keys
