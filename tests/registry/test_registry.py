@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
+import grpc
 import pytest
 
-from registry.errors import Aborted, InvalidArgument, NotFound, TooLarge
+from registry.errors import Aborted, InvalidArgument, NotFound, TooLarge, grpc_status
 from registry.facade import Registry
 from registry.registration import Registered, RegisterSpec
 from shoal.artifacts import ArtifactError
 from shoal.etcd import EtcdStore
 from shoal.objstore import ObjectNotFound, ObjectStore, artifact_key
 from shoal.records import InvalidName, ModelRecord, model_key
+from shoal.state import Compare, Op, TxnResult
 
 
 def _registry(store: EtcdStore, file_store_url: str, **kw: Any) -> Registry:
@@ -198,21 +201,56 @@ async def test_concurrent_alias_updates_never_lose_one(
         assert all(isinstance(r, ModelRecord) for r in results), results
         final = await regs[0].get("acme", "churn")
         assert set(final.aliases) == {f"a{i}" for i in range(8)}
-
-        # Without retries the loser gets a clear Aborted; whoever succeeded is kept.
-        once = [_registry(s, file_store_url, cas_retries=1) for s in stores]
-        outcomes = await asyncio.gather(
-            *(r.set_alias("acme", "churn", f"b{i}", 1) for i, r in enumerate(once)),
-            return_exceptions=True,
-        )
-        assert all(isinstance(o, (ModelRecord, Aborted)) for o in outcomes), outcomes
-        final = await regs[0].get("acme", "churn")
-        won = {f"b{i}" for i, o in enumerate(outcomes) if isinstance(o, ModelRecord)}
-        assert won and won <= set(final.aliases)
-        assert {a for a in final.aliases if a.startswith("b")} == won
     finally:
         for s in stores:
             await s.close()
+
+
+class Interleaved(EtcdStore):
+    """The real etcd store, with another writer's change landing on a model record between
+    the registry's read of it and its compare-and-swap, for the first ``times`` writes."""
+
+    def __init__(self, endpoints: str, other: Registry, times: int) -> None:
+        super().__init__(endpoints)
+        self.other = other
+        self.times = times
+        self.interleaved: list[str] = []
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        if self.times > 0 and any(c.key == model_key("acme", "churn") for c in compares):
+            self.times -= 1
+            alias = f"other{len(self.interleaved)}"
+            await self.other.set_alias("acme", "churn", alias, 1)
+            self.interleaved.append(alias)
+        return await super().txn(compares, ops)
+
+
+async def test_a_lost_compare_and_swap_without_retries_is_aborted(
+    etcd_url: str, file_store_url: str, model_bytes: dict[str, Any]
+) -> None:
+    """A write slipped in between the read and the compare-and-swap, deterministically: with
+    one attempt the change is refused as ABORTED and nothing of it is written; the other
+    writer's change is kept. With two attempts the same interleaving is absorbed."""
+    async with EtcdStore(etcd_url) as plain:
+        other = _registry(plain, file_store_url)
+        await other.register(RegisterSpec("acme", "churn"), model_bytes["onnx"])
+        async with Interleaved(etcd_url, other, times=1) as store:
+            once = _registry(store, file_store_url, cas_retries=1)
+            with pytest.raises(Aborted) as err:
+                await once.set_alias("acme", "churn", "mine", 1)
+            message = (
+                "model acme/churn was changed concurrently 1 times in a row; retry the request"
+            )
+            assert grpc_status(err.value) == (grpc.StatusCode.ABORTED, message)
+            assert store.interleaved == ["other0"]
+            assert once.records.conflicts == 1
+            assert (await other.get("acme", "churn")).aliases == {"other0": 1}
+
+            store.times = 1
+            twice = _registry(store, file_store_url, cas_retries=2)
+            record = await twice.set_alias("acme", "churn", "mine", 1)
+            assert record.aliases == {"other0": 1, "other1": 1, "mine": 1}
+            assert (await other.get("acme", "churn")).aliases == record.aliases
 
 
 async def test_register_many_batches_and_reports_per_item(
