@@ -29,6 +29,7 @@ from shoal.state import Conflict, StateStore, cas_put
 
 ADMIN = "_admin"
 PREFIX = "shoal."
+NEEDS_ADMIN = "this call needs an admin key"
 
 
 class AuthError(Exception):
@@ -191,7 +192,11 @@ async def revoke_key(store: StateStore, tenant: str, key_id: str) -> bool:
 
 class KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Rejects calls without a valid key (UNAUTHENTICATED) or, with ``admin_only``, without
-    an admin key (PERMISSION_DENIED). Methods in ``open_methods`` (full paths) pass freely."""
+    an admin key (PERMISSION_DENIED). Methods in ``open_methods`` (full paths) pass freely.
+
+    With ``admin_only``, a key that names another tenant is refused PERMISSION_DENIED before
+    it is verified: it could never be enough, and such a service holds only the admin keys'
+    hashes, so a tenant's real key and a forged one get the same answer."""
 
     def __init__(
         self,
@@ -207,12 +212,15 @@ class KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method in self.open_methods:
             return handler
+        key = bearer(details.invocation_metadata)
         try:
-            principal = self.checker.check(bearer(details.invocation_metadata))
+            if self.admin_only and key is not None and parse_key(key)[0] != ADMIN:
+                return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, NEEDS_ADMIN)
+            principal = self.checker.check(key)
         except AuthError as exc:
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if self.admin_only and not principal.admin:
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, "this call needs an admin key")
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, NEEDS_ADMIN)
         return handler
 
 

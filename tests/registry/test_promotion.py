@@ -21,7 +21,9 @@ from shoal.cli import main
 from shoal.cluster import LocalCluster, add_key, etcd_get
 from shoal.devservers import LocalSeaweedS3
 from shoal.objstore import ObjectStore
+from shoal.pb import shoal_control_pb2 as cpb
 from shoal.pb import shoal_inference_pb2 as ipb
+from shoal.pb.shoal_control_pb2_grpc import ControlStub
 from shoal.records import WorkerInfo, worker_key
 from shoal.settings import CommonSettings
 from tests.registry.helpers import model_variant
@@ -95,6 +97,17 @@ def _infer(channel: grpc.Channel, key: str, version: str = "") -> str:
     return str(resp.model_version)
 
 
+def _list_models(address: str, key: str) -> tuple[str, str]:
+    """ListModels on the control plane with ``key`` (none when empty): (code name, details)."""
+    metadata = (("authorization", f"Bearer {key}"),) if key else None
+    with grpc.insecure_channel(address) as channel:
+        try:
+            ControlStub(channel).ListModels(cpb.ListModelsRequest(), timeout=30, metadata=metadata)
+        except grpc.RpcError as exc:
+            return exc.code().name, str(exc.details())  # type: ignore[attr-defined]
+    return "OK", ""
+
+
 def test_wait_loaded_promotes_warm_and_a_failed_warm_up_changes_nothing(
     cluster: LocalCluster,
     tmp_path: Path,
@@ -118,9 +131,19 @@ def test_wait_loaded_promotes_warm_and_a_failed_warm_up_changes_nothing(
         files.append(tmp_path / f"v{i + 1}.json")
         files[-1].write_bytes(data)
 
-    # The control plane wants the admin key: without it, a one-line refusal.
-    code, _, err = shoal("models")
-    assert code == 1 and err.startswith("shoal: "), err
+    # The control plane wants the admin key: without one the call is UNAUTHENTICATED, with a
+    # tenant's key PERMISSION_DENIED; the CLI says the same in one line.
+    missing = "missing API key: send 'authorization: Bearer <key>'"
+    assert _list_models(cluster.placement.address, "") == ("UNAUTHENTICATED", missing)
+    assert shoal("models") == (1, "", f"shoal: {missing}\n")
+    denied = ("PERMISSION_DENIED", "this call needs an admin key")
+    assert _list_models(cluster.placement.address, tenant_key) == denied
+    monkeypatch.setenv("SHOAL_KEY", tenant_key)
+    assert shoal("models") == (1, "", "shoal: this call needs an admin key\n")
+    forged = cluster.admin_key[:-4] + ("aaaa" if not cluster.admin_key.endswith("aaaa") else "bbbb")
+    invalid = ("UNAUTHENTICATED", "invalid or revoked API key")
+    assert _list_models(cluster.placement.address, forged) == invalid
+    assert _list_models(cluster.placement.address, cluster.admin_key)[0] == "OK"
     monkeypatch.setenv("SHOAL_KEY", cluster.admin_key)
     for expected, f in enumerate(files, start=1):
         code, out, err = shoal("register", "--tenant", "acme", "--name", "churn", str(f))
