@@ -1,9 +1,11 @@
 """Malformed ModelInferRequests against the router and a worker (real processes).
 
 hypothesis builds requests with wrong byte lengths, shape/datatype mismatches, negative or
-huge dims, missing inputs, non-UTF-8 names and oversized payloads. Every answer must be
-INVALID_ARGUMENT (RESOURCE_EXHAUSTED for size), no process may die, and a correct request
-sent after each malformed one must still succeed."""
+huge dims, missing inputs, non-UTF-8 names, more rows than a worker accepts and oversized
+payloads. As SECURITY.md says, each malformation gets INVALID_ARGUMENT, and only the size
+limits (the message size, the rows per request) get RESOURCE_EXHAUSTED: the expected code is
+asserted per kind of malformation. No process may die, and a correct request sent after each
+malformed one must still succeed."""
 
 from __future__ import annotations
 
@@ -19,11 +21,25 @@ from shoal import modelgen
 from shoal.cluster import LocalCluster
 from shoal.oip import path
 from shoal.pb import shoal_inference_pb2 as pb
+from shoal.procs import wait_until
 from tests.e2e.conftest import FAST, Control
 
 MODEL = "fuzz/m"
 FEATURES = 12
-ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+#: A worker's default SHOAL_MAX_REQUEST_ROWS.
+MAX_ROWS = 65536
+#: What each kind of malformation must be answered: only the row limit is a size limit.
+EXPECTED = {
+    "bytes": grpc.StatusCode.INVALID_ARGUMENT,
+    "shape": grpc.StatusCode.INVALID_ARGUMENT,
+    "dtype": grpc.StatusCode.INVALID_ARGUMENT,
+    "dims": grpc.StatusCode.INVALID_ARGUMENT,
+    "missing": grpc.StatusCode.INVALID_ARGUMENT,
+    "typed": grpc.StatusCode.INVALID_ARGUMENT,
+    "utf8": grpc.StatusCode.INVALID_ARGUMENT,
+    "extra": grpc.StatusCode.INVALID_ARGUMENT,
+    "rows": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 DTYPES = ["FP32", "FP64", "INT32", "INT64", "FP16", "BOOL", "BYTES", "UINT8", "NOPE", ""]
 
 
@@ -36,24 +52,56 @@ def fuzz_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
     ctl = Control(c.placement.address)
     ctl.register("fuzz", "m", modelgen.train_xgboost(x, y, n_trees=3), alias="stable")
     ctl.close()
+    # The router and the worker learn the model through etcd watches: wait until both answer.
+    assert c.router is not None
+    _wait_answered(c.router.address, _good())
+    _wait_answered(c.workers[0].address, _good(pinned=True))
     yield c
     c.stop()
 
 
-def _good() -> bytes:
+def _wait_answered(address: str, good: bytes) -> None:
+    with grpc.insecure_channel(address) as channel:
+        wait_until(
+            lambda: _call(channel, good)[0] == grpc.StatusCode.OK,
+            timeout=30,
+            what=f"{address} to answer {MODEL}",
+        )
+
+
+def _pin(payload: bytes) -> bytes:
+    """Workers are addressed with a pinned version (as the router sends it: appended)."""
+    return payload + pb.InferRoutingHeader(model_version="1").SerializeToString()
+
+
+def _good(pinned: bool = False) -> bytes:
     req = pb.ModelInferRequest(model_name=MODEL)
     req.inputs.add(name="input__0", datatype="FP32", shape=[2, FEATURES])
     req.raw_input_contents.append(np.ones((2, FEATURES), np.float32).tobytes())
-    return req.SerializeToString()
+    wire = req.SerializeToString()
+    return _pin(wire) if pinned else wire
+
+
+class Malformed:
+    """A malformed request and its kind (a plain class: hypothesis prints its short repr)."""
+
+    def __init__(self, kind: str, wire: bytes) -> None:
+        self.kind = kind
+        self.wire = wire
+
+    def __repr__(self) -> str:  # short: a row-limit request is megabytes
+        return f"Malformed({self.kind!r}, {len(self.wire)} bytes: {self.wire[:80]!r})"
 
 
 @st.composite
-def malformed(draw: st.DrawFn) -> bytes:
-    kind = draw(
-        st.sampled_from(["bytes", "shape", "dtype", "dims", "missing", "typed", "utf8", "extra"])
-    )
+def malformed(draw: st.DrawFn) -> Malformed:
+    kind = draw(st.sampled_from(sorted(EXPECTED)))
     req = pb.ModelInferRequest(model_name=MODEL, id=draw(st.text(max_size=8)))
-    rows = draw(st.integers(1, 4))
+    rows = (
+        draw(st.integers(MAX_ROWS + 1, MAX_ROWS + 64))
+        if kind == "rows"
+        else draw(st.integers(1, 4))
+    )
     shape = [rows, FEATURES]
     dtype = "FP32"
     data = np.ones((rows, FEATURES), np.float32).tobytes()
@@ -83,16 +131,16 @@ def malformed(draw: st.DrawFn) -> bytes:
     if kind == "utf8":
         # model_name (field 1) as invalid UTF-8, appended so it overrides the valid one.
         wire = wire + b"\x0a\x04\xff\xfe/m"
-    return wire
+    return Malformed(kind, wire)
 
 
-def _call(channel: grpc.Channel, payload: bytes) -> grpc.StatusCode:
+def _call(channel: grpc.Channel, payload: bytes) -> tuple[grpc.StatusCode, str]:
     infer = channel.unary_unary(path("ModelInfer"))
     try:
         infer(payload, timeout=30)
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+        return exc.code(), str(exc.details())  # type: ignore[attr-defined]
+    return grpc.StatusCode.OK, ""
 
 
 @pytest.mark.parametrize("target", ["router", "worker"])
@@ -102,26 +150,27 @@ def test_malformed_requests_get_invalid_argument(fuzz_cluster: LocalCluster, tar
     channel = grpc.insecure_channel(
         role.address, options=[("grpc.max_send_message_length", 256 << 20)]
     )
-    good = _good()
-    if target == "worker":  # workers are addressed with a pinned version
-        good = good + pb.InferRoutingHeader(model_version="1").SerializeToString()
-    assert _call(channel, good) == grpc.StatusCode.OK
+    pinned = target == "worker"
+    good = _good(pinned)
+    ok = (grpc.StatusCode.OK, "")
+    assert _call(channel, good) == ok
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
     @given(malformed())
-    def run(payload: bytes) -> None:
-        if target == "worker":
-            payload = payload + pb.InferRoutingHeader(model_version="1").SerializeToString()
-        code = _call(channel, payload)
-        assert code in ALLOWED, (code, payload[:80])
-        assert _call(channel, good) == grpc.StatusCode.OK
+    def run(drawn: Malformed) -> None:
+        kind = drawn.kind
+        code, details = _call(channel, _pin(drawn.wire) if pinned else drawn.wire)
+        assert code == EXPECTED[kind], (kind, code, details)
+        if kind == "rows":
+            assert f"at most {MAX_ROWS} rows per request" in details, details
+        assert _call(channel, good) == ok
 
     run()
     # Oversized: far beyond the 64 MiB message limit.
     huge = pb.ModelInferRequest(model_name=MODEL)
     huge.inputs.add(name="input__0", datatype="FP32", shape=[1, FEATURES])
     huge.raw_input_contents.append(b"\x00" * (80 << 20))
-    assert _call(channel, huge.SerializeToString()) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert _call(channel, good) == grpc.StatusCode.OK
+    assert _call(channel, huge.SerializeToString())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _call(channel, good) == ok
     channel.close()
     assert all(p.proc.alive() for p in [fuzz_cluster.router, *fuzz_cluster.workers] if p)
