@@ -1,11 +1,13 @@
 """End to end through the router with tritonclient: native-equal predictions, version
-policy (pins, aliases, a 90/10 split), shadow traffic, a worker killed under load, etcd down."""
+policy (pins, aliases, a 90/10 split), shadow traffic and its records, a worker killed under
+load, etcd down (the view marked stale)."""
 
 from __future__ import annotations
 
 import json
 import math
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -15,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 import xgboost as xgb
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal import modelgen
 from shoal.cluster import LocalCluster
@@ -119,16 +122,29 @@ def test_shadow_share_and_broken_shadow(
 ) -> None:
     x, y = data30
     primary = modelgen.train_lightgbm(x, y, n_trees=8, seed=3)
+    other = modelgen.train_lightgbm(x, y, n_trees=9, seed=4)
     v1 = control.register("shadowed", "m", primary, alias="stable")
-    v2 = control.register("shadowed", "m", modelgen.train_lightgbm(x, y, n_trees=9, seed=4))
+    v2 = control.register("shadowed", "m", other)
     control.shadow("shadowed", "m", v2, 50.0)
     client = triton.InferenceServerClient(router_url(cluster))
-    want = lgb.Booster(model_str=primary.decode()).predict(x[:1])
+    rows = x.astype(np.float32)
+    want = lgb.Booster(model_str=primary.decode()).predict(rows)
+    shadow_want = lgb.Booster(model_str=other.decode()).predict(rows)
+    # Rows on which the two models clearly disagree: every comparison must say so.
+    differ = np.flatnonzero(np.abs(want - shadow_want) > 1e-3)
+    assert len(differ) >= 50
     n = 400
-    for _ in range(n):
-        got, version = _infer(client, "shadowed/m", x[:1])
-        assert version == str(v1)
-        np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-6)
+    answers: dict[str, tuple[np.ndarray, int]] = {}
+    for i in range(n):
+        row = int(differ[i % len(differ)])
+        inp = triton.InferInput("input__0", [1, 30], "FP32")
+        inp.set_data_from_numpy(rows[row : row + 1])
+        result = client.infer("shadowed/m", [inp], request_id=f"req-{i}")
+        resp = result.get_response()
+        assert resp.model_version == str(v1)
+        got = result.as_numpy(resp.outputs[0].name)
+        np.testing.assert_allclose(got.reshape(-1), want[row : row + 1], rtol=1e-6)
+        answers[f"req-{i}"] = (got, row)
     log = shadow_log(cluster)
     half = 3.29 * math.sqrt(n * 0.25)
     wait_until(
@@ -136,7 +152,16 @@ def test_shadow_share_and_broken_shadow(
     )
     records = _shadow_lines(log, "shadowed/m")
     assert abs(len(records) - n * 0.5) <= half
-    assert all(r["shadow_version"] == v2 and "shadow" in r for r in records)
+    for r in records:
+        assert (r["primary_version"], r["shadow_version"]) == (v1, v2)
+        # The primary in the record is the answer the client got, to the bit; the shadow
+        # answered what the other model predicts, and the two are found to disagree.
+        got, row = answers[str(r["id"])]
+        assert r["primary"] == {"output__0": got.tolist()}, r
+        shadow = r["shadow"]
+        assert isinstance(shadow, dict) and list(shadow) == ["output__0"], r
+        np.testing.assert_allclose(shadow["output__0"], shadow_want[row : row + 1], rtol=1e-5)
+        assert r["agree"] is False, r
 
     # A shadow version whose artifact is corrupt in the store: primary answers stay right.
     broken = modelgen.train_lightgbm(x, y, n_trees=10, seed=5)
@@ -148,7 +173,7 @@ def test_shadow_share_and_broken_shadow(
     for _ in range(20):
         got, version = _infer(client, "shadowed/m", x[:1])
         assert version == str(v1)
-        np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-6)
+        np.testing.assert_allclose(got.reshape(-1), want[:1], rtol=1e-6)
     wait_until(
         lambda: any(
             "error" in r for r in _shadow_lines(log, "shadowed/m") if r["shadow_version"] == v3
@@ -203,23 +228,59 @@ def test_worker_killed_under_load_loses_no_request(
     assert errors == []
 
 
-def test_known_models_answer_while_etcd_is_down(
+def _view(cluster: LocalCluster) -> tuple[bool, str, float]:
+    """(ServerReady's answer, its ``shoal-view`` trailing metadata, the router's
+    ``shoal_router_view_stale`` gauge)."""
+    assert cluster.router is not None
+    with grpc.insecure_channel(router_url(cluster)) as channel:
+        resp, call = InferenceSyncStub(channel).ServerReady.with_call(
+            pb.ServerReadyRequest(), timeout=5
+        )
+    trailing = dict(call.trailing_metadata() or ())
+    url = f"http://{cluster.router.extra['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    (stale,) = [
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "shoal_router_view_stale"
+    ]
+    return resp.ready, str(trailing.get("shoal-view")), stale
+
+
+def test_the_view_is_marked_stale_while_etcd_is_down_and_known_models_answer(
     cluster: LocalCluster, control: Control, data30: tuple[np.ndarray, np.ndarray]
 ) -> None:
+    """While etcd is down the router keeps serving its last view and says so: ServerReady
+    stays true with ``shoal-view: stale`` in its trailing metadata, and the
+    ``shoal_router_view_stale`` gauge is 1; both are back to current once etcd returns."""
     x, y = data30
     control.register("offline", "m", modelgen.train_xgboost(x, y, n_trees=5), alias="stable")
     client = triton.InferenceServerClient(router_url(cluster))
     inp = triton.InferInput("input__0", [1, 30], "FP32")
     inp.set_data_from_numpy(x[:1].astype(np.float32))
+    wait_until(lambda: _answers(client, "offline/m", inp), 30, what="the model through the router")
     before = client.infer("offline/m", [inp]).as_numpy("output__0")
+    assert _view(cluster) == (True, "current", 0.0)
     assert cluster.etcd is not None
     cluster.etcd.stop()
     try:
-        for _ in range(50):
+        wait_until(lambda: _view(cluster)[1] == "stale", 30, 0.1, "the router to see etcd gone")
+        assert _view(cluster) == (True, "stale", 1.0)
+        for _ in range(20):
             np.testing.assert_array_equal(
                 client.infer("offline/m", [inp]).as_numpy("output__0"), before
             )
-        assert client.is_server_ready()
     finally:
         cluster.etcd.start()
-    wait_until(lambda: client.is_server_live(), 10, what="router alive after etcd returns")
+    wait_until(lambda: _view(cluster)[1] == "current", 30, 0.1, "the view to be current again")
+    assert _view(cluster) == (True, "current", 0.0)
+
+
+def _answers(client: triton.InferenceServerClient, model: str, inp: triton.InferInput) -> bool:
+    try:
+        client.infer(model, [inp])
+    except triton.InferenceServerException:
+        return False
+    return True
