@@ -1,5 +1,6 @@
 """A worker's key in etcd through its life: SIGKILL (lease expiry), SIGTERM (drain), and the
-S3 object store; the GPU placement test runs only where a CUDA device exists."""
+S3 object store. The GPU tests skip only where no CUDA device exists; where one does, they
+require the CUDA execution provider (ONNX) and device=cuda (XGBoost) to be in use."""
 
 from __future__ import annotations
 
@@ -118,17 +119,30 @@ async def test_loads_from_the_s3_object_store(
         w.stop()
 
 
+def _require_cuda() -> None:
+    """Skip only where libcuda reports no device. Where one exists, the GPU path must work:
+    a runtime that cannot use it fails the test instead of skipping it."""
+    if cuda_devices().count == 0:
+        pytest.skip("no CUDA device on this machine (libcuda reports none)")
+    import onnxruntime as ort
+
+    assert gpu_capable("onnx"), (
+        "a CUDA device is present but ONNX models cannot use it (no CUDAExecutionProvider?); "
+        f"onnxruntime's providers: {ort.get_available_providers()}"
+    )
+
+
 @pytest.mark.gpu
 async def test_onnx_runs_on_cuda_and_demotes_to_host(
     etcd_url: str, tmp_path: Path, model_bytes: dict[str, Any]
 ) -> None:
-    if cuda_devices().count == 0:
-        pytest.skip("no CUDA device on this machine (libcuda reports none)")
-    if not gpu_capable("onnx"):
-        pytest.skip("onnxruntime here has no CUDAExecutionProvider")
+    _require_cuda()
     from shoal.frameworks import estimate_bytes
+    from shoal.frameworks import onnx as onnx_fw
 
     data = model_bytes["onnx"]
+    # The loader the worker uses puts the session on the CUDA provider, not silently on CPU.
+    assert onnx_fw.load(data, "cuda").get_providers()[0] == "CUDAExecutionProvider"
     gpu_budget = estimate_bytes("onnx", len(data)) + 1  # room for exactly one model
     w = start_worker(
         etcd_url, tmp_path, {"SHOAL_DEVICE": "cuda", "SHOAL_GPU_BUDGET": str(gpu_budget)}
@@ -141,7 +155,10 @@ async def test_onnx_runs_on_cuda_and_demotes_to_host(
         async with Client(w.address) as c:
             a = await c.infer("gpu/a", x, "1", name="input")
             m = w.scrape()
+            # Resident on the GPU tier: only a session whose providers include CUDA gets there
+            # (a session that fell back to the CPU is placed in host memory).
             assert m.get("shoal_worker_models_resident", tier="gpu") == 1
+            assert m.get("shoal_worker_models_resident", tier="host") == 0
             b = await c.infer("gpu/b", x, "1", name="input")
             m = w.scrape()
             assert m.get("shoal_worker_cache_demotions_total", tier="gpu", to="host") == 1
@@ -153,6 +170,39 @@ async def test_onnx_runs_on_cuda_and_demotes_to_host(
         want = sess.run(None, {"input": x})[0]
         for got in (a, b, again):
             np.testing.assert_allclose(got, want, rtol=1e-4)
+    finally:
+        w.stop()
+
+
+@pytest.mark.gpu
+async def test_xgboost_runs_with_device_cuda(
+    etcd_url: str, tmp_path: Path, model_bytes: dict[str, Any]
+) -> None:
+    _require_cuda()
+    import json
+
+    import xgboost as xgb
+
+    from shoal.frameworks import xgboost as xgb_fw
+
+    assert xgb.build_info().get("USE_CUDA") is True, "this XGBoost is built without CUDA"
+    data = model_bytes["xgboost-json"]
+    x = np.ascontiguousarray(model_bytes["x"][:8], dtype=np.float32)
+    cpu = xgb_fw.load(data, "cpu").inplace_predict(x)
+    # The loader the worker uses configures the booster for the GPU, and it predicts there.
+    booster = xgb_fw.load(data, "cuda")
+    np.testing.assert_allclose(booster.inplace_predict(x), cpu, rtol=1e-5)
+    config = json.loads(booster.save_config())
+    assert config["learner"]["generic_param"]["device"].startswith("cuda"), config
+    w = start_worker(etcd_url, tmp_path, {"SHOAL_DEVICE": "cuda"})
+    try:
+        await put_model(etcd_url, w.store_url, "gpu", "x", data)
+        async with Client(w.address) as c:
+            got = await c.infer("gpu/x", x, "1")
+        m = w.scrape()
+        assert m.get("shoal_worker_models_resident", tier="gpu") == 1
+        assert m.get("shoal_worker_models_resident", tier="host") == 0
+        np.testing.assert_allclose(got, cpu, rtol=1e-5)
     finally:
         w.stop()
 
