@@ -41,12 +41,12 @@ Figures:
   the measured requests: ``hits{tier=host|gpu} / (hits{host|gpu} + misses{tier=memory})``;
 * **hit and miss latency p50/p99** (client-side, through the router, concurrency 1): each of
   the last ``BENCH_TENANTS_CLASSIFY`` requests is classified exactly, not by a latency
-  threshold: before and after it the counters of its primary worker (computed with the
-  router's own code, ``shoal.shard.Placement`` + ``router.choose.WarmPrimaryPolicy``, from
-  the live snapshot and salt) are scraped; a request is a hit when that worker's hit counter
-  moved by one and its miss counter did not, a miss the other way round; anything else (it
-  went to another worker, or something else touched the cache) is counted as unclassified and
-  left out. The scrapes happen between requests, so they do not add to any latency;
+  threshold: before and after it the counters of its primary worker (computed with the router's
+  own code, ``shoal.shard.Placement`` and the gateway's policy ``shoal.shard.member_order``,
+  from the live snapshot and salt) are scraped; a request is a hit when that worker's hit
+  counter moved by one and its miss counter did not, a miss the other way round; anything else
+  (it went to another worker, or something else touched the cache) is counted as unclassified
+  and left out. The scrapes happen between requests, so they do not add to any latency;
 * **cold load p50/p99**: the workers' ``shoal_worker_load_seconds`` histogram (fetch + verify
   + deserialize, both frameworks, both workers), deltas over the measured requests, quantiles
   interpolated within buckets as Prometheus' ``histogram_quantile`` does (bucket bounds 1,

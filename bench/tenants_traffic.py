@@ -23,10 +23,9 @@ from bench.shoal_harness import ShoalBench
 from bench.tenants_setup import FEATURES
 from bench.wire import INFER_PATH, infer_request
 from capacity.inputs import Fleet
-from router.choose import WarmPrimaryPolicy
 from shoal.artifacts import TREE_INPUT
 from shoal.records import Member
-from shoal.shard import Placement, Pool
+from shoal.shard import Placement, Pool, member_order
 
 # --- metrics --------------------------------------------------------------------------------
 
@@ -107,16 +106,21 @@ class Primaries:
     """The worker the router sends each model to: its own code on the live snapshot."""
 
     def __init__(self, pool: Pool, fleet: Fleet) -> None:
+        self.pool = pool
         self.placement = Placement(pool)
-        self.policy = WarmPrimaryPolicy()
+        self.index = {m.worker_id: i for i, m in enumerate(pool.members)}
         self.fleet = fleet
 
     def __call__(self, m: int) -> Member:
+        """The member the gateway's policy tries first (idle, every member healthy)."""
         f = self.fleet
         tenant = f.tenants[int(f.model_tenant[m])]
         ranked, k = self.placement.ranked(tenant)
         key = f"{tenant}/{f.model_names[m]}:{int(f.versions[m])}"
-        return self.policy.choose(ranked, k, key, {}, ())[0]
+        n = len(self.pool.members)
+        order = member_order([self.index[w.worker_id] for w in ranked], k, key, 8, [0] * n,
+                             [False] * n)  # fmt: skip
+        return self.pool.members[order[0]]
 
 
 class StatsSampler:

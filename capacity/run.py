@@ -16,8 +16,8 @@ pool of ``config.workers`` workers, routes each model to its primary member
    hit rates; beside them the steady state under independent requests (Che's approximation),
    which a finite trace cannot reach when most models are requested only a few times in it.
 
-Routing is the router's steady state with every worker up and no spill: the router
-(``router.choose.WarmPrimaryPolicy``) sends a model version to its primary and spills to the
+Routing is the router's steady state with every worker up and no spill: the router (its
+member policy, ``shoal.shard.member_order``) sends a model version to its primary and spills to the
 other members only while the primary has ``spill_at`` requests in flight from that router, and
 skips members that are down. So each model lives on exactly one worker, its primary, which makes
 each worker's request stream (and so its LRU cache) independent of the others. Spill traffic
@@ -178,7 +178,7 @@ def simulate(
         budget_bytes=config.budget_bytes,
         seed=config.seed,
         routing="primary = shard[blake2b('tenant/name:version') mod k], as the router's "
-        "WarmPrimaryPolicy without spill",
+        "member policy without spill",
     )
     return Report(
         inputs=inputs,

@@ -209,11 +209,11 @@ class ControlService(pb_grpc.ControlServicer):
     async def _warm(self, tenant: str, name: str, version: int, timeout: float) -> None:
         """Load the version on the members the router would use in the version's pool.
 
-        The router sends ``tenant/name:version`` to a "primary" picked by hash among the
-        first k ranked members (``router.choose.WarmPrimaryPolicy``), and on to the next ones
-        when it is down or busy. ``serving()`` is the first k members that are up, so it holds
-        every member the router can pick while any of the first k is up: warming all of them
-        covers the primary whatever the hash, and the spill-over members too.
+        The router sends ``tenant/name:version`` to a "primary" picked by hash among the first
+        k ranked members (the gateway's policy, ``shoal.shard.member_order``), and on to the
+        next ones when it is down or busy. ``serving()`` is the first k members that are up, so
+        it holds every member the router can pick while any of the first k is up: warming all
+        of them covers the primary whatever the hash, and the spill-over members too.
         """
         record = await self.registry.get(tenant, name)
         rules.require_version(record, version)

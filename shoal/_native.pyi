@@ -15,8 +15,8 @@ class NativePool:
     """One pool's members with their hashes precomputed (build once per snapshot epoch).
 
     The shard function of DESIGN.md (rendezvous hashing keyed by ``salt[:64]``, zone-aware
-    selection order), bit-identical to ``placement/shard.py``; ``tests/vectors/shard.json``
-    pins it. Raises ``ValueError`` for duplicate worker ids or ``len(zones) !=
+    selection order); ``tests/vectors/shard.json`` (from the Python implementation it
+    replaced) pins it. Raises ``ValueError`` for duplicate worker ids or ``len(zones) !=
     len(worker_ids)``; ``zones=None`` means no zones. ``shard_size`` must be >= 0.
     """
 
@@ -59,6 +59,20 @@ def tenant_hashes(tenants: Sequence[str], salt: bytes) -> NDArray[np.uint64]:
 def primary_index(key: str, k: int) -> int:
     """Unkeyed ``blake2b(key, digest_size=8)`` (little-endian) ``% k``: the primary member of a
     model version. ``ZeroDivisionError`` for k = 0."""
+
+def primary_indices(keys: Sequence[str], k: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``primary_index(keys[m], k[m])`` for every m (without the GIL); ``ZeroDivisionError``
+    when any k is 0, ``ValueError`` when the lengths differ."""
+
+def member_order(
+    ranked: Sequence[int],
+    k: int,
+    model_key: str,
+    spill_at: int,
+    in_flight: Sequence[int],
+    unhealthy: Sequence[bool],
+) -> list[int]:
+    """The gateway's member choice: candidate member indices, best first."""
 
 def resolve_version(
     full_name: str,

@@ -3,10 +3,8 @@ the shard function (``Placement``), the router's member choice, an LRU replay.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,6 @@ from capacity.model import HotRule, SimConfig
 from capacity.run import simulate
 from capacity.shards import hot_overrides, tenant_shards
 from capacity.stats import blast_radius, hypergeometric, touch_probability
-from router.choose import WarmPrimaryPolicy
 from shoal.artifacts import Signature
 from shoal.records import (
     CLUSTER,
@@ -44,7 +41,12 @@ from shoal.records import (
     placement_key,
     tenant_key,
 )
-from shoal.shard import Placement, Pool, primary_indices, shard_matrix, tenant_hashes
+from shoal.shard import (
+    Placement,
+    Pool,
+    shard_matrix,
+    tenant_hashes,
+)
 from shoal.state import MemoryStore
 
 SALT = b"simulate-test-salt"
@@ -194,78 +196,6 @@ def test_simulation_places_hot_tenants_as_the_live_placement_does() -> None:
     for i in sample:
         expected = [pool.members.index(m) for m in live.shard(fleet.tenants[i])]
         assert shards.rows[i, : shards.k[i]].tolist() == expected
-
-
-def test_primary_is_the_routers_choice() -> None:
-    pool = Pool(synthetic_members(20, 1), SALT, 4)
-    placement = Placement(pool, {"big": TenantConfig("big", shard_size=7)})
-    policy = WarmPrimaryPolicy()
-    keys = [f"tenant-{i % 97}/model-{i}:{1 + i % 3}" for i in range(500)] + ["big/m:1"] * 3
-    tenants = [key.partition("/")[0] for key in keys]
-    ks = np.array([placement.shard_size(t) for t in tenants])
-    idx = primary_indices(keys, ks)
-    for key, t, i in zip(keys, tenants, idx.tolist(), strict=True):
-        ranked, k = placement.ranked(t)
-        assert policy.choose(ranked, k, key, {}, ())[0] == ranked[i]
-
-
-def _lru_hits(stream: list[int], sizes: np.ndarray, budget: int, skip: int) -> tuple[int, int]:
-    cache: OrderedDict[int, int] = OrderedDict()
-    used = hits = counted = 0
-    for pos, m in enumerate(stream):
-        hit = m in cache
-        if hit:
-            cache.move_to_end(m)
-        else:
-            cache[m] = int(sizes[m])
-            used += int(sizes[m])
-            while used > budget:
-                used -= cache.popitem(last=False)[1]
-        if pos >= skip:
-            counted += 1
-            hits += hit
-    return hits, counted
-
-
-def test_per_worker_hit_rates_equal_an_lru_replay_of_each_workers_stream() -> None:
-    rng = np.random.default_rng(11)
-    fleet = synthetic_fleet(3000, SizeModel(50_000, 1.0), rng, models_per_tenant=3)
-    traffic = zipf_traffic(fleet, 0.9, 30_000, 500.0, rng)
-    config = SimConfig(
-        workers=8, shard_size=3, budget_bytes=20 << 20, warmup=0.2, targets=(0.3, 0.5), pairs=100
-    )
-    report = simulate(fleet, traffic, config)
-    # Route with the live code: Placement for the shard, the router's policy for the primary.
-    placement = Placement(Pool(synthetic_members(8, 1), config.pool_salt(), 3))
-    policy = WarmPrimaryPolicy()
-    keys = fleet.model_keys()
-    owner = []
-    for m, key in enumerate(keys):
-        ranked, k = placement.ranked(fleet.tenants[int(fleet.model_tenant[m])])
-        owner.append(policy.choose(ranked, k, key, {}, ())[0].worker_id)
-    skip = math.ceil(0.2 * len(traffic.requests))
-    total_hits = total = 0
-    for row in report.per_worker:
-        times = [i for i, m in enumerate(traffic.requests.tolist()) if owner[m] == row.worker_id]
-        stream = [int(traffic.requests[i]) for i in times]
-        first_counted = sum(1 for i in times if i < skip)
-        hits, counted = _lru_hits(stream, fleet.sizes, config.budget_bytes, first_counted)
-        assert row.hit_rate == pytest.approx(hits / counted, abs=1e-12)
-        total_hits += hits
-        total += counted
-    assert report.cache.hit_rate == pytest.approx(total_hits / total, abs=1e-12)
-    assert report.cache.measured == total
-    curve = {p.budget_bytes: p.hit_rate for p in report.cache.curve}
-    assert curve[config.budget_bytes] == pytest.approx(report.cache.hit_rate)
-    rates = [p.hit_rate for p in report.cache.curve]
-    assert rates == sorted(rates)  # LRU has the inclusion property: more bytes never hurt
-    reachable = [need for need in report.cache.budget_for if need.overall is not None]
-    assert reachable
-    for need in reachable:
-        assert need.overall is not None
-        at = simulate(fleet, traffic, dataclasses.replace(config, budget_bytes=need.overall))
-        below = simulate(fleet, traffic, dataclasses.replace(config, budget_bytes=need.overall - 1))
-        assert at.cache.hit_rate >= need.target > below.cache.hit_rate
 
 
 def test_per_worker_figures_add_up() -> None:

@@ -1,5 +1,6 @@
-"""Pure logic of the router: member choice, ejection, shadow log (version resolution is
-shoal.records', tested in tests/shoal/test_resolve.py)."""
+"""The gateway's member choice (native/src/gateway/policy.rs, through ``shoal.shard
+.member_order``) and the shadow log. Ejection is unit-tested beside the policy in Rust
+(``a_failure_ejects_for_a_while_and_a_success_clears``), on a paused clock."""
 
 from __future__ import annotations
 
@@ -9,47 +10,37 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.choose import Ejector, WarmPrimaryPolicy
 from router.shadow import RotatingJsonl
-from shoal.records import Member
+from shoal.shard import member_order, primary_index
 
-members = st.lists(
-    st.integers(0, 50).map(lambda i: Member(f"w{i}", f"a{i}")), min_size=1, max_size=12, unique=True
-)
+rankings = st.integers(1, 12).flatmap(lambda n: st.permutations(list(range(n))))
 
 
-@given(members, st.integers(1, 6), st.text(min_size=1, max_size=12))
-def test_policy_returns_a_permutation_with_a_stable_primary(
-    ranked: list[Member], k: int, model: str
+@given(rankings, st.integers(1, 6), st.text(min_size=1, max_size=12))
+def test_policy_returns_a_permutation_starting_at_the_primary(
+    ranked: list[int], k: int, model: str
 ) -> None:
-    policy = WarmPrimaryPolicy(spill_at=4)
-    a = policy.choose(ranked, k, model, {}, set())
-    assert sorted(m.worker_id for m in a) == sorted(m.worker_id for m in ranked)
-    assert a[0] in ranked[: min(k, len(ranked))]
-    assert policy.choose(ranked, k, model, {}, set())[0] == a[0]  # every router agrees
+    n = len(ranked)
+    order = member_order(ranked, k, model, 4, [0] * n, [False] * n)
+    assert sorted(order) == sorted(ranked)
+    shard = min(k, n)
+    # The primary is the shard member at blake2b(key) mod k, independent of anything a
+    # router observes: every router picks the same one.
+    assert order[0] == ranked[primary_index(model, shard)]
+    assert order[shard:] == ranked[shard:]  # fallbacks keep their rank order
 
 
 def test_policy_spills_and_skips_unhealthy() -> None:
-    ranked = [Member(f"w{i}", "") for i in range(6)]
-    policy = WarmPrimaryPolicy(spill_at=2)
-    primary = policy.choose(ranked, 3, "acme/churn:1", {}, set())[0]
-    busy = {primary.worker_id: 5}
-    spilled = policy.choose(ranked, 3, "acme/churn:1", busy, set())
+    ranked = list(range(6))
+    idle, well = [0] * 6, [False] * 6
+    primary = member_order(ranked, 3, "acme/churn:1", 2, idle, well)[0]
+    busy = [5 if m == primary else 0 for m in range(6)]
+    spilled = member_order(ranked, 3, "acme/churn:1", 2, busy, well)
     assert spilled[0] != primary and spilled[0] in ranked[:3]
-    down = policy.choose(ranked, 3, "acme/churn:1", {}, {primary.worker_id})
-    assert down[0] != primary and down[-1] == primary  # tried last, not dropped
-
-
-def test_ejector_expires() -> None:
-    clock = [0.0]
-    ej = Ejector(lambda: clock[0], eject_s=5.0)
-    ej.failure("w1")
-    assert "w1" in ej and "w2" not in ej
-    clock[0] = 5.1
-    assert "w1" not in ej
-    ej.failure("w1")
-    ej.success("w1")
-    assert "w1" not in ej
+    assert spilled.index(primary) == 2  # the busiest shard member, still tried before fallbacks
+    down = [m == primary for m in range(6)]
+    order = member_order(ranked, 3, "acme/churn:1", 2, idle, down)
+    assert order[0] != primary and order[-1] == primary  # tried last, not dropped
 
 
 def test_shadow_log_rotates_by_size(tmp_path: Path) -> None:

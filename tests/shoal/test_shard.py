@@ -109,7 +109,7 @@ def test_zone_spread(pool: Pool, tenant: str) -> None:
 def test_vectorised_equals_scalar(pool: Pool, k: int) -> None:
     k = min(k, len(pool))
     tenants = [f"t{i}" for i in range(300)]
-    matrix = shard_matrix(pool, tenant_hashes(tenants, pool.salt), k, chunk=128)
+    matrix = shard_matrix(pool, tenant_hashes(tenants, pool.salt), k)
     for row, t in zip(matrix, tenants, strict=True):
         assert list(row) == selection_order(pool, t, k)[:k]
 

@@ -14,8 +14,11 @@ and ``tests/native`` check it.
 The output is deterministic (fixed seeds; no clock, no ``secrets``): running it again on the
 same Python and NumPy gives the same files.
 
-No test imports this script. It stops working once the Python reference is removed (the Rust
-implementation is then the reference, and the committed vectors pin it); that is expected.
+No test imports this script. The shard function's Python reference is gone (``shoal.shard``
+now calls the Rust implementation), so running the shard part again would only record the
+native output: ``shard.json`` stays as it was made, from the Python code of commit 96991ac
+(``placement/shard.py``), and pins the Rust implementation. ``shoal.records.resolve`` is still
+Python, so ``resolve.json`` can be regenerated and both implementations checked against it.
 """
 
 from __future__ import annotations

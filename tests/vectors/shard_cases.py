@@ -185,7 +185,7 @@ def shard_vectors() -> dict[str, Any]:
         batch = [f"batch-{i}-{j}" for j in range(12)] + TENANTS[:4]
         ks = sorted({1, shard_size, size, size + 3, RNG.randint(1, max(1, size))})
         for k in ks:
-            matrix = shard_matrix(pool, tenant_hashes(batch, pool.salt), k, chunk=5)
+            matrix = shard_matrix(pool, tenant_hashes(batch, pool.salt), k)
             matrices.append({"pool": i, "tenants": batch, "k": k, "rows": matrix.tolist()})
         ids = spec["worker_ids"]
         overrides: list[tuple[int, list[str]]] = [

@@ -15,6 +15,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativePool>()?;
     m.add_function(wrap_pyfunction!(tenant_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(primary_index, m)?)?;
+    m.add_function(wrap_pyfunction!(primary_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(member_order, m)?)?;
     Ok(())
 }
 
@@ -131,4 +133,59 @@ fn primary_index(key: &str, k: usize) -> PyResult<usize> {
     // The reference computes `h % k`: k = 0 fails as Python's modulo does.
     shard::primary_index(key, k)
         .ok_or_else(|| PyZeroDivisionError::new_err("integer modulo by zero"))
+}
+
+/// `primary_index(keys[m], k[m])` for every model `m` (the simulator's routing); k must be >= 1.
+#[pyfunction]
+fn primary_indices<'py>(
+    py: Python<'py>,
+    keys: Vec<PyBackedStr>,
+    k: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let k = k.as_slice()?.to_vec();
+    if k.len() != keys.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} keys but {} shard sizes",
+            keys.len(),
+            k.len()
+        )));
+    }
+    let out = py.detach(|| -> Option<Vec<i64>> {
+        keys.iter()
+            .zip(&k)
+            .map(|(key, &n)| {
+                let n = usize::try_from(n).ok()?;
+                shard::primary_index(key, n).and_then(|i| i64::try_from(i).ok())
+            })
+            .collect()
+    });
+    out.map(|v| v.into_pyarray(py))
+        .ok_or_else(|| PyZeroDivisionError::new_err("integer modulo by zero"))
+}
+
+/// The gateway's member choice (`gateway::policy::choose`): candidates best first, as
+/// indices into the pool, for a tenant's `ranked` members and shard size `k`.
+#[pyfunction]
+fn member_order(
+    ranked: Vec<usize>,
+    k: usize,
+    model_key: &str,
+    spill_at: u32,
+    in_flight: Vec<u32>,
+    unhealthy: Vec<bool>,
+) -> PyResult<Vec<usize>> {
+    let n = ranked.iter().max().map_or(0, |m| m + 1);
+    if in_flight.len() < n || unhealthy.len() < n {
+        return Err(PyValueError::new_err(
+            "in_flight and unhealthy need an entry for every member index in ranked",
+        ));
+    }
+    Ok(crate::gateway::policy::choose(
+        &ranked,
+        k,
+        model_key,
+        spill_at,
+        |m| in_flight[m],
+        |m| unhealthy[m],
+    ))
 }
