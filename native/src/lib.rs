@@ -6,12 +6,15 @@
 //!
 //! * `shard`: the shard function (rendezvous hashing, zones, overrides, the vectorised form);
 //! * `resolve`: which version of a model answers a request;
-//! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding).
+//! * `rpc`: gRPC over HTTP/2 as both fronts serve it (framing, statuses, the accept loop);
+//! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding);
+//! * `worker`: the worker's inference front (decode, validate, batch, predict).
 
 pub mod gateway;
 mod py;
 pub mod pyfmt;
 pub mod resolve;
+pub mod rpc;
 pub mod shard;
 
 pub use py::_native;

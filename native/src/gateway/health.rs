@@ -11,8 +11,8 @@ use prost::Message;
 
 use super::grpc::{self, Code, Status};
 use super::oip::{HealthCheckRequest, HealthCheckResponse};
-use super::service::headers;
 use super::Shared;
+use crate::rpc::unary::headers;
 
 pub async fn watch(
     shared: Arc<Shared>,

@@ -12,16 +12,16 @@
 pub mod auth;
 pub mod clock;
 pub mod forward;
-pub mod grpc;
 pub mod health;
 pub mod oip;
 pub mod policy;
 pub mod quota;
-pub mod server;
 pub mod service;
 pub mod shadow;
 pub mod stats;
 pub mod table;
+
+pub use crate::rpc::{grpc, server};
 
 use std::io;
 use std::net::SocketAddr;
@@ -208,7 +208,16 @@ impl Gateway {
                 runtime.block_on(async move {
                     tokio::spawn(timer_anchor());
                     tokio::spawn(shadow::run(shared.clone()));
-                    tokio::spawn(server::accept_loop(shared, listener, tls, conns, stop_rx));
+                    let send_buffer = shared.config.max_message_bytes;
+                    let handler = move |req, respond| service::handle(shared.clone(), req, respond);
+                    tokio::spawn(server::accept_loop(
+                        handler,
+                        send_buffer,
+                        listener,
+                        tls,
+                        conns,
+                        stop_rx,
+                    ));
                     let _ = halted.await;
                 });
                 runtime.shutdown_timeout(Duration::from_millis(200));

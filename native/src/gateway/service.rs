@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, Request};
 use prost::Message;
 use rand::Rng;
 
@@ -30,6 +30,7 @@ use super::table::{Model, PoolView, Version};
 use super::Shared;
 use crate::pyfmt::repr;
 use crate::resolve::{resolve, ResolveError};
+use crate::rpc::unary::{encode, read_message, reset, send, Answer};
 
 /// NOT_FOUND for what does not exist (the Python router's answers); a version string Python
 /// could not read as a number (`²`, 4,300+ digits) is the caller's mistake: INVALID_ARGUMENT.
@@ -374,98 +375,6 @@ impl Shared {
     }
 }
 
-fn encode(m: &impl Message) -> Bytes {
-    grpc::frame(&m.encode_to_vec())
-}
-
-/// What a unary call answers.
-pub enum Answer {
-    /// The framed message, then `grpc-status: 0` and an extra trailer.
-    Message(Bytes, Option<(http::HeaderName, &'static str)>),
-    /// A trailers-only answer carrying the status.
-    Failure(Status),
-}
-
-impl From<Result<Bytes, Status>> for Answer {
-    fn from(r: Result<Bytes, Status>) -> Answer {
-        match r {
-            Ok(framed) => Answer::Message(framed, None),
-            Err(s) => Answer::Failure(s),
-        }
-    }
-}
-
-/// Response headers, with the status when the answer is trailers-only.
-pub fn headers(status: Option<&Status>) -> Response<()> {
-    let mut resp = Response::new(());
-    grpc::response_headers(resp.headers_mut());
-    if let Some(s) = status {
-        s.to_headers(resp.headers_mut());
-    }
-    resp
-}
-
-/// Send `answer`: HEADERS, DATA and the trailers are queued together (one write).
-fn send(mut respond: SendResponse<Bytes>, answer: Answer) {
-    match answer {
-        Answer::Message(framed, extra) => {
-            let Ok(mut stream) = respond.send_response(headers(None), false) else {
-                return;
-            };
-            let mut trailers = HeaderMap::new();
-            Status::new(Code::Ok, "").to_headers(&mut trailers);
-            if let Some((k, v)) = extra {
-                trailers.insert(k, HeaderValue::from_static(v));
-            }
-            if stream.send_data(framed, false).is_ok() {
-                let _ = stream.send_trailers(trailers);
-            }
-        }
-        Answer::Failure(status) => {
-            let _ = respond.send_response(headers(Some(&status)), true);
-        }
-    }
-}
-
-/// The request's one message, or the status to answer with.
-async fn read_message(
-    shared: &Shared,
-    req: Request<RecvStream>,
-) -> Result<(HeaderMap, Bytes), Status> {
-    let (parts, mut body) = req.into_parts();
-    let max = shared.config.max_message_bytes;
-    let body = match grpc::collect(&mut body, max + 5).await {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            return Err(Status::new(
-                Code::ResourceExhausted,
-                format!("Received message larger than max (over {max} bytes)"),
-            ))
-        }
-        Err(e) => {
-            return Err(Status::new(
-                Code::Cancelled,
-                format!("request body broke off: {e}"),
-            ))
-        }
-    };
-    let encoding = parts
-        .headers
-        .get(grpc::names::GRPC_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let msg = grpc::unary_message(&body, encoding, max).map_err(|e| match e {
-        grpc::FrameError::TooLarge(..) => Status::new(Code::ResourceExhausted, e.to_string()),
-        grpc::FrameError::Encoding(_) => Status::new(Code::Unimplemented, e.to_string()),
-        _ => Status::new(Code::Internal, e.to_string()),
-    })?;
-    Ok((parts.headers, msg))
-}
-
-/// Resolves when the client resets the stream (it went away, or its deadline passed).
-async fn reset(respond: &mut SendResponse<Bytes>) {
-    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
-}
-
 /// Answer one HTTP/2 stream. Work stops when the client resets the stream.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -494,7 +403,7 @@ pub async fn handle(
 }
 
 async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream>) -> Answer {
-    let (headers, msg) = match read_message(shared, req).await {
+    let (headers, msg) = match read_message(req, shared.config.max_message_bytes).await {
         Ok(x) => x,
         Err(s) => return Answer::Failure(s),
     };

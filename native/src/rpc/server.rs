@@ -1,9 +1,9 @@
-//! The front door: accept connections (h2c, or TLS with ALPN h2), serve HTTP/2 on each (h2),
-//! and
-//! shut down gracefully (stop accepting, GOAWAY to every connection, let open streams
-//! finish) when told to.
+//! A front door: accept connections (h2c, or TLS with ALPN h2), serve HTTP/2 on each (h2),
+//! and shut down gracefully (stop accepting, GOAWAY to every connection, let open streams
+//! finish) when told to. What each stream answers is the caller's `handler`.
 
 use std::fs;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-use super::service::handle;
-use super::Shared;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Request;
 
 /// Open connections, so a stop can wait for them to finish.
 #[derive(Default)]
@@ -40,9 +41,26 @@ impl Drop for Open {
     }
 }
 
+/// Answers one stream (request and its response handle); runs within its connection's task.
+pub trait Handler:
+    Fn(Request<RecvStream>, SendResponse<Bytes>) -> Self::Answer + Clone + Send + Sync + 'static
+{
+    type Answer: Future<Output = ()> + Send + 'static;
+}
+
+impl<H, F> Handler for H
+where
+    H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    type Answer = F;
+}
+
 /// Accept until `stop` turns true, then return (dropping the listener: no new connections).
-pub async fn accept_loop(
-    shared: Arc<Shared>,
+/// `send_buffer`: the largest message answered (bounds each stream's send buffer).
+pub async fn accept_loop<H: Handler>(
+    handler: H,
+    send_buffer: usize,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     connections: Arc<Connections>,
@@ -64,18 +82,18 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::AcqRel);
         let open = Open(connections.clone());
-        let shared = shared.clone();
+        let handler = handler.clone();
         let stop = stop.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _open = open;
             match tls {
-                None => serve_connection(shared, tcp, stop).await,
+                None => serve_connection(handler, send_buffer, tcp, stop).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
                     if let Ok(Ok(stream)) = handshake {
-                        serve_connection(shared, stream, stop).await;
+                        serve_connection(handler, send_buffer, stream, stop).await;
                     }
                 }
             }
@@ -83,8 +101,13 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_connection<I>(shared: Arc<Shared>, io: I, mut stop: watch::Receiver<bool>)
-where
+async fn serve_connection<H, I>(
+    handler: H,
+    send_buffer: usize,
+    io: I,
+    mut stop: watch::Receiver<bool>,
+) where
+    H: Handler,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = h2::server::Builder::new()
@@ -93,7 +116,7 @@ where
         .max_frame_size(1 << 16)
         .max_concurrent_streams(1024)
         .max_header_list_size(64 << 10)
-        .max_send_buffer_size(shared.config.max_message_bytes.clamp(1 << 16, 4 << 20))
+        .max_send_buffer_size(send_buffer.clamp(1 << 16, 4 << 20))
         .handshake::<_, Bytes>(io);
     let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(10), handshake).await else {
         return;
@@ -105,7 +128,7 @@ where
     loop {
         tokio::select! {
             next = conn.accept() => match next {
-                Some(Ok((req, respond))) => streams.push(handle(shared.clone(), req, respond)),
+                Some(Ok((req, respond))) => streams.push(handler(req, respond)),
                 _ => break,
             },
             Some(()) = streams.next(), if !streams.is_empty() => {}
