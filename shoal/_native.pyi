@@ -129,3 +129,64 @@ class Gateway:
         self, max: int, timeout_s: float
     ) -> list[tuple[float, str, int, int, bytes, bytes | None, str | None]]: ...
     def stop(self, grace_s: float) -> None: ...
+
+class FrontJob:
+    """A call the worker front hands to Python: answer it once with ``reply``."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def time_remaining(self) -> float | None: ...
+    @property
+    def wants_reply(self) -> bool: ...
+    def reply(
+        self, code: int, message: str = "", body: bytes | None = None, retry_elsewhere: bool = False
+    ) -> None: ...
+
+class WorkerFront:
+    """The worker's native inference front (see ``worker/front.py``)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        io_threads: int = 1,
+        predict_threads: int = 1,
+        stuck_headroom: int = 2,
+        predict_timeout_s: float = 10.0,
+        max_message_bytes: int = 64 << 20,
+        max_rows: int = 4096,
+        batching: bool = True,
+        max_batch_rows: int = 256,
+        max_delay_s: float = 0.002,
+        batch_when_idle: bool = True,
+        model_concurrency: int = 1,
+        model_max_queue: int = 64,
+        model_queue_wait_s: float = 1.0,
+        delegate_queue: int = 4096,
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
+        tls_client_auth: bool = False,
+    ) -> None: ...
+    def start(self) -> int:
+        """Bind and serve; the bound port (OSError when it cannot bind)."""
+    def set_ready(self, ready: bool) -> None: ...
+    def add_model(
+        self,
+        model: str,
+        version: int,
+        booster: TreeBooster,
+        inputs: Sequence[tuple[str, str, Sequence[int]]],
+        outputs: Sequence[tuple[str, str, Sequence[int]]],
+    ) -> None: ...
+    def remove_model(self, model: str, version: int) -> bool: ...
+    def has_model(self, model: str, version: int) -> bool: ...
+    def take_touched(self) -> list[tuple[str, int]]: ...
+    def next_job(self, timeout_s: float) -> FrontJob | None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def stuck(self, label: str) -> int: ...
+    def stop(self, grace_s: float) -> None: ...

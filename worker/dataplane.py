@@ -69,6 +69,7 @@ class Dataplane:
         max_rows: int,
         batcher: Batcher | None = None,
         now: Callable[[], float] = time.perf_counter,
+        on_resident: Callable[[ModelId, ModelVersion, Model], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.cache = cache
@@ -78,6 +79,8 @@ class Dataplane:
         self._metrics = metrics
         self._batcher = batcher
         self._now = now
+        #: Told of every version found or made resident here (the native front serves it).
+        self.on_resident = on_resident
         m = metrics
         self._rejected_rows = m.child(m.rejected, "rows")
         self._rejected_quarantine = m.child(m.rejected, "quarantine")
@@ -125,6 +128,8 @@ class Dataplane:
         try:
             model = entry.value
             assert model is not None
+            if self.on_resident is not None:
+                self.on_resident(mid, mv, model)
             if self._batcher is not None and _batchable(mv):
                 outs = await self._batcher.predict(mid, model, arrays[0], deadline)
             else:
@@ -164,5 +169,7 @@ class Dataplane:
         was_resident = mid in self.cache
         started = self._now()
         entry = await self._acquire(mid, mv)
+        if self.on_resident is not None and entry.value is not None:
+            self.on_resident(mid, mv, entry.value)
         self.cache.release(entry)
         return LoadOutcome(True, was_resident, entry.tier.value, self._now() - started)

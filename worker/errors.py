@@ -1,7 +1,7 @@
 """Worker failures as plain exceptions carrying a status code name.
 
-The core raises these; the gRPC edge (``worker.servicer``) is the one place that maps the code
-to a ``grpc.StatusCode``. Codes are the gRPC names so metrics and logs read the same.
+The core raises these; the front's bridge (``worker.front``) is the one place that maps the code
+to a gRPC status. Codes are the gRPC names so metrics and logs read the same.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ Names (counters get ``_total`` in the exposition):
   whose thread has not returned yet: a Python thread cannot be killed).
 
 Labelled children used on the request path are resolved once (``child()`` caches them): a
-``labels()`` lookup per request would cost more than the counter increment.
+``labels()`` lookup per request would cost more than the counter increment. What the native
+front counts (``worker.front``) is added to the same series when they are scraped
+(``on_collect``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -37,9 +40,26 @@ _LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class _BeforeCollect:
+    """Registered first, so a scrape runs its hooks before any metric is read."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        for hook in self.hooks:
+            hook()
+        return []
+
+
 class WorkerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._before = _BeforeCollect()
+        r.register(self._before)
         self.requests = Counter(
             "shoal_worker_requests",
             "RPCs by method and status code",
@@ -130,6 +150,10 @@ class WorkerMetrics:
             registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def on_collect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` at every scrape, before the metrics are read."""
+        self._before.hooks.append(hook)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised."""

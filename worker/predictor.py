@@ -82,6 +82,10 @@ class Predictor:
         """The quarantine's error for ``mid`` while it lasts, else None."""
         return self._quarantine.check(mid)
 
+    def faulted(self, mid: ModelId) -> bool:
+        """Whether a fault is injected into ``mid``'s predictions (they must run here)."""
+        return self._faults.affects("predict", f"{mid.tenant}/{mid.name}")
+
     def loaded(self, mid: ModelId, model: Model) -> None:
         """A version was just loaded: its load-time 1-row prediction, if any, stands for the
         proof that its calls are fast (``InlinePolicy.seed``)."""
@@ -172,6 +176,22 @@ class Predictor:
             mid, FailedPrecondition(f"{mid} is quarantined: its predictions fail ({what})")
         )
         return Internal(f"prediction of {mid} failed: {what}")
+
+    def native_outcome(self, mid: ModelId, kind: str, message: str, consecutive: int) -> None:
+        """A prediction the native front ran failed (``kind`` "failed": the ``consecutive``-th
+        failure in a row) or hung ("hung"): booked as if it had run here."""
+        if self._inline is not None:
+            self._inline.forget(mid)
+        if kind == "hung":
+            err = FailedPrecondition(f"{mid} is quarantined: a prediction hung ({message})")
+            self._record(mid, err, immediate=True)
+            return
+        if consecutive <= 1:
+            self._quarantine.clear(mid)  # the native successes since the last failure
+        log.error("prediction of %s failed: %s", mid, message)
+        self._record(
+            mid, FailedPrecondition(f"{mid} is quarantined: its predictions fail ({message})")
+        )
 
     def _succeeded(self, mid: ModelId, cpu_s: float) -> None:
         if self._inline is not None:

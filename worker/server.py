@@ -1,8 +1,9 @@
 """The worker process: wiring and lifecycle (``start()`` / ``stop()``, nothing in __init__).
 
 Start: resolve device and budgets, open etcd and the object store, rebuild the disk tier's
-index, start the model watch, bind gRPC (inference protocol + WorkerAdmin) and the metrics
-HTTP port, then register in etcd. The runner (``shoal.runner.Runner``) prints ``banner()``,
+index, start the model watch, start the native front (``shoal._native.WorkerFront``: the
+inference protocol, grpc.health.v1, and WorkerAdmin handed to Python; ``worker.front``) and
+the metrics HTTP port, then register in etcd. The runner (``shoal.runner.Runner``) prints ``banner()``,
 ``worker: HOST:PORT`` first, once all of that is done, so a parent process can read the
 address from the first line of stdout.
 
@@ -21,16 +22,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 from prometheus_client import start_http_server
 
-from shoal import tls
+from shoal import _native
 from shoal.device import cuda_devices, resolve_device
 from shoal.etcd import EtcdStore
 from shoal.frameworks import Model
 from shoal.objstore import ObjectStore
-from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
-from shoal.records import WorkerInfo, check_ident, worker_key
+from shoal.records import ModelVersion, WorkerInfo, check_ident, worker_key
 from worker.batching import Batcher
 from worker.cache import CacheEvent, Tier, TieredCache
 from worker.calls import RuntimeCalls
@@ -38,6 +37,7 @@ from worker.catalog import Catalog
 from worker.dataplane import Dataplane
 from worker.diskcache import DiskCache
 from worker.faults import Faults
+from worker.front import FrontBridge
 from worker.inline import InlinePolicy
 from worker.limits import ModelLimiter
 from worker.loader import Loader
@@ -45,7 +45,6 @@ from worker.metrics import WorkerMetrics
 from worker.predictor import Predictor
 from worker.quarantine import FailureMemory
 from worker.registration import Registration
-from worker.servicer import AdminServicer, Edge, inference_handler
 from worker.settings import WorkerSettings, host_memory_bytes, resolve_budget
 from worker.types import ModelId, Stats
 
@@ -73,7 +72,7 @@ class WorkerServer:
         self.started_at = 0.0
         self.draining = False
         self.budgets: dict[str, int] = {}
-        self._server: grpc.aio.Server | None = None
+        self._front: FrontBridge | None = None
         self._http: Any = None
         self._etcd: EtcdStore | None = None
         self._catalog: Catalog | None = None
@@ -85,7 +84,6 @@ class WorkerServer:
         self._rate_mark = (0.0, 0)
         self._digests: dict[ModelId, str] = {}
         self._disk: DiskCache | None = None
-        self.edge = Edge(self.metrics)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -175,24 +173,40 @@ class WorkerServer:
         )
         self._loader = loader
         self.dataplane = dp = Dataplane(
-            self._catalog, cache, loader, predictor, m, s.max_request_rows, batcher
+            self._catalog,
+            cache,
+            loader,
+            predictor,
+            m,
+            s.max_request_rows,
+            batcher,
+            on_resident=self._resident,
         )
 
-        server = grpc.aio.server(
-            options=[
-                # Larger requests get RESOURCE_EXHAUSTED from gRPC before any of our code runs.
-                ("grpc.max_receive_message_length", s.max_request_bytes),
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.so_reuseport", 0),
-            ]
+        front = _native.WorkerFront(
+            host=s.host,
+            port=s.port,
+            predict_threads=threads,
+            stuck_headroom=s.stuck_headroom,
+            predict_timeout_s=s.predict_timeout_s,
+            # Larger requests get RESOURCE_EXHAUSTED before they are decoded.
+            max_message_bytes=s.max_request_bytes,
+            max_rows=s.max_request_rows,
+            batching=s.batching_enabled(self.device),
+            max_batch_rows=s.max_batch_rows,
+            max_delay_s=s.max_delay_us / 1e6,
+            batch_when_idle=s.batch_when_idle,
+            model_concurrency=s.model_concurrency(),
+            model_max_queue=s.model_max_queue,
+            model_queue_wait_s=s.model_queue_wait_s,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+            tls_ca=s.tls_ca,
+            tls_client_auth=s.tls_client_auth,
         )
-        server.add_generic_rpc_handlers((inference_handler(dp, self.edge, lambda: self.ready),))
-        cpb_grpc.add_WorkerAdminServicer_to_server(AdminServicer(dp, self.edge, self.stats), server)
-        port = tls.add_port(server, f"{s.host}:{s.port}", s)  # TLS/mTLS when configured
-        if port == 0:
-            raise OSError(f"cannot bind {s.host}:{s.port}")
-        await server.start()
-        self._server = server
+        self._front = FrontBridge(front, dp, m, self.stats)
+        self._front.start()
+        port = front.start()  # OSError when the address cannot be bound
         self.address = s.advertise or f"{s.host}:{port}"
         self.worker_id = s.resolve_worker_id(port)
         check_ident("worker id", self.worker_id)
@@ -205,6 +219,7 @@ class WorkerServer:
             self._etcd, worker_key(s.pool, self.worker_id), self.info, s.lease_ttl
         )
         await self._registration.start()
+        front.set_ready(True)
         log.info(
             "worker %s (%s, pool %s) serving on %s, metrics on %s",
             self.worker_id,
@@ -223,12 +238,14 @@ class WorkerServer:
         down; safe to call once after ``start`` (or a failed start)."""
         self.draining = True
         t0 = time.monotonic()
+        if self._front is not None:
+            self._front.front.set_ready(False)
         if self._registration is not None:
             await self._registration.publish()
             await self._registration.stop()
             log.info("deregistered in %.3fs", time.monotonic() - t0)
-        if self._server is not None:
-            await self._server.stop(self.settings.drain_grace_s if grace is None else grace)
+        if self._front is not None:
+            await self._front.stop(self.settings.drain_grace_s if grace is None else grace)
             log.info("drained in %.3fs", time.monotonic() - t0)
         if self._http is not None:
             self._http.shutdown()
@@ -280,7 +297,8 @@ class WorkerServer:
     def stats(self) -> Stats:
         cache = self.dataplane.cache
         now = time.monotonic()
-        total = self.edge.total
+        front = self._front.front.stats() if self._front is not None else {}
+        total = front.get("total", 0)
         mark_t, mark_n = self._rate_mark
         rate = (total - mark_n) / (now - mark_t) if mark_t and now > mark_t else 0.0
         if not mark_t or now - mark_t > 10.0:
@@ -303,7 +321,7 @@ class WorkerServer:
             },
             models_resident=len(cache),
             requests_per_s=rate,
-            in_flight=self.edge.in_flight,
+            in_flight=front.get("in_flight", 0),
             metrics_address=self.metrics_address,
         )
 
@@ -320,7 +338,13 @@ class WorkerServer:
             "disk": resolve_budget(s.disk_budget, disk_total, "disk"),
         }
 
+    def _resident(self, mid: ModelId, mv: ModelVersion, model: Model) -> None:
+        if self._front is not None:
+            self._front.resident(mid, mv, model)
+
     def _cache_event(self, ev: CacheEvent) -> None:
+        if self._front is not None:  # the front serves host-memory versions only
+            self._front.gone(ev.key)
         m = self.metrics
         if ev.kind == "demote" and ev.dst is not None:
             m.child(m.demotions, ev.src.value, ev.dst.value).inc()

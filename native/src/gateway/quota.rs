@@ -77,6 +77,11 @@ impl Slots {
         lock(&self.inner).held
     }
 
+    /// Callers waiting in line.
+    pub fn waiting(&self) -> usize {
+        lock(&self.inner).waiters.len()
+    }
+
     pub fn idle(&self) -> bool {
         let s = lock(&self.inner);
         s.held == 0 && s.waiters.is_empty()

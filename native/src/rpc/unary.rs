@@ -19,6 +19,9 @@ pub enum Answer {
     Message(Bytes, Option<(http::HeaderName, &'static str)>),
     /// A trailers-only answer carrying the status.
     Failure(Status),
+    /// A trailers-only answer carrying the status and an extra header
+    /// (`shoal-retry: elsewhere`).
+    FailureWith(Status, (http::HeaderName, &'static str)),
 }
 
 impl From<Result<Bytes, Status>> for Answer {
@@ -58,6 +61,11 @@ pub fn send(mut respond: SendResponse<Bytes>, answer: Answer) {
         }
         Answer::Failure(status) => {
             let _ = respond.send_response(headers(Some(&status)), true);
+        }
+        Answer::FailureWith(status, (k, v)) => {
+            let mut resp = headers(Some(&status));
+            resp.headers_mut().insert(k, HeaderValue::from_static(v));
+            let _ = respond.send_response(resp, true);
         }
     }
 }

@@ -1,0 +1,442 @@
+//! A resident model as the front runs it: its runner (a native booster), its signature, its
+//! concurrency bound, and its batch queue.
+//!
+//! Batching (`worker/batching.py`'s policy, per model): a request for a model with no call
+//! running goes at once, alone; while a call runs, arrivals queue, and the queue goes out as
+//! one merged call when the running call ends, when it reaches `max_rows`, or when its oldest
+//! request has waited `max_delay` (with `when_idle` off, only the last two: Triton's way).
+//! Rows are concatenated (one FP32 input whose first dimension is the batch) and every
+//! output is cut back by the same row counts. Requests whose deadline passed while queued
+//! are answered DEADLINE_EXCEEDED and not run; a merged call carries the latest deadline of
+//! its requests. A runtime error fails every request of its call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::gateway::quota::{Admission, Slots};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One output of a runtime call: V2 datatype, shape, little-endian row-major bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+    pub data: Vec<u8>,
+}
+
+/// What runs a model's prediction without Python.
+pub trait Runner: Send + Sync + 'static {
+    /// One call on `rows` (`nrows` x `ncols`, row-major): the outputs in signature order.
+    fn predict(&self, rows: &[f32], nrows: usize, ncols: usize) -> Result<Vec<Output>, String>;
+}
+
+/// A tensor of a signature (`shoal.artifacts.TensorSpec`): `-1` is a variable dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// How a prediction failed, for the caller and for the owner's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Not the model's fault: the deadline passed, the model was busy, no thread was free.
+    NotRun(crate::rpc::grpc::Code, String, bool),
+    /// The runtime raised: INTERNAL, counts against the version.
+    Runtime(String),
+    /// The call hung and was abandoned: the version is quarantined at once.
+    Hung(String),
+}
+
+pub type Outs = Result<Vec<Output>, Failure>;
+
+struct Item {
+    rows: Vec<f32>,
+    nrows: usize,
+    deadline: Option<Instant>,
+    queued: Instant,
+    tx: oneshot::Sender<Outs>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Item>,
+    rows: usize,
+    running: usize,
+    timer: bool,
+}
+
+/// A resident model version.
+pub struct Resident {
+    /// `tenant/name:version`, as messages name it.
+    pub label: String,
+    /// `tenant/name`: the concurrency bound's name.
+    pub name: String,
+    pub version: u64,
+    pub runner: Arc<dyn Runner>,
+    pub inputs: Vec<Spec>,
+    pub outputs: Vec<Spec>,
+    /// Features per row (the input's last dimension).
+    pub ncols: usize,
+    pub limiter: Slots,
+    queue: Mutex<Queue>,
+    /// Consecutive runtime failures (reset by a success): the owner quarantines on these.
+    pub failures: AtomicU64,
+    /// Served natively since the owner last looked (its cache's recency).
+    pub touched: std::sync::atomic::AtomicBool,
+}
+
+impl Resident {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        version: u64,
+        runner: Arc<dyn Runner>,
+        inputs: Vec<Spec>,
+        outputs: Vec<Spec>,
+        concurrency: u32,
+        max_waiting: usize,
+    ) -> Resident {
+        let ncols = inputs
+            .first()
+            .and_then(|s| s.shape.last().copied())
+            .map_or(0, |d| d.max(0) as usize);
+        Resident {
+            label: format!("{name}:{version}"),
+            name,
+            version,
+            runner,
+            inputs,
+            outputs,
+            ncols,
+            limiter: Slots::new(concurrency, max_waiting),
+            queue: Mutex::new(Queue::default()),
+            failures: AtomicU64::new(0),
+            touched: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether requests may be merged: one input whose first dimension is the batch, and
+    /// outputs batched the same way (`worker/dataplane.py::_batchable`).
+    pub fn batchable(&self) -> bool {
+        self.inputs.len() == 1
+            && self.inputs[0].shape.first() == Some(&-1)
+            && self.outputs.iter().all(|o| o.shape.first() == Some(&-1))
+    }
+}
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSettings {
+    pub enabled: bool,
+    pub max_rows: usize,
+    pub max_delay: Duration,
+    pub when_idle: bool,
+}
+
+/// How one merged call is run (the front's guarded prediction: limiter, pool, timeout).
+pub trait Execute: Send + Sync + 'static {
+    fn execute(
+        self: Arc<Self>,
+        model: Arc<Resident>,
+        rows: Vec<f32>,
+        nrows: usize,
+        deadline: Option<Instant>,
+    ) -> impl std::future::Future<Output = Outs> + Send;
+    /// A queued request expired before it was run (counted).
+    fn expired(&self);
+}
+
+/// Predict `rows` for `model`, merged with concurrent requests when batching allows.
+pub async fn predict<E: Execute>(
+    exec: Arc<E>,
+    batching: BatchSettings,
+    model: Arc<Resident>,
+    rows: Vec<f32>,
+    nrows: usize,
+    deadline: Option<Instant>,
+) -> Outs {
+    if !batching.enabled || !model.batchable() {
+        return exec.execute(model, rows, nrows, deadline).await;
+    }
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut q = lock(&model.queue);
+        if q.running == 0 && q.items.is_empty() && batching.when_idle && nrows <= batching.max_rows
+        {
+            q.running += 1;
+            drop(q);
+            // Alone: run in the caller's own task; arrivals meanwhile queue behind it.
+            let out = exec.clone().execute(model.clone(), rows, nrows, deadline).await;
+            finished(exec, batching, model);
+            return out;
+        }
+        q.items.push(Item {
+            rows,
+            nrows,
+            deadline,
+            queued: Instant::now(),
+            tx,
+        });
+        q.rows += nrows;
+        let go = q.rows >= batching.max_rows || (batching.when_idle && q.running == 0);
+        if go {
+            dispatch(&exec, batching, &model, &mut q);
+        } else if !q.timer {
+            q.timer = true;
+            let (exec, model) = (exec.clone(), model.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(batching.max_delay).await;
+                let mut q = lock(&model.queue);
+                q.timer = false;
+                dispatch(&exec, batching, &model, &mut q);
+            });
+        }
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(Failure::Runtime(
+            "the batch holding this request was dropped".into(),
+        ))
+    })
+}
+
+/// A call of `model` ended: send what queued meanwhile.
+fn finished<E: Execute>(exec: Arc<E>, batching: BatchSettings, model: Arc<Resident>) {
+    let mut q = lock(&model.queue);
+    q.running -= 1;
+    if q.running == 0 && !q.items.is_empty() && batching.when_idle {
+        dispatch(&exec, batching, &model, &mut q);
+    }
+}
+
+/// Take batches off the queue (each at most `max_rows`, or one larger request) and run each
+/// in a task of its own.
+fn dispatch<E: Execute>(
+    exec: &Arc<E>,
+    batching: BatchSettings,
+    model: &Arc<Resident>,
+    q: &mut MutexGuard<'_, Queue>,
+) {
+    while !q.items.is_empty() {
+        let mut n = 0;
+        let mut take = 0;
+        for it in &q.items {
+            if take > 0 && n + it.nrows > batching.max_rows {
+                break;
+            }
+            n += it.nrows;
+            take += 1;
+        }
+        let batch: Vec<Item> = q.items.drain(..take).collect();
+        q.rows -= n;
+        q.running += 1;
+        let (exec, model) = (exec.clone(), model.clone());
+        tokio::spawn(run_batch(exec, batching, model, batch));
+        if q.rows < batching.max_rows {
+            break;
+        }
+    }
+}
+
+async fn run_batch<E: Execute>(
+    exec: Arc<E>,
+    batching: BatchSettings,
+    model: Arc<Resident>,
+    batch: Vec<Item>,
+) {
+    let now = Instant::now();
+    let mut live = Vec::with_capacity(batch.len());
+    for it in batch {
+        if it.tx.is_closed() {
+            continue; // the caller went away
+        }
+        if it.deadline.is_some_and(|d| now > d) {
+            exec.expired();
+            let waited = now.duration_since(it.queued).as_millis();
+            let _ = it.tx.send(Err(Failure::NotRun(
+                crate::rpc::grpc::Code::DeadlineExceeded,
+                format!(
+                    "deadline passed after {waited} ms waiting to be batched; the prediction \
+                     was not run"
+                ),
+                false,
+            )));
+            continue;
+        }
+        live.push(it);
+    }
+    if !live.is_empty() {
+        let deadline = if live.iter().any(|it| it.deadline.is_none()) {
+            None
+        } else {
+            live.iter().filter_map(|it| it.deadline).max()
+        };
+        if live.len() == 1 {
+            let it = live.pop();
+            if let Some(it) = it {
+                let out = exec
+                    .clone()
+                    .execute(model.clone(), it.rows, it.nrows, deadline)
+                    .await;
+                let _ = it.tx.send(out);
+            }
+        } else {
+            let total: usize = live.iter().map(|it| it.nrows).sum();
+            let mut rows = Vec::with_capacity(total * model.ncols);
+            for it in &live {
+                rows.extend_from_slice(&it.rows);
+            }
+            let counts: Vec<usize> = live.iter().map(|it| it.nrows).collect();
+            match exec
+                .clone()
+                .execute(model.clone(), rows, total, deadline)
+                .await
+            {
+                Ok(outs) => match split(&outs, &counts) {
+                    Ok(parts) => {
+                        for (it, part) in live.into_iter().zip(parts) {
+                            let _ = it.tx.send(Ok(part));
+                        }
+                    }
+                    Err(why) => {
+                        for it in live {
+                            let _ = it.tx.send(Err(Failure::Runtime(why.clone())));
+                        }
+                    }
+                },
+                Err(f) => {
+                    for it in live {
+                        let _ = it.tx.send(Err(f.clone()));
+                    }
+                }
+            }
+        }
+    }
+    finished(exec, batching, model);
+}
+
+/// Each output cut along its first dimension by `counts` (the callers' rows, in order).
+pub fn split(outs: &[Output], counts: &[usize]) -> Result<Vec<Vec<Output>>, String> {
+    let total: usize = counts.iter().sum();
+    let mut per_caller: Vec<Vec<Output>> = counts.iter().map(|_| Vec::new()).collect();
+    for o in outs {
+        let first = o.shape.first().copied().unwrap_or(0);
+        if first < 0 || first as usize != total {
+            return Err(format!(
+                "a merged call of {total} rows gave an output of shape {:?}",
+                o.shape
+            ));
+        }
+        let per_row = o.data.len().checked_div(total).unwrap_or(0);
+        let mut at = 0;
+        for (i, &n) in counts.iter().enumerate() {
+            let mut shape = o.shape.clone();
+            shape[0] = n as i64;
+            per_caller[i].push(Output {
+                datatype: o.datatype,
+                shape,
+                data: o.data[at..at + n * per_row].to_vec(),
+            });
+            at += n * per_row;
+        }
+    }
+    Ok(per_caller)
+}
+
+/// Counters of native predictions (exported by Python under the worker's metric names).
+#[derive(Default)]
+pub struct Counters {
+    pub batches: AtomicU64,
+    pub batch_rows: AtomicU64,
+}
+
+impl Counters {
+    pub fn batch(&self, rows: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+}
+
+/// The model's concurrency bound (`worker/limits.py::ModelLimiter`): a slot, or why not.
+pub async fn acquire(
+    model: &Resident,
+    deadline: Option<Instant>,
+    wait: Duration,
+    limit: u32,
+) -> Result<(), Failure> {
+    if model.limiter.try_acquire() {
+        return Ok(());
+    }
+    let mut timeout = wait;
+    let mut by_deadline = false;
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left < wait {
+            timeout = left;
+            by_deadline = true;
+        }
+    }
+    let name = &model.name;
+    match model.limiter.acquire(timeout).await {
+        Admission::Granted => Ok(()),
+        Admission::Timeout if by_deadline => Err(Failure::NotRun(
+            crate::rpc::grpc::Code::DeadlineExceeded,
+            format!(
+                "deadline passed while waiting for {name} (busy: {limit} calls running); the \
+                 prediction was not run"
+            ),
+            false,
+        )),
+        outcome => {
+            let detail = if outcome == Admission::Full {
+                format!("{} requests already waiting", model.limiter.waiting())
+            } else {
+                format!(
+                    "no slot freed within {}s",
+                    crate::pyfmt::g(wait.as_secs_f64())
+                )
+            };
+            Err(Failure::NotRun(
+                crate::rpc::grpc::Code::ResourceExhausted,
+                format!(
+                    "model {name} is at its concurrency limit on this worker ({limit} calls \
+                     running, {detail}; SHOAL_MODEL_MAX_CONCURRENCY, SHOAL_MODEL_MAX_QUEUE): \
+                     retry later"
+                ),
+                true,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_cut_back_by_rows() {
+        let out = Output {
+            datatype: "FP32",
+            shape: vec![3, 2],
+            data: (0u8..24).collect(),
+        };
+        let parts = split(&[out], &[1, 2]).unwrap();
+        assert_eq!(parts[0][0].shape, vec![1, 2]);
+        assert_eq!(parts[0][0].data, (0u8..8).collect::<Vec<_>>());
+        assert_eq!(parts[1][0].shape, vec![2, 2]);
+        assert_eq!(parts[1][0].data, (8u8..24).collect::<Vec<_>>());
+        let bad = Output {
+            datatype: "FP32",
+            shape: vec![2],
+            data: vec![0; 8],
+        };
+        assert!(split(&[bad], &[1, 2]).is_err());
+    }
+}

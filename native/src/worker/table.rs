@@ -1,0 +1,121 @@
+//! Resident model versions the front serves natively, as Python pushes them (a load made a
+//! model resident; an eviction or a quarantine removed it), and the misses under way.
+//!
+//! An entry is an `Arc`: a prediction running when its model is removed keeps the runner
+//! (and the native booster it owns) alive until it ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::watch;
+
+use super::model::Resident;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Key = (String, u64);
+
+#[derive(Default)]
+pub struct Table {
+    models: RwLock<HashMap<Key, Arc<Resident>>>,
+    misses: Arc<Mutex<Misses>>,
+}
+
+type Misses = HashMap<Key, watch::Receiver<bool>>;
+
+/// The first request of a miss holds this while Python answers it; dropping it wakes the
+/// requests that waited.
+pub struct Miss {
+    misses: Arc<Mutex<Misses>>,
+    key: Key,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Miss {
+    fn drop(&mut self) {
+        lock(&self.misses).remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+/// What a request for a model version that is not resident should do.
+pub enum Lookup {
+    Resident(Arc<Resident>),
+    /// First miss: ask Python, holding the guard until it answers.
+    Ask(Miss),
+    /// Another request is asking: wait for it, then look again.
+    Wait(watch::Receiver<bool>),
+}
+
+impl Table {
+    /// The resident entry, or what to do about its absence.
+    pub fn lookup(&self, model: &str, version: u64) -> Lookup {
+        if let Some(r) = self.get_fast(model, version) {
+            return Lookup::Resident(r);
+        }
+        let key = (model.to_string(), version);
+        let mut misses = lock(&self.misses);
+        // Pushed between the first look and taking the lock.
+        if let Some(r) = self.get_fast(model, version) {
+            return Lookup::Resident(r);
+        }
+        if let Some(rx) = misses.get(&key) {
+            return Lookup::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(false);
+        misses.insert(key.clone(), rx);
+        Lookup::Ask(Miss {
+            misses: self.misses.clone(),
+            key,
+            done: tx,
+        })
+    }
+
+    fn get_fast(&self, model: &str, version: u64) -> Option<Arc<Resident>> {
+        let key = (model.to_string(), version);
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models.get(&key).cloned()
+    }
+
+    pub fn insert(&self, resident: Resident) {
+        let key = (resident.name.clone(), resident.version);
+        self.models
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, Arc::new(resident));
+    }
+
+    /// Remove a version (evicted, quarantined); true if it was there.
+    pub fn remove(&self, model: &str, version: u64) -> bool {
+        self.models
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(model.to_string(), version))
+            .is_some()
+    }
+
+    pub fn contains(&self, model: &str, version: u64) -> bool {
+        self.get_fast(model, version).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Versions served natively since the last call (their cache recency, for Python).
+    pub fn take_touched(&self) -> Vec<(String, u64)> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models
+            .values()
+            .filter(|r| r.touched.swap(false, Ordering::AcqRel))
+            .map(|r| (r.name.clone(), r.version))
+            .collect()
+    }
+}
