@@ -190,3 +190,52 @@ class WorkerFront:
     def stats(self) -> dict[str, Any]: ...
     def stuck(self, label: str) -> int: ...
     def stop(self, grace_s: float) -> None: ...
+
+class TreeError(Exception):
+    """A tree runtime call failed (native/src/runtime): the library's message, whole."""
+
+class TreeModelError(TreeError):
+    """The library refused a model's bytes: the message of the Python loader's
+    ``ArtifactError`` (``shoal.frameworks.xgboost.load`` / ``lightgbm.load``)."""
+
+class TreeBooster:
+    """An XGBoost or LightGBM model whose library handle Rust owns (CPU only), freed when the
+    last holder lets go (this object, a prediction in flight, native code).
+
+    Loading and predicting follow the Python packages call for call: outputs are
+    bit-identical to ``Booster.inplace_predict(x, validate_features=False)`` (XGBoost: float32)
+    and ``Booster.predict(x, num_threads=1)`` (LightGBM: float64), shaped as they shape them.
+    Every call that enters a library releases the GIL.
+    """
+
+    @staticmethod
+    def open_runtime(framework_name: str, lib_path: str) -> str:
+        """Opens ``framework_name``'s (``xgboost`` | ``lightgbm``) shared library, once per
+        process: the path in use (the first opened, whatever later calls pass). ``OSError``
+        when it cannot be opened or lacks a function; ``ValueError`` for another name."""
+    @staticmethod
+    def opened_runtime(framework_name: str) -> str | None:
+        """The path ``framework_name``'s library was opened from, if it was."""
+    @staticmethod
+    def load(framework_name: str, data: bytes) -> TreeBooster:
+        """``data`` loaded with one thread. ``TreeModelError`` for bytes the library refuses
+        (the Python loader's message), ``RuntimeError`` when the library is not open,
+        ``TreeError`` when setting the booster up fails."""
+    @staticmethod
+    def live() -> int:
+        """Boosters whose library handle is not freed yet (all frameworks)."""
+    @property
+    def framework(self) -> str:
+        """``xgboost`` or ``lightgbm``."""
+    @property
+    def num_features(self) -> int:
+        """Columns the model was trained on."""
+    def output_width(self) -> int:
+        """Values per row: 0 for ``[rows]`` outputs, else the second dimension of
+        ``[rows, width]``. XGBoost's is read from a 1-row prediction, once. Raises as
+        ``predict``."""
+    def predict(self, x: NDArray[np.float32] | NDArray[np.float64]) -> NDArray[Any]:
+        """Predictions for the 2-D, C-contiguous, aligned matrix ``x`` (float32, or float64
+        read as such), computed on a copy without the GIL. ``TreeError`` with the library's
+        message when it refuses (a column count the model does not take...), ``ValueError``
+        for a layout it cannot take, ``TypeError`` for other arrays."""

@@ -8,6 +8,7 @@
 //! * `resolve`: which version of a model answers a request;
 //! * `rpc`: gRPC over HTTP/2 as both fronts serve it (framing, statuses, the accept loop);
 //! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding);
+//! * `runtime`: XGBoost and LightGBM predictions through their C APIs, handles owned here;
 //! * `worker`: the worker's inference front (decode, validate, batch, predict).
 
 pub mod gateway;
@@ -15,6 +16,8 @@ mod py;
 pub mod pyfmt;
 pub mod resolve;
 pub mod rpc;
+pub mod runtime;
 pub mod shard;
+pub mod worker;
 
 pub use py::_native;

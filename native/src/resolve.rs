@@ -25,7 +25,7 @@ use std::fmt;
 mod pystr;
 mod unicode_tables;
 
-pub use pystr::{py_repr, py_strip};
+pub use pystr::{py_first_line, py_is_decimal, py_repr, py_strip};
 
 /// The alias consulted for an empty request when no traffic split is set.
 pub const STABLE: &str = "stable";

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod gateway;
 mod resolve;
+mod runtime;
 mod shard;
 
 /// The `shoal._native` module.
@@ -13,5 +14,6 @@ pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     shard::register(m)?;
     resolve::register(m)?;
     gateway::register(m)?;
+    runtime::register(m)?;
     Ok(())
 }

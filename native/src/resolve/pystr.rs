@@ -23,6 +23,34 @@ pub fn py_strip(s: &str) -> &str {
     s.trim_matches(is_space)
 }
 
+/// Python's line boundaries (`str.splitlines()`): `\n`, `\r`, `\v`, `\f`, `\x1c`-`\x1e`,
+/// `\x85`, U+2028 and U+2029.
+fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r'
+            | '\x0b'
+            | '\x0c'
+            | '\x1c'
+            | '\x1d'
+            | '\x1e'
+            | '\u{85}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
+}
+
+/// `s.splitlines()[0]` for a non-empty `s` (`""` for an empty one): the text before the first
+/// line boundary.
+pub fn py_first_line(s: &str) -> &str {
+    s.split(is_line_break).next().unwrap_or("")
+}
+
+/// Python's `str.isdecimal()` for one character: what `\d` matches in a `str` pattern.
+pub fn py_is_decimal(c: char) -> bool {
+    decimal_value(c).is_some()
+}
+
 /// The value of a Unicode decimal digit (Python's `str.isdecimal()`; what `int()` reads).
 fn decimal_value(c: char) -> Option<u64> {
     if c.is_ascii_digit() {
