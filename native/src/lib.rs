@@ -6,12 +6,14 @@
 //!
 //! * `shard`: the shard function (rendezvous hashing, zones, overrides, the vectorised form);
 //! * `resolve`: which version of a model answers a request;
-//! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding).
+//! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding);
+//! * `worker`: the worker front's data path (`worker::codec`: ModelInfer decode, checks, encode).
 
 pub mod gateway;
 mod py;
 pub mod pyfmt;
 pub mod resolve;
 pub mod shard;
+pub mod worker;
 
 pub use py::_native;
