@@ -6,6 +6,7 @@ mod gateway;
 mod resolve;
 mod runtime;
 mod shard;
+mod worker;
 
 /// The `shoal._native` module.
 #[pymodule]
@@ -15,5 +16,6 @@ pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     resolve::register(m)?;
     gateway::register(m)?;
     runtime::register(m)?;
+    worker::register(m)?;
     Ok(())
 }
