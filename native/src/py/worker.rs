@@ -15,8 +15,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::rpc::grpc::Code;
+use crate::worker::codec::{Signature, TensorSpec};
 use crate::worker::delegate::{Job, Reply};
-use crate::worker::model::{BatchSettings, Resident, Runner, Spec};
+use crate::worker::model::{BatchSettings, Resident, Runner};
 use crate::worker::{Config, Front};
 
 use super::runtime::PyTreeBooster;
@@ -37,9 +38,9 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 /// `(name, datatype, shape)` as Python's signature gives it.
 type SpecTuple = (String, String, Vec<i64>);
 
-fn specs(v: Vec<SpecTuple>) -> Vec<Spec> {
+fn specs(v: Vec<SpecTuple>) -> Vec<TensorSpec> {
     v.into_iter()
-        .map(|(name, datatype, shape)| Spec {
+        .map(|(name, datatype, shape)| TensorSpec {
             name,
             datatype,
             shape,
@@ -133,13 +134,16 @@ impl PyWorkerFront {
         outputs: Vec<SpecTuple>,
     ) {
         let cfg = &self.inner.shared.config;
-        let runner: Arc<dyn Runner> = booster.runner();
+        let runner: Arc<dyn Runner> = booster.booster();
+        let sig = Signature {
+            inputs: specs(inputs),
+            outputs: specs(outputs),
+        };
         self.inner.shared.table.insert(Resident::new(
             model,
             version,
             runner,
-            specs(inputs),
-            specs(outputs),
+            sig,
             cfg.model_concurrency,
             cfg.model_max_queue,
         ));

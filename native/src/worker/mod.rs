@@ -230,8 +230,7 @@ impl Front {
             .spawn(move || {
                 runtime.block_on(async move {
                     let send_buffer = shared.config.max_message_bytes;
-                    let handler =
-                        move |req, respond| service::handle(shared.clone(), req, respond);
+                    let handler = move |req, respond| service::handle(shared.clone(), req, respond);
                     tokio::spawn(server::accept_loop(
                         handler,
                         send_buffer,

@@ -10,13 +10,16 @@
 //! are answered DEADLINE_EXCEEDED and not run; a merged call carries the latest deadline of
 //! its requests. A runtime error fails every request of its call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::codec::{Datatype, Signature};
 use crate::gateway::quota::{Admission, Slots};
+use crate::runtime::{Booster, Values};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -25,9 +28,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One output of a runtime call: V2 datatype, shape, little-endian row-major bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    pub datatype: &'static str,
+    pub datatype: Datatype,
     pub shape: Vec<i64>,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// What runs a model's prediction without Python.
@@ -36,12 +39,26 @@ pub trait Runner: Send + Sync + 'static {
     fn predict(&self, rows: &[f32], nrows: usize, ncols: usize) -> Result<Vec<Output>, String>;
 }
 
-/// A tensor of a signature (`shoal.artifacts.TensorSpec`): `-1` is a variable dimension.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spec {
-    pub name: String,
-    pub datatype: String,
-    pub shape: Vec<i64>,
+impl Runner for Booster {
+    fn predict(&self, rows: &[f32], nrows: usize, ncols: usize) -> Result<Vec<Output>, String> {
+        let p = Booster::predict(self, rows, nrows, ncols)
+            .map_err(|e| format!("{}: {e}", self.framework().error_name()))?;
+        let (datatype, data) = match p.values {
+            Values::F32(v) => (
+                Datatype::Fp32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+            ),
+            Values::F64(v) => (
+                Datatype::Fp64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+            ),
+        };
+        Ok(vec![Output {
+            datatype,
+            shape: p.shape.iter().map(|&d| d as i64).collect(),
+            data: Bytes::from(data),
+        }])
+    }
 }
 
 /// How a prediction failed, for the caller and for the owner's bookkeeping.
@@ -81,8 +98,7 @@ pub struct Resident {
     pub name: String,
     pub version: u64,
     pub runner: Arc<dyn Runner>,
-    pub inputs: Vec<Spec>,
-    pub outputs: Vec<Spec>,
+    pub sig: Signature,
     /// Features per row (the input's last dimension).
     pub ncols: usize,
     pub limiter: Slots,
@@ -99,12 +115,12 @@ impl Resident {
         name: String,
         version: u64,
         runner: Arc<dyn Runner>,
-        inputs: Vec<Spec>,
-        outputs: Vec<Spec>,
+        sig: Signature,
         concurrency: u32,
         max_waiting: usize,
     ) -> Resident {
-        let ncols = inputs
+        let ncols = sig
+            .inputs
             .first()
             .and_then(|s| s.shape.last().copied())
             .map_or(0, |d| d.max(0) as usize);
@@ -113,8 +129,7 @@ impl Resident {
             name,
             version,
             runner,
-            inputs,
-            outputs,
+            sig,
             ncols,
             limiter: Slots::new(concurrency, max_waiting),
             queue: Mutex::new(Queue::default()),
@@ -126,9 +141,10 @@ impl Resident {
     /// Whether requests may be merged: one input whose first dimension is the batch, and
     /// outputs batched the same way (`worker/dataplane.py::_batchable`).
     pub fn batchable(&self) -> bool {
-        self.inputs.len() == 1
-            && self.inputs[0].shape.first() == Some(&-1)
-            && self.outputs.iter().all(|o| o.shape.first() == Some(&-1))
+        let sig = &self.sig;
+        sig.inputs.len() == 1
+            && sig.inputs[0].shape.first() == Some(&-1)
+            && sig.outputs.iter().all(|o| o.shape.first() == Some(&-1))
     }
 }
 
@@ -167,38 +183,47 @@ pub async fn predict<E: Execute>(
         return exec.execute(model, rows, nrows, deadline).await;
     }
     let (tx, rx) = oneshot::channel();
-    {
+    // Decide under the lock; run (an await) only once it is released.
+    let alone = {
         let mut q = lock(&model.queue);
         if q.running == 0 && q.items.is_empty() && batching.when_idle && nrows <= batching.max_rows
         {
             q.running += 1;
-            drop(q);
-            // Alone: run in the caller's own task; arrivals meanwhile queue behind it.
-            let out = exec.clone().execute(model.clone(), rows, nrows, deadline).await;
-            finished(exec, batching, model);
-            return out;
-        }
-        q.items.push(Item {
-            rows,
-            nrows,
-            deadline,
-            queued: Instant::now(),
-            tx,
-        });
-        q.rows += nrows;
-        let go = q.rows >= batching.max_rows || (batching.when_idle && q.running == 0);
-        if go {
-            dispatch(&exec, batching, &model, &mut q);
-        } else if !q.timer {
-            q.timer = true;
-            let (exec, model) = (exec.clone(), model.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(batching.max_delay).await;
-                let mut q = lock(&model.queue);
-                q.timer = false;
-                dispatch(&exec, batching, &model, &mut q);
+            Some((rows, tx))
+        } else {
+            q.items.push(Item {
+                rows,
+                nrows,
+                deadline,
+                queued: Instant::now(),
+                tx,
             });
+            q.rows += nrows;
+            let go = q.rows >= batching.max_rows || (batching.when_idle && q.running == 0);
+            if go {
+                dispatch(&exec, batching, &model, &mut q);
+            } else if !q.timer {
+                q.timer = true;
+                let (exec, model) = (exec.clone(), model.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(batching.max_delay).await;
+                    let mut q = lock(&model.queue);
+                    q.timer = false;
+                    dispatch(&exec, batching, &model, &mut q);
+                });
+            }
+            None
         }
+    };
+    if let Some((rows, _tx)) = alone {
+        // Alone: run in the caller's own task; arrivals meanwhile queue behind it. The guard
+        // ends the call even if the caller goes away mid-way (its future dropped).
+        let _done = Finished {
+            exec: Some(exec.clone()),
+            batching,
+            model: model.clone(),
+        };
+        return exec.execute(model, rows, nrows, deadline).await;
     }
     rx.await.unwrap_or_else(|_| {
         Err(Failure::Runtime(
@@ -207,10 +232,25 @@ pub async fn predict<E: Execute>(
     })
 }
 
+/// Ends a call when dropped (see `finished`).
+struct Finished<E: Execute> {
+    exec: Option<Arc<E>>,
+    batching: BatchSettings,
+    model: Arc<Resident>,
+}
+
+impl<E: Execute> Drop for Finished<E> {
+    fn drop(&mut self) {
+        if let Some(exec) = self.exec.take() {
+            finished(exec, self.batching, self.model.clone());
+        }
+    }
+}
+
 /// A call of `model` ended: send what queued meanwhile.
 fn finished<E: Execute>(exec: Arc<E>, batching: BatchSettings, model: Arc<Resident>) {
     let mut q = lock(&model.queue);
-    q.running -= 1;
+    q.running = q.running.saturating_sub(1);
     if q.running == 0 && !q.items.is_empty() && batching.when_idle {
         dispatch(&exec, batching, &model, &mut q);
     }
@@ -251,6 +291,11 @@ async fn run_batch<E: Execute>(
     model: Arc<Resident>,
     batch: Vec<Item>,
 ) {
+    let _done = Finished {
+        exec: Some(exec.clone()),
+        batching,
+        model: model.clone(),
+    };
     let now = Instant::now();
     let mut live = Vec::with_capacity(batch.len());
     for it in batch {
@@ -319,7 +364,6 @@ async fn run_batch<E: Execute>(
             }
         }
     }
-    finished(exec, batching, model);
 }
 
 /// Each output cut along its first dimension by `counts` (the callers' rows, in order).
@@ -342,26 +386,12 @@ pub fn split(outs: &[Output], counts: &[usize]) -> Result<Vec<Vec<Output>>, Stri
             per_caller[i].push(Output {
                 datatype: o.datatype,
                 shape,
-                data: o.data[at..at + n * per_row].to_vec(),
+                data: o.data.slice(at..at + n * per_row),
             });
             at += n * per_row;
         }
     }
     Ok(per_caller)
-}
-
-/// Counters of native predictions (exported by Python under the worker's metric names).
-#[derive(Default)]
-pub struct Counters {
-    pub batches: AtomicU64,
-    pub batch_rows: AtomicU64,
-}
-
-impl Counters {
-    pub fn batch(&self, rows: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batch_rows.fetch_add(rows as u64, Ordering::Relaxed);
-    }
 }
 
 /// The model's concurrency bound (`worker/limits.py::ModelLimiter`): a slot, or why not.
@@ -423,7 +453,7 @@ mod tests {
     #[test]
     fn outputs_are_cut_back_by_rows() {
         let out = Output {
-            datatype: "FP32",
+            datatype: Datatype::Fp32,
             shape: vec![3, 2],
             data: (0u8..24).collect(),
         };
@@ -433,9 +463,9 @@ mod tests {
         assert_eq!(parts[1][0].shape, vec![2, 2]);
         assert_eq!(parts[1][0].data, (8u8..24).collect::<Vec<_>>());
         let bad = Output {
-            datatype: "FP32",
+            datatype: Datatype::Fp32,
             shape: vec![2],
-            data: vec![0; 8],
+            data: Bytes::from(vec![0u8; 8]),
         };
         assert!(split(&[bad], &[1, 2]).is_err());
     }

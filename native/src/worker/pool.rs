@@ -381,7 +381,9 @@ mod tests {
         let r = ran.clone();
         let past = Instant::now() - Duration::from_millis(1);
         let out = rt().block_on(pool.run("m", move || r.store(true, Ordering::SeqCst), Some(past)));
-        assert!(matches!(out, Err(RunError::Expired(m)) if m.contains("queued for a predict thread")));
+        assert!(
+            matches!(out, Err(RunError::Expired(m)) if m.contains("queued for a predict thread"))
+        );
         assert!(!ran.load(Ordering::SeqCst));
         assert_eq!(pool.running(), 0);
     }

@@ -103,8 +103,13 @@ impl Execute for Shared {
         deadline: Option<Instant>,
     ) -> Outs {
         let cfg = &self.config;
-        if let Err(f) =
-            model::acquire(&model, deadline, cfg.model_queue_wait, cfg.model_concurrency).await
+        if let Err(f) = model::acquire(
+            &model,
+            deadline,
+            cfg.model_queue_wait,
+            cfg.model_concurrency,
+        )
+        .await
         {
             match &f {
                 Failure::NotRun(Code::DeadlineExceeded, ..) => {
@@ -194,26 +199,31 @@ impl Shared {
     /// ModelInfer; the answer, its code, and whether it was answered here (not by Python).
     async fn infer(self: &Arc<Self>, headers: &HeaderMap, msg: Bytes) -> (Answer, Code, bool) {
         let deadline = deadline(headers);
-        let req = match codec::decode(&msg) {
+        let req = match codec::decode_infer_request(msg.clone()) {
             Ok(r) => r,
-            Err(e) => return failure(e.code, e.message),
+            Err(e) => return failure(e.status()),
         };
-        if let Err(e) = codec::check_rows(&req, self.config.max_rows) {
+        let max_rows = i64::try_from(self.config.max_rows).unwrap_or(i64::MAX);
+        if let Err(e) = codec::check_rows(&req.inputs, max_rows) {
             self.stats.rejected_rows.fetch_add(1, Ordering::Relaxed);
-            return failure(e.code, e.message);
+            return failure(e.status());
         }
-        let Some(version) = numeric_version(&req.model_version) else {
+        let Some(version) = numeric_version(&req.version) else {
             return self.ask(msg, deadline).await;
         };
         let mut waited = false;
         let model = loop {
-            match self.table.lookup(&req.model_name, version) {
+            match self.table.lookup(&req.model, version) {
                 Lookup::Resident(m) => break m,
                 Lookup::Ask(miss) => {
                     let out = self.ask(msg, deadline).await;
+                    if out.1 == Code::Ok {
+                        self.table.served_by_python(&req.model, version);
+                    }
                     drop(miss);
                     return out;
                 }
+                Lookup::Python => return self.ask(msg, deadline).await,
                 Lookup::Wait(mut rx) if !waited => {
                     waited = true;
                     let done = rx.wait_for(|d| *d);
@@ -231,17 +241,20 @@ impl Shared {
             }
         };
         model.touched.store(true, Ordering::Relaxed);
-        let order = match codec::check_inputs(&model.label, &model.inputs, &req.inputs) {
+        let order = match codec::check_inputs(&model.label, &model.sig, &req.inputs) {
             Ok(o) => o,
-            Err(e) => return failure(e.code, e.message),
+            Err(e) => return failure(e.status()),
         };
-        let wanted = match codec::select_outputs(&model.outputs, &req.outputs) {
+        let wanted = match codec::select_outputs(&model.sig, req.outputs()) {
             Ok(w) => w,
-            Err(e) => return failure(e.code, e.message),
+            Err(e) => return failure(e.status()),
         };
         // Tree models: one FP32 input [-1, features] (checked against the signature above).
         let Some(&first) = order.first() else {
-            return failure(Code::InvalidArgument, format!("{} has no inputs", model.label));
+            return failure(Status::new(
+                Code::InvalidArgument,
+                format!("{} has no inputs", model.label),
+            ));
         };
         let input = &req.inputs[first];
         let nrows = input.shape.first().copied().unwrap_or(1).max(0) as usize;
@@ -261,25 +274,21 @@ impl Shared {
         .await;
         match outs {
             Ok(outs) => {
-                let tensors: Vec<codec::OutTensor<'_>> = wanted
+                let tensors: Vec<codec::OutputTensor> = wanted
                     .iter()
                     .filter_map(|&i| {
                         let o = outs.get(i)?;
-                        let spec = model.outputs.get(i)?;
-                        Some(codec::OutTensor {
-                            name: &spec.name,
+                        let spec = model.sig.outputs.get(i)?;
+                        Some(codec::OutputTensor {
+                            name: spec.name.clone(),
                             datatype: o.datatype,
-                            shape: &o.shape,
-                            data: &o.data,
+                            shape: o.shape.clone(),
+                            data: o.data.clone(),
                         })
                     })
                     .collect();
-                let body = codec::encode_response(
-                    &req.model_name,
-                    &model.version.to_string(),
-                    &req.id,
-                    &tensors,
-                );
+                let body =
+                    codec::encode_infer_response(&req.model, model.version, &req.id, &tensors);
                 (Answer::Message(grpc::frame(&body), None), Code::Ok, true)
             }
             Err(f) => failure_answer(f),
@@ -303,8 +312,9 @@ impl Shared {
     }
 }
 
-fn failure(code: Code, message: String) -> (Answer, Code, bool) {
-    (Answer::Failure(Status::new(code, message)), code, true)
+fn failure(status: Status) -> (Answer, Code, bool) {
+    let code = status.code;
+    (Answer::Failure(status), code, true)
 }
 
 /// Answer one HTTP/2 stream. Work stops when the client resets the stream.

@@ -4,7 +4,7 @@
 //! An entry is an `Arc`: a prediction running when its model is removed keeps the runner
 //! (and the native booster it owns) alive until it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -22,7 +22,14 @@ type Key = (String, u64);
 pub struct Table {
     models: RwLock<HashMap<Key, Arc<Resident>>>,
     misses: Arc<Mutex<Misses>>,
+    /// Versions Python answered without making them native (ONNX, GPU models, fault drills):
+    /// their requests go straight to Python, without waiting for one another.
+    python: RwLock<HashSet<Key>>,
 }
+
+/// Versions remembered in `Table::python` at most (then forgotten all at once: their next
+/// requests only wait for one another once more).
+const PYTHON_KEYS: usize = 100_000;
 
 type Misses = HashMap<Key, watch::Receiver<bool>>;
 
@@ -48,6 +55,8 @@ pub enum Lookup {
     Ask(Miss),
     /// Another request is asking: wait for it, then look again.
     Wait(watch::Receiver<bool>),
+    /// Python serves this version: ask it.
+    Python,
 }
 
 impl Table {
@@ -57,6 +66,14 @@ impl Table {
             return Lookup::Resident(r);
         }
         let key = (model.to_string(), version);
+        if self
+            .python
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            return Lookup::Python;
+        }
         let mut misses = lock(&self.misses);
         // Pushed between the first look and taking the lock.
         if let Some(r) = self.get_fast(model, version) {
@@ -80,8 +97,24 @@ impl Table {
         models.get(&key).cloned()
     }
 
+    /// Python answered a miss for this version and did not make it native.
+    pub fn served_by_python(&self, model: &str, version: u64) {
+        if self.get_fast(model, version).is_some() {
+            return;
+        }
+        let mut python = self.python.write().unwrap_or_else(|p| p.into_inner());
+        if python.len() >= PYTHON_KEYS {
+            python.clear();
+        }
+        python.insert((model.to_string(), version));
+    }
+
     pub fn insert(&self, resident: Resident) {
         let key = (resident.name.clone(), resident.version);
+        self.python
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         self.models
             .write()
             .unwrap_or_else(|p| p.into_inner())
