@@ -12,13 +12,17 @@ Nothing here unpickles: each library parses its own model format only.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from shoal.artifacts import ArtifactError, Signature
+
+log = logging.getLogger(__name__)
 
 #: "[02:52:23] /path/to/file.h:46: " that XGBoost puts before its messages.
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] [^ ]+:\d+: ")
@@ -103,6 +107,25 @@ def measured(before: int | None, after: int | None, estimate: int) -> int:
     if before is None or after is None or after - before <= 0:
         return estimate
     return after - before
+
+
+def warm_up(
+    predict: Callable[[np.ndarray], object], n_features: Callable[[], int], untimed_first: bool
+) -> float | None:
+    """CPU seconds (``time.thread_time``) of a 1-row prediction of zeros made at load
+    (``Model.warm_s``), or None when it fails: the first request will tell, the load itself
+    succeeded. ``untimed_first``: one prediction is made before the timed one (XGBoost's first
+    prediction configures the booster, which is not what later calls cost)."""
+    try:
+        row = np.zeros((1, int(n_features())), dtype=np.float32)
+        if untimed_first:
+            predict(row)
+        started = time.thread_time()
+        predict(row)
+        return time.thread_time() - started
+    except Exception as exc:
+        log.info("warm-up prediction failed: %s", first_line(exc))
+        return None
 
 
 def guess(resident: tuple[float, int], artifact_size: int) -> int:

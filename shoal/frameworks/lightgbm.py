@@ -1,25 +1,26 @@
 """LightGBM: text models (``lightgbm-text``) as written by ``Booster.save_model``.
 
-One loader (``load``) for registration and the worker: a ``Booster`` from the model string,
-CPU only. The signature is one FP32 input ``[-1, features]`` and one FP64 output, ``[-1]`` or
-``[-1, models per iteration]`` (multiclass). A text that does not end its trees is refused
+One loader (``load``) for registration: a ``Booster`` from the model string, CPU only. The
+worker serves with a native booster (``shoal.frameworks.native``: the same load, checks and
+messages, and ``Booster.predict(x, num_threads=1)``'s C calls made from Rust without the GIL),
+or with the Python ``Booster`` where the native runtime cannot be opened. The signature is
+one FP32 input ``[-1, features]`` and one FP64 output, ``[-1]`` or ``[-1, models per
+iteration]`` (multiclass). A text that does not end its trees is refused
 before the library parses it (LightGBM accepts some truncated files silently).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from shoal._native import TreeBooster
 from shoal.artifacts import TREE_INPUT, TREE_OUTPUT, ArtifactError, Signature, TensorSpec
 from shoal.device import heap_in_use
-from shoal.frameworks.base import first_line, guess, measured
-
-log = logging.getLogger(__name__)
+from shoal.frameworks import native
+from shoal.frameworks.base import first_line, guess, measured, warm_up
 
 NAME = "lightgbm"
 ACCEPTS = "LightGBM text (Booster.save_model)"
@@ -70,8 +71,9 @@ RESIDENT = (1.25, 32 << 10)
 
 
 def model(data: bytes, device: str) -> LightGBMModel:
+    use_native = native.available(NAME)
     before = heap_in_use()
-    booster = load(data, "cpu")
+    booster = native.load(NAME, data) if use_native else load(data, "cpu")
     return LightGBMModel(booster, measured(before, heap_in_use(), guess(RESIDENT, len(data))))
 
 
@@ -80,30 +82,32 @@ def gpu_capable() -> bool:
 
 
 class LightGBMModel:
+    """A loaded model: a native booster (``native``, what the native worker front predicts
+    with), or the Python package's ``Booster`` where the native runtime cannot be opened."""
+
     framework = NAME
     device = "cpu"
     bounded = True
 
     def __init__(self, booster: Any, nbytes: int) -> None:
-        self._booster = booster
+        self.native: TreeBooster | None = booster if isinstance(booster, TreeBooster) else None
+        self._booster = None if self.native is not None else booster
         self.nbytes = nbytes
-        self.warm_s = self._warm_up()
-
-    def _warm_up(self) -> float | None:
-        """One 1-row prediction at load: its CPU time (worker/inline.py), or None."""
-        try:
-            row = np.zeros((1, int(self._booster.num_feature())), dtype=np.float32)
-            started = time.thread_time()
-            self._booster.predict(row, num_threads=1)
-            return time.thread_time() - started
-        except Exception as exc:  # the first request will tell; the load itself succeeded
-            log.info("LightGBM warm-up prediction failed: %s", first_line(exc))
-            return None
+        if isinstance(booster, TreeBooster):
+            self.warm_s = warm_up(booster.predict, lambda: booster.num_features, False)
+        else:
+            self.warm_s = warm_up(self._python_predict, booster.num_feature, False)
 
     def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.native is not None:
+            return [native.predict(self.native, inputs[0])]
+        return [self._python_predict(inputs[0])]
+
+    def _python_predict(self, x: np.ndarray) -> np.ndarray:
         # num_threads=1 per call (not a booster parameter: LightGBM ignores parameters given
         # with a model string).
-        return [np.asarray(self._booster.predict(inputs[0], num_threads=1))]
+        assert self._booster is not None
+        return np.asarray(self._booster.predict(x, num_threads=1))
 
     def to_host(self) -> LightGBMModel | None:
         return self

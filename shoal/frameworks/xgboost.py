@@ -1,27 +1,28 @@
 """XGBoost: JSON (``xgboost-json``) and UBJSON (``xgboost-ubj``) models, as written by
-``Booster.save_model``; served with ``inplace_predict``, or its C call made directly.
+``Booster.save_model``.
 
-One loader (``load``) for registration and the worker: a ``Booster`` with one thread, on the
-CPU or (``device="cuda"``) on the GPU. The signature is one FP32 input ``[-1, features]`` and
-one FP32 output, ``[-1]`` or ``[-1, classes/targets]``; a JSON model's parameters are read from
-the document already parsed (asking the booster configures it, which costs more than the load).
+One loader (``load``) for registration and GPU models: a ``Booster`` with one thread, on the
+CPU or (``device="cuda"``) on the GPU. The worker serves CPU models with a native booster
+(``shoal.frameworks.native``: the same load and ``inplace_predict``'s C call, made from Rust
+without the GIL, same bits and same messages), or with the Python ``Booster`` where the native
+runtime cannot be opened. The signature is one FP32 input ``[-1, features]`` and one FP32
+output, ``[-1]`` or ``[-1, classes/targets]``; a JSON model's parameters are read from the
+document already parsed (asking the booster configures it, which costs more than the load).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from shoal._native import TreeBooster
 from shoal.artifacts import TREE_INPUT, TREE_OUTPUT, ArtifactError, Signature, TensorSpec
 from shoal.device import heap_in_use
-from shoal.frameworks.base import Unrecognised, first_line, guess, measured
-
-log = logging.getLogger(__name__)
+from shoal.frameworks import native
+from shoal.frameworks.base import Unrecognised, first_line, guess, measured, warm_up
 
 NAME = "xgboost"
 ACCEPTS = "XGBoost JSON/UBJ (Booster.save_model)"
@@ -130,8 +131,9 @@ RESIDENT = (1.25, 16 << 10)
 
 def model(data: bytes, device: str) -> XGBoostModel:
     estimate = guess(RESIDENT, len(data))
+    use_native = device == "cpu" and native.available(NAME)
     before = heap_in_use()
-    booster = load(data, device)
+    booster = native.load(NAME, data) if use_native else load(data, device)
     nbytes = estimate if device == "cuda" else measured(before, heap_in_use(), estimate)
     return XGBoostModel(booster, device, nbytes)
 
@@ -141,111 +143,40 @@ def gpu_capable() -> bool:
 
 
 class XGBoostModel:
+    """A loaded model: on the CPU a native booster (``native``, what the native worker front
+    predicts with), else the Python package's ``Booster`` (GPU models; CPU models where the
+    native runtime cannot be opened) and its ``inplace_predict``."""
+
     framework = NAME
 
     def __init__(self, booster: Any, device: str, nbytes: int) -> None:
-        self._booster = booster
+        self.native: TreeBooster | None = booster if isinstance(booster, TreeBooster) else None
+        self._booster = None if self.native is not None else booster
         self.device = device
         self.nbytes = nbytes
         self.bounded = device == "cpu"
-        self._direct = _DirectPredict.verified(booster) if device == "cpu" else None
-        self.warm_s = self._direct.probe_s if self._direct is not None else None
+        self.warm_s: float | None = None
+        if isinstance(booster, TreeBooster):
+            self.warm_s = warm_up(booster.predict, lambda: booster.num_features, True)
+        elif device == "cpu":
+            self.warm_s = warm_up(self._python_predict, booster.num_features, True)
 
     def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        x = inputs[0]
-        direct = self._direct
-        if direct is not None and x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous:
-            return [direct(x)]
-        return [np.asarray(self._booster.inplace_predict(x, validate_features=False))]
+        if self.native is not None:
+            return [native.predict(self.native, inputs[0])]
+        return [self._python_predict(inputs[0])]
+
+    def _python_predict(self, x: np.ndarray) -> np.ndarray:
+        assert self._booster is not None
+        return np.asarray(self._booster.inplace_predict(x, validate_features=False))
 
     def to_host(self) -> XGBoostModel | None:
         if self.device == "cpu":
             return self
+        assert self._booster is not None
+        if native.available(NAME):
+            raw = bytes(self._booster.save_raw("ubj"))
+            return XGBoostModel(native.load(NAME, raw), "cpu", self.nbytes)
         booster = self._booster.copy()
         booster.set_param({"device": "cpu"})
         return XGBoostModel(booster, "cpu", self.nbytes)
-
-
-class _DirectPredict:
-    """XGBoost's in-place dense prediction called through its C API with fixed arguments.
-
-    ``Booster.inplace_predict`` spends ~2/3 of a 1-row call in Python: it re-encodes its
-    arguments and the array's description as JSON, creates ctypes types and wraps the output
-    through ``__array_interface__`` on every call (~360 µs against ~120 µs here for the bench's
-    100-tree model). This makes the same C call (``XGBoosterPredictFromDense``, the one
-    ``inplace_predict`` makes for a NumPy array) with the arguments encoded once, for
-    C-contiguous float32 matrices. It relies on xgboost's ``_LIB`` handle, so it is used only
-    when it gives exactly ``inplace_predict``'s answer on probe rows at load time (``verified``);
-    otherwise, and for any other input, the model uses ``inplace_predict``.
-    """
-
-    _ARGS = (
-        b'{"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, '
-        b'"missing": NaN, "strict_shape": false, "cache_id": 0}'
-    )
-
-    def __init__(self, booster: Any) -> None:
-        import ctypes
-
-        from xgboost.core import _LIB, _check_call
-
-        self._ctypes = ctypes
-        self._booster = booster
-        self._fn = _LIB.XGBoosterPredictFromDense
-        self._check = _check_call
-        self._ulong = ctypes.c_uint64  # xgboost's bst_ulong
-        self._shape_ptr = ctypes.POINTER(ctypes.c_uint64)
-        self._float_ptr = ctypes.POINTER(ctypes.c_float)
-        self.probe_s: float | None = None  # CPU seconds of a 1-row call, set by ``verified``
-
-    @classmethod
-    def verified(cls, booster: Any) -> _DirectPredict | None:
-        try:
-            direct = cls(booster)
-            n = int(booster.num_features())
-            rng = np.random.default_rng(0)
-            probe = rng.normal(0.0, 10.0, size=(5, max(n, 1))).astype(np.float32)
-            probe[1, ::2] = np.nan
-            probe[2, :] = 0.0
-            want = np.asarray(booster.inplace_predict(probe, validate_features=False))
-            got = direct(probe)
-            one = np.ascontiguousarray(probe[:1])
-            started = time.thread_time()
-            single = direct(one)
-            direct.probe_s = time.thread_time() - started
-        except Exception as exc:  # a private API changed: the public one still works
-            log.info("xgboost direct prediction unavailable: %s", first_line(exc))
-            return None
-        if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
-            log.warning("xgboost direct prediction differs from inplace_predict; not used")
-            return None
-        if not np.array_equal(single, want[:1], equal_nan=True):
-            log.warning("xgboost direct prediction of one row differs; not used")
-            return None
-        return direct
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        ct = self._ctypes
-        shape = self._shape_ptr()
-        dims = self._ulong()
-        preds = self._float_ptr()
-        iface = (
-            b'{"data": [%d, true], "shape": [%d, %d], "strides": null, "typestr": "<f4", '
-            b'"version": 3}' % (x.ctypes.data, x.shape[0], x.shape[1])
-        )
-        self._check(
-            self._fn(
-                self._booster.handle,
-                iface,
-                self._ARGS,
-                None,
-                ct.byref(shape),
-                ct.byref(dims),
-                ct.byref(preds),
-            )
-        )
-        out_shape = tuple(int(shape[i]) for i in range(dims.value))
-        out = np.empty(out_shape, dtype=np.float32)
-        if out.size:
-            ct.memmove(out.ctypes.data, preds, out.nbytes)
-        return out

@@ -2,7 +2,6 @@
 
 * ``InlinePolicy`` (pure logic): which predictions may run on the event loop.
 * ``onnx.bounded``: ONNX graphs with control flow are never run inline.
-* XGBoost's direct C prediction: bit-for-bit ``inplace_predict``'s answer, or not used.
 * A real worker process: a fast model's predictions go inline after a few measured calls and
   answer exactly what the library answers; a faulted model, a model with a loop and a worker
   with inlining off keep every call on the prediction threads.
@@ -19,7 +18,6 @@ from worker_harness import Client, WorkerProc, put_model
 
 from shoal.frameworks import load_model
 from shoal.frameworks import onnx as onnx_fw
-from shoal.frameworks.xgboost import XGBoostModel, _DirectPredict
 from worker.inline import InlinePolicy
 
 ROW = [np.zeros((1, 4), np.float32)]
@@ -182,82 +180,6 @@ def test_loaded_models_say_whether_they_are_bounded(model_bytes: dict[str, Any])
     assert load_model(model_bytes["lightgbm-text"], "lightgbm", "cpu").bounded is True
     assert load_model(model_bytes["onnx"], "onnx", "cpu").bounded is True
     assert load_model(_loop_model(), "onnx", "cpu").bounded is False
-
-
-# --- XGBoost direct prediction ----------------------------------------------------------------
-
-
-def _booster(objective: str, **extra: Any) -> Any:
-    import xgboost as xgb
-
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(300, 6)).astype(np.float32)
-    if objective.startswith("multi"):
-        y = rng.integers(0, 3, size=300).astype(np.float32)
-        extra.setdefault("num_class", 3)
-    elif objective.startswith("binary"):
-        y = (x[:, 0] + x[:, 1] > 0).astype(np.float32)
-    else:
-        y = (x[:, 0] * 3.0 + rng.normal(size=300)).astype(np.float32)
-    d = xgb.DMatrix(x, label=y)
-    params = {"objective": objective, "max_depth": 4, "nthread": 1, **extra}
-    return xgb.train(params, d, num_boost_round=15)
-
-
-@pytest.mark.parametrize(
-    "objective", ["binary:logistic", "reg:squarederror", "multi:softprob", "binary:logitraw"]
-)
-def test_direct_xgboost_prediction_is_exactly_inplace_predict(objective: str) -> None:
-    booster = _booster(objective)
-    model = XGBoostModel(booster, "cpu", 1)
-    assert model._direct is not None
-    rng = np.random.default_rng(7)
-    x = rng.normal(scale=3.0, size=(64, 6)).astype(np.float32)
-    x[::3, 2] = np.nan
-    x[5, :] = np.inf
-    for rows in (x[:1], x[:7], x):
-        rows = np.ascontiguousarray(rows)
-        want = booster.inplace_predict(rows, validate_features=False)
-        (got,) = model.predict([rows])
-        assert got.dtype == np.float32 and got.shape == want.shape
-        assert np.array_equal(got, want, equal_nan=True)
-
-
-def test_inputs_the_direct_path_does_not_take_still_get_inplace_predict() -> None:
-    booster = _booster("binary:logistic")
-    model = XGBoostModel(booster, "cpu", 1)
-    x = np.random.default_rng(1).normal(size=(10, 12)).astype(np.float32)
-    strided = x[:, ::2]  # not C-contiguous
-    as_f64 = strided.astype(np.float64)
-    for rows in (strided, as_f64):
-        (got,) = model.predict([rows])
-        assert np.array_equal(got, booster.inplace_predict(rows, validate_features=False))
-
-
-def test_a_direct_path_that_disagrees_at_load_is_not_used(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    booster = _booster("binary:logistic")
-    real = _DirectPredict.__call__
-
-    def off_by_a_bit(self: _DirectPredict, x: np.ndarray) -> np.ndarray:
-        return real(self, x) + np.float32(1e-6)
-
-    monkeypatch.setattr(_DirectPredict, "__call__", off_by_a_bit)
-    model = XGBoostModel(booster, "cpu", 1)
-    assert model._direct is None
-    x = np.ones((2, 6), np.float32)
-    (got,) = model.predict([x])
-    assert np.array_equal(got, booster.inplace_predict(x, validate_features=False))
-
-
-def test_direct_prediction_errors_are_xgboost_errors() -> None:
-    import xgboost as xgb
-
-    booster = _booster("binary:logistic")
-    model = XGBoostModel(booster, "cpu", 1)
-    with pytest.raises(xgb.core.XGBoostError):
-        model.predict([np.ones((2, 3), np.float32)])  # 3 features for a 6-feature model
 
 
 # --- a real worker ------------------------------------------------------------------------

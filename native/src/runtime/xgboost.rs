@@ -25,6 +25,9 @@ type Handle = *mut c_void;
 /// strict_shape=False, cache_id=0)`.
 const PREDICT_ARGS: &CStr = c"{\"type\": 0, \"training\": false, \"iteration_begin\": 0, \"iteration_end\": 0, \"missing\": NaN, \"strict_shape\": false, \"cache_id\": 0}";
 
+/// Zeros after a model's bytes, where XGBoost's reader may look past a cut document.
+const OVERREAD_PAD: usize = 64;
+
 /// The library's entry points this crate calls, with the library that owns them.
 pub(super) struct Api {
     create: unsafe extern "C" fn(*const Handle, Ulong, *mut Handle) -> c_int,
@@ -161,6 +164,14 @@ pub(super) fn format_of(data: &[u8]) -> &'static str {
 /// `data` loaded on the CPU with one thread, and its number of features.
 pub(super) fn load(data: &[u8]) -> Result<(Booster, usize), RuntimeError> {
     let api = api()?;
+    if data.is_empty() {
+        // XGBoost aborts the process on an empty buffer (so does the Python package): refused
+        // here, in the words of the loader's message.
+        return Err(RuntimeError::InvalidXGBoost {
+            format: "xgboost",
+            line: "empty model".into(),
+        });
+    }
     let mut handle: Handle = ptr::null_mut();
     let no_cache: [Handle; 0] = [];
     // SAFETY: an empty cache list (a valid, non-null pointer to no elements) and an out
@@ -174,8 +185,16 @@ pub(super) fn load(data: &[u8]) -> Result<(Booster, usize), RuntimeError> {
     }
     let len =
         Ulong::try_from(data.len()).map_err(|_| RuntimeError::Input("model too large".into()))?;
-    // SAFETY: a live handle and `len` readable bytes; the library copies what it keeps.
-    let rc = unsafe { (api.load_buffer)(handle, data.as_ptr().cast(), len) };
+    // XGBoost's UBJSON reader reads a few bytes past the end of a cut document, where the
+    // Python package's copy (`bytearray(data)`) has whatever memory follows: this copy is
+    // followed by zeros, so such a document fails the same way every time.
+    let mut buf = Vec::with_capacity(data.len() + OVERREAD_PAD);
+    buf.extend_from_slice(data);
+    buf.resize(data.len() + OVERREAD_PAD, 0);
+    // SAFETY: a live handle and `len` readable bytes (and padding); the library copies what
+    // it keeps.
+    let rc = unsafe { (api.load_buffer)(handle, buf.as_ptr().cast(), len) };
+    drop(buf);
     if rc != 0 {
         return Err(RuntimeError::InvalidXGBoost {
             format: format_of(data),
