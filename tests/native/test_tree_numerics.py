@@ -10,6 +10,7 @@ and through the model the worker serves (``load_model(...).predict``).
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -136,10 +137,13 @@ def test_other_layouts_and_dtypes_read_as_the_libraries_read_them(framework: str
 
     model = load_model(data, framework, "cpu")
     wide = np.repeat(trees.probe_rows(trees.N_FEATURES), 2, axis=1)
+    near = _just_above_thresholds(trees.lightgbm_model("multiclass"))
+    if framework == "lightgbm":  # LightGBM reads float64 as such: float32 would change these
+        assert not np.array_equal(want(near), want(near.astype(np.float32)))
     inputs = [
         wide[:, ::2],  # strided
         np.asfortranarray(trees.probe_rows(trees.N_FEATURES)),
-        trees.probe_rows(trees.N_FEATURES).astype(np.float64) + 1e-9,  # float64 as such
+        near,
         np.arange(5 * trees.N_FEATURES, dtype=np.int64).reshape(5, -1) - 20,
     ]
     for x in inputs:
@@ -150,6 +154,20 @@ def test_other_layouts_and_dtypes_read_as_the_libraries_read_them(framework: str
     assert not x.flags.aligned
     (got,) = model.predict([x])
     _same(got, want(np.ascontiguousarray(x)))
+
+
+def _just_above_thresholds(text: bytes) -> np.ndarray:
+    """float64 rows, one per split of a LightGBM model: zeros but for the split's feature, the
+    next double above its threshold (which float32 rounds to either side)."""
+    rows = []
+    for tree in re.finditer(
+        rb"split_feature=([^\n]*)\nsplit_gain=[^\n]*\nthreshold=([^\n]*)", text
+    ):
+        for feature, threshold in zip(tree[1].split(), tree[2].split(), strict=True):
+            row = np.zeros(trees.N_FEATURES)
+            row[int(feature)] = np.nextafter(float(threshold), np.inf)
+            rows.append(row)
+    return np.array(rows)
 
 
 def test_concurrent_predictions_agree() -> None:
