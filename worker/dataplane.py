@@ -70,6 +70,7 @@ class Dataplane:
         batcher: Batcher | None = None,
         now: Callable[[], float] = time.perf_counter,
         on_resident: Callable[[ModelId, ModelVersion, Model], None] | None = None,
+        before_load: Callable[[], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.cache = cache
@@ -81,6 +82,8 @@ class Dataplane:
         self._now = now
         #: Told of every version found or made resident here (the native front serves it).
         self.on_resident = on_resident
+        #: Called before a load makes room in the cache (the native front's recency first).
+        self.before_load = before_load
         m = metrics
         self._rejected_rows = m.child(m.rejected, "rows")
         self._rejected_quarantine = m.child(m.rejected, "quarantine")
@@ -100,6 +103,8 @@ class Dataplane:
             self._metrics.child(self._metrics.hits, entry.tier.value).inc()
             return entry
         self._metrics.child(self._metrics.misses, "memory").inc()
+        if self.before_load is not None:
+            self.before_load()
         model = await self.loader.load(mid, mv)
         self.predictor.loaded(mid, model)
         entry = self.cache.acquire(mid)

@@ -181,6 +181,7 @@ class WorkerServer:
             s.max_request_rows,
             batcher,
             on_resident=self._resident,
+            before_load=self._touch,
         )
 
         front = _native.WorkerFront(
@@ -341,6 +342,10 @@ class WorkerServer:
     def _resident(self, mid: ModelId, mv: ModelVersion, model: Model) -> None:
         if self._front is not None:
             self._front.resident(mid, mv, model)
+
+    def _touch(self) -> None:
+        if self._front is not None:
+            self._front.touch()
 
     def _cache_event(self, ev: CacheEvent) -> None:
         if self._front is not None:  # the front serves host-memory versions only

@@ -299,9 +299,7 @@ async fn run_batch<E: Execute>(
     let now = Instant::now();
     let mut live = Vec::with_capacity(batch.len());
     for it in batch {
-        if it.tx.is_closed() {
-            continue; // the caller went away
-        }
+        // Deadline first: counted even when the caller already went away at its deadline.
         if it.deadline.is_some_and(|d| now > d) {
             exec.expired();
             let waited = now.duration_since(it.queued).as_millis();
@@ -314,6 +312,9 @@ async fn run_batch<E: Execute>(
                 false,
             )));
             continue;
+        }
+        if it.tx.is_closed() {
+            continue; // the caller went away
         }
         live.push(it);
     }

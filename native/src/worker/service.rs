@@ -8,7 +8,7 @@
 //! here. ServerLive/Ready/Metadata and grpc.health.v1 Check are answered here; ModelReady,
 //! ModelMetadata and `shoal.v1.WorkerAdmin` by Python.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -197,7 +197,12 @@ impl Shared {
     }
 
     /// ModelInfer; the answer, its code, and whether it was answered here (not by Python).
-    async fn infer(self: &Arc<Self>, headers: &HeaderMap, msg: Bytes) -> (Answer, Code, bool) {
+    async fn infer(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        msg: Bytes,
+        delegated: &AtomicBool,
+    ) -> (Answer, Code, bool) {
         let deadline = deadline(headers);
         let req = match codec::decode_infer_request(msg.clone()) {
             Ok(r) => r,
@@ -209,21 +214,21 @@ impl Shared {
             return failure(e.status());
         }
         let Some(version) = numeric_version(&req.version) else {
-            return self.ask(msg, deadline).await;
+            return self.ask(msg, deadline, delegated).await;
         };
         let mut waited = false;
         let model = loop {
             match self.table.lookup(&req.model, version) {
                 Lookup::Resident(m) => break m,
                 Lookup::Ask(miss) => {
-                    let out = self.ask(msg, deadline).await;
+                    let out = self.ask(msg, deadline, delegated).await;
                     if out.1 == Code::Ok {
                         self.table.served_by_python(&req.model, version);
                     }
                     drop(miss);
                     return out;
                 }
-                Lookup::Python => return self.ask(msg, deadline).await,
+                Lookup::Python => return self.ask(msg, deadline, delegated).await,
                 Lookup::Wait(mut rx) if !waited => {
                     waited = true;
                     let done = rx.wait_for(|d| *d);
@@ -237,7 +242,7 @@ impl Shared {
                     }
                     self.stats.miss_waits.fetch_add(1, Ordering::Relaxed);
                 }
-                Lookup::Wait(_) => return self.ask(msg, deadline).await,
+                Lookup::Wait(_) => return self.ask(msg, deadline, delegated).await,
             }
         };
         model.touched.store(true, Ordering::Relaxed);
@@ -296,7 +301,13 @@ impl Shared {
     }
 
     /// Hand the request to Python.
-    async fn ask(&self, msg: Bytes, deadline: Option<Instant>) -> (Answer, Code, bool) {
+    async fn ask(
+        &self,
+        msg: Bytes,
+        deadline: Option<Instant>,
+        delegated: &AtomicBool,
+    ) -> (Answer, Code, bool) {
+        delegated.store(true, Ordering::Release);
         self.stats.delegated.fetch_add(1, Ordering::Relaxed);
         let reply = self.delegate.call("ModelInfer", msg, deadline).await;
         let code = reply.code;
@@ -317,40 +328,74 @@ fn failure(status: Status) -> (Answer, Code, bool) {
     (Answer::Failure(status), code, true)
 }
 
-/// Answer one HTTP/2 stream. Work stops when the client resets the stream.
+/// Answer one HTTP/2 stream. Work stops when the client resets the stream (it went away, or
+/// its deadline passed: a ModelInfer the front was answering itself is then counted as
+/// DEADLINE_EXCEEDED or CANCELLED, as the Python worker counted it).
 pub async fn handle(
     shared: Arc<Shared>,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
     let path = req.uri().path().to_string();
-    let work = answer(&shared, path, req);
+    let infer = path.strip_prefix(oip::SERVICE) == Some("ModelInfer");
+    let until = deadline(req.headers());
+    let started = Instant::now();
+    let delegated = AtomicBool::new(false);
+    let work = answer(&shared, &path, req, &delegated);
     tokio::pin!(work);
     let answer = tokio::select! {
         a = &mut work => a,
-        _ = reset(&mut respond) => return,
+        _ = reset(&mut respond) => {
+            if infer && !delegated.load(Ordering::Acquire) {
+                let expired = until.is_some_and(|d| Instant::now() >= d);
+                let code = if expired { Code::DeadlineExceeded } else { Code::Cancelled };
+                let s = &shared.stats;
+                s.infer_codes[code as usize].fetch_add(1, Ordering::Relaxed);
+                s.infer_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            return;
+        }
     };
     send(respond, answer);
 }
 
-async fn answer(shared: &Arc<Shared>, path: String, req: Request<RecvStream>) -> Answer {
+async fn answer(
+    shared: &Arc<Shared>,
+    path: &str,
+    req: Request<RecvStream>,
+    delegated: &AtomicBool,
+) -> Answer {
     let (headers, msg) = match read_message(req, shared.config.max_message_bytes).await {
         Ok(x) => x,
         Err(s) => return Answer::Failure(s),
     };
     shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     shared.stats.total.fetch_add(1, Ordering::Relaxed);
-    let out = route(shared, &path, &headers, msg).await;
-    shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    out
+    let _done = InFlight(&shared.stats);
+    route(shared, path, &headers, msg, delegated).await
 }
 
-async fn route(shared: &Arc<Shared>, path: &str, headers: &HeaderMap, msg: Bytes) -> Answer {
+/// Counts a request out when it ends or is dropped.
+struct InFlight<'a>(&'a super::Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    path: &str,
+    headers: &HeaderMap,
+    msg: Bytes,
+    delegated: &AtomicBool,
+) -> Answer {
     if let Some(m) = path.strip_prefix(oip::SERVICE) {
         return match m {
             "ModelInfer" => {
                 let started = Instant::now();
-                let (answer, code, native) = shared.infer(headers, msg).await;
+                let (answer, code, native) = shared.infer(headers, msg, delegated).await;
                 if native {
                     let s = &shared.stats;
                     s.infer_codes[code as usize].fetch_add(1, Ordering::Relaxed);
