@@ -3,9 +3,9 @@
 Start: resolve device and budgets, open etcd and the object store, rebuild the disk tier's
 index, start the model watch, start the native front (``shoal._native.WorkerFront``: the
 inference protocol, grpc.health.v1, and WorkerAdmin handed to Python; ``worker.front``) and
-the metrics HTTP port, then register in etcd. The runner (``shoal.runner.Runner``) prints ``banner()``,
-``worker: HOST:PORT`` first, once all of that is done, so a parent process can read the
-address from the first line of stdout.
+the metrics HTTP port, then register in etcd. The runner (``shoal.runner.Runner``) prints
+``banner()``, ``worker: HOST:PORT`` first, once all of that is done, so a parent process can
+read the address from the first line of stdout.
 
 Stop (SIGTERM/SIGINT), uvicorn-style: mark the record ``draining``, revoke the lease (the key
 disappears at once; routers stop choosing this worker), stop accepting RPCs and give in-flight
