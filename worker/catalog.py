@@ -14,6 +14,10 @@ else ``stable``, else the newest); what this module adds is where the record com
 A background watch applies changes to records already cached (it never adds records, so memory
 stays bounded by ``max_records``). When the watch breaks, every record loses freshness and the
 watch restarts with backoff. etcd unreachable on a miss raises ``Unavailable``.
+
+``listener`` (the native front) hears of every record as it becomes fresh (its etcd value) and
+as it stops being fresh or cached (``None``), so it can resolve aliases and the empty version
+with the same rule, only while this catalog could.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import cachetools
 
@@ -69,15 +74,37 @@ def _missing(rec: ModelRecord, want: int | str, version: str, exc: UnknownVersio
     return str(exc)
 
 
+#: Told ``(key, etcd value)`` when a record becomes fresh, ``(key, None)`` when it stops being
+#: fresh or cached, and ``(None, None)`` when every record stops being fresh.
+Listener = Callable[[tuple[str, str] | None, bytes | None], None]
+
+
+class _Records(cachetools.LRUCache[tuple[str, str], ModelRecord]):
+    """The LRU of records, telling the listener of the records it drops."""
+
+    def __init__(self, maxsize: int, listener: Listener | None) -> None:
+        super().__init__(maxsize=maxsize)
+        self.listener = listener
+
+    def popitem(self) -> tuple[tuple[str, str], ModelRecord]:
+        key, rec = super().popitem()
+        if self.listener is not None:
+            self.listener(key, None)
+        return key, rec
+
+
 class Catalog:
     def __init__(
-        self, store: StateStore, max_records: int = 100_000, rng: random.Random | None = None
+        self,
+        store: StateStore,
+        max_records: int = 100_000,
+        rng: random.Random | None = None,
+        listener: Listener | None = None,
     ) -> None:
         self._store = store
         self._rng = rng or random.Random()
-        self._records: cachetools.LRUCache[tuple[str, str], ModelRecord] = cachetools.LRUCache(
-            maxsize=max(1, max_records)
-        )
+        self._listener = listener
+        self._records = _Records(max(1, max_records), listener)
         self._fresh: set[tuple[str, str]] = set()
         self._reads: dict[tuple[str, str], asyncio.Task[ModelRecord | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +164,7 @@ class Catalog:
         if kv is None:
             self._records.pop(key, None)
             self._fresh.discard(key)
+            self._tell(key, None)
             return None
         rec = ModelRecord.decode(kv.value, kv.mod_revision)
         cached = self._records.get(key)
@@ -144,7 +172,14 @@ class Catalog:
             self._records[key] = rec
         if generation == self._generation and self.watching.is_set():
             self._fresh.add(key)
+            current = self._records.get(key)
+            if current is not None and current.mod_revision == rec.mod_revision:
+                self._tell(key, kv.value)
         return self._records.get(key, rec)
+
+    def _tell(self, key: tuple[str, str] | None, value: bytes | None) -> None:
+        if self._listener is not None:
+            self._listener(key, value)
 
     def _apply(self, ev: WatchEvent) -> None:
         tenant, _, name = ev.key[len(MODELS) :].partition("/")
@@ -155,6 +190,7 @@ class Catalog:
         if ev.kind == "delete":
             self._records.pop(key, None)
             self._fresh.discard(key)
+            self._tell(key, None)
             return
         if ev.mod_revision > cached.mod_revision:
             try:
@@ -162,7 +198,9 @@ class Catalog:
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring an undecodable record at %s: %s", ev.key, exc)
                 self._records.pop(key, None)
+                self._tell(key, None)
                 return
+            self._tell(key, ev.value)
         self._fresh.add(key)
 
     async def _watch_loop(self) -> None:
@@ -182,5 +220,6 @@ class Catalog:
             finally:
                 self.watching.clear()
                 self._fresh.clear()
+                self._tell(None, None)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

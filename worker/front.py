@@ -10,6 +10,9 @@ predicted natively, with no Python. Python keeps the control, here:
   jobs (the front's queue, GIL released while it waits) and hands each to the event loop.
   Concurrent misses for one version make one job; the front holds the others and serves them
   natively once the version is resident.
+* **Records.** The catalog's records, while fresh (watched), are pushed to the front, which
+  resolves aliases and the empty version by the same rule (``crate::resolve``); without a
+  fresh record the request is Python's.
 * **The table.** A version the data plane has in memory, whose model has a native booster
   (CPU XGBoost and LightGBM), is pushed to the front (``resident``); a cache event that moves
   it out of host memory, or a quarantine, removes it. Versions served natively are reported
@@ -233,6 +236,17 @@ class FrontBridge:
             [(t.name, t.datatype, list(t.shape)) for t in sig.outputs],
         )
 
+    def record(self, key: tuple[str, str] | None, value: bytes | None) -> None:
+        """The catalog's record of ``key`` became fresh (its etcd value), or stopped being
+        fresh (None); ``key`` None: every record did."""
+        if key is None:
+            self.front.clear_records()
+            return
+        try:
+            self.front.set_record(f"{key[0]}/{key[1]}", value)
+        except ValueError as exc:  # Python answers for it, with the catalog's own reading
+            log.warning("the front cannot read the record of %s/%s: %s", *key, exc)
+
     def gone(self, mid: ModelId) -> None:
         """``mid`` left host memory (evicted, demoted) or was quarantined."""
         self.front.remove_model(f"{mid.tenant}/{mid.name}", mid.version)
@@ -284,6 +298,7 @@ class FrontBridge:
                 served += d
         if served:
             m.child(m.hits, "host").inc(served)
+            m.native_requests.inc(served)
         for key, reason in (("rejected_rows", "rows"), ("rejected_busy", "concurrency")):
             d = delta(key, s[key])
             if d > 0:

@@ -11,7 +11,8 @@ Names (counters get ``_total`` in the exposition):
 * ``shoal_worker_resident_bytes{tier}``, ``shoal_worker_models_resident{tier}``,
   ``shoal_worker_budget_bytes{tier}`` (read from the cache when scraped);
 * ``shoal_worker_requests_in_flight``, ``shoal_worker_batch_rows`` (rows per runtime call
-  actually run);
+  actually run), ``shoal_worker_native_requests`` (ModelInfer answered by the native front
+  without Python: a resident tree model's warm path);
 * protections: ``shoal_worker_rejected{reason}`` (rows, concurrency, quarantine),
   ``shoal_worker_expired{stage}`` (requests not run because their deadline passed while
   waiting: queue — for a busy model, batch, pool), ``shoal_worker_quarantines{kind}`` (a
@@ -117,6 +118,11 @@ class WorkerMetrics:
         self.inline_predictions = Counter(
             "shoal_worker_inline_predictions",
             "runtime calls run on the event loop (short, bounded models; worker/inline.py)",
+            registry=r,
+        )
+        self.native_requests = Counter(
+            "shoal_worker_native_requests",
+            "ModelInfer requests the native front answered without Python (worker/front.py)",
             registry=r,
         )
         self.rejected = Counter(

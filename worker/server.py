@@ -132,7 +132,7 @@ class WorkerServer:
         predict_calls = RuntimeCalls("predict", self._predict_pool, threads, s.predict_timeout_s, m)
         load_calls = RuntimeCalls("load", self._load_pool, 1, s.load_timeout_s, m)
         self._calls = (predict_calls, load_calls)
-        self._catalog = Catalog(self._etcd, s.record_cache_size)
+        self._catalog = Catalog(self._etcd, s.record_cache_size, listener=self._record)
         await self._catalog.start()
         loader = Loader(
             cache,
@@ -342,6 +342,10 @@ class WorkerServer:
     def _resident(self, mid: ModelId, mv: ModelVersion, model: Model) -> None:
         if self._front is not None:
             self._front.resident(mid, mv, model)
+
+    def _record(self, key: tuple[str, str] | None, value: bytes | None) -> None:
+        if self._front is not None:
+            self._front.record(key, value)
 
     def _touch(self) -> None:
         if self._front is not None:

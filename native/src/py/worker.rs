@@ -154,6 +154,21 @@ impl PyWorkerFront {
         self.inner.shared.table.remove(model, version)
     }
 
+    /// A fresh record of `model` (its etcd JSON), or None to forget it; ValueError when it
+    /// does not decode (it is forgotten).
+    fn set_record(&self, model: &str, value: Option<&[u8]>) -> PyResult<()> {
+        self.inner
+            .shared
+            .table
+            .set_record(model, value)
+            .map_err(PyValueError::new_err)
+    }
+
+    /// Forget every record (they stopped being fresh).
+    fn clear_records(&self) {
+        self.inner.shared.table.clear_records();
+    }
+
     fn has_model(&self, model: &str, version: u64) -> bool {
         self.inner.shared.table.contains(model, version)
     }

@@ -147,6 +147,8 @@ pub struct Shared {
     pub stats: Stats,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
+    /// Traffic-split draws of versions resolved here.
+    pub rng: Mutex<rand::rngs::SmallRng>,
 }
 
 impl Shared {
@@ -163,6 +165,7 @@ impl Shared {
             stats: Stats::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            rng: Mutex::new(rand::SeedableRng::from_os_rng()),
             config,
         })
     }

@@ -213,8 +213,14 @@ impl Shared {
             self.stats.rejected_rows.fetch_add(1, Ordering::Relaxed);
             return failure(e.status());
         }
-        let Some(version) = numeric_version(&req.version) else {
-            return self.ask(msg, deadline, delegated).await;
+        let version = match numeric_version(&req.version) {
+            Some(v) => v,
+            // An alias or the empty version: resolved here from a fresh record, by the one
+            // rule; anything else (no fresh record, an error to word) is Python's.
+            None => match self.resolve(&req.model, &req.version) {
+                Some(v) => v,
+                None => return self.ask(msg, deadline, delegated).await,
+            },
         };
         let mut waited = false;
         let model = loop {
@@ -298,6 +304,21 @@ impl Shared {
             }
             Err(f) => failure_answer(f),
         }
+    }
+
+    /// The version `requested` names for `model`, from a fresh record; None: ask Python.
+    fn resolve(&self, model: &str, requested: &str) -> Option<u64> {
+        let record = self.table.record(model)?;
+        let draw = || {
+            use rand::Rng;
+            self.rng
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .random::<f64>()
+        };
+        crate::resolve::resolve(&record.routes, &record.full_name, requested, draw)
+            .ok()
+            .map(|(v, _, _)| v)
     }
 
     /// Hand the request to Python.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
 use super::model::Resident;
+use crate::gateway::table::Model;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -25,6 +26,9 @@ pub struct Table {
     /// Versions Python answered without making them native (ONNX, GPU models, fault drills):
     /// their requests go straight to Python, without waiting for one another.
     python: RwLock<HashSet<Key>>,
+    /// Model records as Python's catalog holds them while they are fresh (etcd watched):
+    /// aliases and the empty version resolve here by the one rule (`crate::resolve`).
+    records: RwLock<HashMap<String, Arc<Model>>>,
 }
 
 /// Versions remembered in `Table::python` at most (then forgotten all at once: their next
@@ -128,6 +132,33 @@ impl Table {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(model.to_string(), version))
             .is_some()
+    }
+
+    /// A fresh record of `model` (`tenant/name`), its etcd JSON; None forgets it. A record
+    /// that does not decode is forgotten too (Python answers for it).
+    pub fn set_record(&self, model: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        records.remove(model);
+        if let Some(v) = value {
+            records.insert(model.to_string(), Arc::new(Model::decode(v)?));
+        }
+        Ok(())
+    }
+
+    /// Every record stopped being fresh (the catalog's watch broke).
+    pub fn clear_records(&self) {
+        self.records
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn record(&self, model: &str) -> Option<Arc<Model>> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            .cloned()
     }
 
     pub fn contains(&self, model: &str, version: u64) -> bool {
