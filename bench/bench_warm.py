@@ -24,8 +24,11 @@ a time (echo, then Shoal, then MLServer), so they do not compete for the 2 cores
 Ratios and the issues' targets: router/worker-direct req/s at concurrency 32 (>= 0.9x), the
 router's added p50 at concurrency 1 over the worker direct (<= 0.1 ms, i.e. below nginx's),
 the router process's CPU per request (<= 80 µs), router/MLServer req/s at concurrency 32
-(>= 3x), router p99 vs MLServer p99 (lower), router/echo req/s (>= 0.5x). Written with
-``bench.common.write_results("warm", ...)``.
+(>= 5x), router p99 vs MLServer p99 (lower), router/echo req/s (>= 0.5x); and the native
+worker front's (issue 16): worker-direct/echo req/s at concurrency 32 (>= 1x), and the
+worker's CPU per 1-row request (at concurrency 1 and 32) within 2x the in-process cost of
+one 1-row prediction through the library's C API (``shoal._native.TreeBooster``, measured in
+this process, same run). Written with ``bench.common.write_results("warm", ...)``.
 
 Run alone: ``.venv/bin/python -m bench.bench_warm`` (``BENCH_SMOKE=1`` for a < 1 minute
 plumbing check; see ``bench.config`` for every knob).
@@ -37,6 +40,8 @@ import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 if __package__ in (None, ""):  # run as a file: python bench/bench_warm.py
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -154,10 +159,11 @@ def figures(cfg: BenchConfig, runs: Runs, models: dict[str, BenchModel]) -> list
     lo = 1 if 1 in cfg.concurrency else min(cfg.concurrency)
     for key in models:
         out += _gateway_figures(runs, key, lo, hi)
+        out += _front_figures(runs, models[key], lo, hi)
         r_hi, m_hi = runs.get("router", key, hi), runs.get("mlserver", key, hi)
         if r_hi and m_hi:
             v = _ratio(r_hi.rps, m_hi.rps)
-            out.append(figure(f"{key}: router/MLServer req/s, c={hi}", v, "x", ">= 3", v >= 3))
+            out.append(figure(f"{key}: router/MLServer req/s, c={hi}", v, "x", ">= 5", v >= 5))
         for c in cfg.concurrency:
             r, m = runs.get("router", key, c), runs.get("mlserver", key, c)
             if r and m:
@@ -214,6 +220,49 @@ def _gateway_figures(runs: Runs, key: str, lo: int, hi: int) -> list[dict[str, A
             v = _cpu_us(res, server)
             target = ("<= 80", v <= 80) if server == "router" else ("", None)
             out.append(figure(f"{key}: {server} CPU per request, c={c}", v, "µs", *target))
+    return out
+
+
+def predict_cost_us(model: BenchModel, calls: int = 2000) -> float | None:
+    """CPU µs of one 1-row prediction through the library's C API in this process (the
+    native booster the worker serves with); None for models it does not serve natively."""
+    import time
+
+    from shoal._native import TreeBooster
+    from shoal.frameworks import native
+
+    if model.framework not in ("xgboost", "lightgbm") or not native.available(model.framework):
+        return None
+    booster = TreeBooster.load(model.framework, model.data)
+    row = np.ascontiguousarray(model.row, dtype=np.float32)
+    for _ in range(50):
+        booster.predict(row)
+    started = time.thread_time()
+    for _ in range(calls):
+        booster.predict(row)
+    return (time.thread_time() - started) * 1e6 / calls
+
+
+def _front_figures(runs: Runs, model: BenchModel, lo: int, hi: int) -> list[dict[str, Any]]:
+    """Issue 16's targets: the native worker front against the echo floor and the C API."""
+    out: list[dict[str, Any]] = []
+    key = model.key
+    w_hi, e_hi = runs.get("worker", key, hi), runs.get("echo", "-", hi)
+    if w_hi and e_hi:
+        v = _ratio(w_hi.rps, e_hi.rps)
+        out.append(figure(f"{key}: worker-direct/echo req/s, c={hi}", v, "x", ">= 1", v >= 1))
+    cost = predict_cost_us(model)
+    if cost is None:
+        return out
+    out.append(figure(f"{key}: in-process C-API predict, 1 row", cost, "µs"))
+    for c in sorted({lo, hi}):
+        res = runs.get("worker", key, c)
+        if res is None:
+            continue
+        v = _cpu_us(res, "worker")
+        out.append(figure(f"{key}: worker CPU per request, c={c}", v, "µs"))
+        r = _ratio(v, cost)
+        out.append(figure(f"{key}: worker CPU / C-API predict, c={c}", r, "x", "<= 2", r <= 2))
     return out
 
 

@@ -163,6 +163,8 @@ class WorkerFront:
         max_batch_rows: int = 256,
         max_delay_s: float = 0.002,
         batch_when_idle: bool = True,
+        inline_max_s: float = 0.001,
+        inline_max_bytes: int = 64 << 10,
         model_concurrency: int = 1,
         model_max_queue: int = 64,
         model_queue_wait_s: float = 1.0,
@@ -182,6 +184,7 @@ class WorkerFront:
         booster: TreeBooster,
         inputs: Sequence[tuple[str, str, Sequence[int]]],
         outputs: Sequence[tuple[str, str, Sequence[int]]],
+        warm_s: float | None = None,
     ) -> None: ...
     def remove_model(self, model: str, version: int) -> bool: ...
     def set_record(self, model: str, value: bytes | None) -> None: ...

@@ -234,6 +234,7 @@ class FrontBridge:
             booster,
             [(t.name, t.datatype, list(t.shape)) for t in sig.inputs],
             [(t.name, t.datatype, list(t.shape)) for t in sig.outputs],
+            model.warm_s,
         )
 
     def record(self, key: tuple[str, str] | None, value: bytes | None) -> None:
@@ -311,6 +312,9 @@ class FrontBridge:
             d = delta(key, s[key])
             if d > 0:
                 m.child(m.expired, stage).inc(d)
+        d = delta("inline", s["inline"])
+        if d > 0:
+            m.inline_predictions.inc(d)
         d = delta("abandoned", s["abandoned"])
         if d > 0:
             m.child(m.abandoned, "predict").inc(d)

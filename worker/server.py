@@ -197,6 +197,8 @@ class WorkerServer:
             max_batch_rows=s.max_batch_rows,
             max_delay_s=s.max_delay_us / 1e6,
             batch_when_idle=s.batch_when_idle,
+            inline_max_s=s.inline_max_us / 1e6,
+            inline_max_bytes=s.inline_max_bytes,
             model_concurrency=s.model_concurrency(),
             model_max_queue=s.model_max_queue,
             model_queue_wait_s=s.model_queue_wait_s,

@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::rpc::grpc::Code;
 use crate::worker::codec::{Signature, TensorSpec};
 use crate::worker::delegate::{Job, Reply};
-use crate::worker::model::{BatchSettings, Resident, Runner};
+use crate::worker::model::{BatchSettings, InlinePolicy, Resident, Runner};
 use crate::worker::{Config, Front};
 
 use super::runtime::PyTreeBooster;
@@ -54,7 +54,8 @@ impl PyWorkerFront {
     #[pyo3(signature = (
         *, host, port, io_threads=1, predict_threads=1, stuck_headroom=2,
         predict_timeout_s=10.0, max_message_bytes=64 << 20, max_rows=4096, batching=true,
-        max_batch_rows=256, max_delay_s=0.002, batch_when_idle=true, model_concurrency=1,
+        max_batch_rows=256, max_delay_s=0.002, batch_when_idle=true, inline_max_s=0.001,
+        inline_max_bytes=64 << 10, model_concurrency=1,
         model_max_queue=64, model_queue_wait_s=1.0, delegate_queue=4096,
         tls_cert=String::new(), tls_key=String::new(), tls_ca=String::new(),
         tls_client_auth=false,
@@ -73,6 +74,8 @@ impl PyWorkerFront {
         max_batch_rows: usize,
         max_delay_s: f64,
         batch_when_idle: bool,
+        inline_max_s: f64,
+        inline_max_bytes: usize,
         model_concurrency: u32,
         model_max_queue: usize,
         model_queue_wait_s: f64,
@@ -96,6 +99,10 @@ impl PyWorkerFront {
                 max_rows: max_batch_rows.max(1),
                 max_delay: seconds("max_delay_s", max_delay_s)?,
                 when_idle: batch_when_idle,
+            },
+            inline: InlinePolicy {
+                max_s: inline_max_s,
+                max_bytes: inline_max_bytes,
             },
             model_concurrency: model_concurrency.max(1),
             model_max_queue,
@@ -124,7 +131,10 @@ impl PyWorkerFront {
     }
 
     /// Serve `model` (`tenant/name`) `version` natively from now on, predicting through
-    /// `booster`; `inputs`/`outputs` are the signature's `(name, datatype, shape)`.
+    /// `booster`; `inputs`/`outputs` are the signature's `(name, datatype, shape)`;
+    /// `warm_s`: CPU seconds of a 1-row prediction at load, if one was made (its proof of
+    /// speed for the inline policy).
+    #[pyo3(signature = (model, version, booster, inputs, outputs, warm_s=None))]
     fn add_model(
         &self,
         model: String,
@@ -132,6 +142,7 @@ impl PyWorkerFront {
         booster: PyRef<'_, PyTreeBooster>,
         inputs: Vec<SpecTuple>,
         outputs: Vec<SpecTuple>,
+        warm_s: Option<f64>,
     ) {
         let cfg = &self.inner.shared.config;
         let runner: Arc<dyn Runner> = booster.booster();
@@ -139,14 +150,18 @@ impl PyWorkerFront {
             inputs: specs(inputs),
             outputs: specs(outputs),
         };
-        self.inner.shared.table.insert(Resident::new(
+        let resident = Resident::new(
             model,
             version,
             runner,
             sig,
             cfg.model_concurrency,
             cfg.model_max_queue,
-        ));
+        );
+        if let Some(s) = warm_s.filter(|s| s.is_finite() && *s >= 0.0) {
+            resident.seed(s);
+        }
+        self.inner.shared.table.insert(resident);
     }
 
     /// Stop serving a version natively (evicted, quarantined); True if it was served.
@@ -205,6 +220,7 @@ impl PyWorkerFront {
             ("expired_pool", load(&s.expired_pool)),
             ("rejected_rows", load(&s.rejected_rows)),
             ("rejected_busy", load(&s.rejected_busy)),
+            ("inline", load(&s.inline)),
             ("stuck", shared.pool.stuck_total()),
             ("abandoned", shared.pool.abandoned_total()),
             ("models", shared.table.len() as u64),

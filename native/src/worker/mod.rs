@@ -44,6 +44,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_rows: usize,
     pub batching: model::BatchSettings,
+    pub inline: model::InlinePolicy,
     pub model_concurrency: u32,
     pub model_max_queue: usize,
     pub model_queue_wait: Duration,
@@ -117,6 +118,8 @@ pub struct Stats {
     pub expired_pool: AtomicU64,
     pub rejected_rows: AtomicU64,
     pub rejected_busy: AtomicU64,
+    /// Predictions run on the front's own thread (`InlinePolicy`).
+    pub inline: AtomicU64,
 }
 
 impl Default for Stats {
@@ -134,6 +137,7 @@ impl Default for Stats {
             expired_pool: AtomicU64::new(0),
             rejected_rows: AtomicU64::new(0),
             rejected_busy: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
         }
     }
 }

@@ -107,7 +107,32 @@ pub struct Resident {
     pub failures: AtomicU64,
     /// Served natively since the owner last looked (its cache's recency).
     pub touched: std::sync::atomic::AtomicBool,
+    /// How long its calls take (`worker/inline.py`'s policy): short ones run inline.
+    speed: Mutex<Speed>,
 }
+
+/// Calls measured and their moving average, seconds.
+#[derive(Default, Clone, Copy)]
+struct Speed {
+    samples: u32,
+    avg_s: f64,
+}
+
+/// When a call may run on the front's own thread instead of a prediction thread
+/// (`worker/inline.py`): the model has proven fast (at least two calls measured, or a 1-row
+/// prediction at load, averaging at most `max_s`) and the request is small. A thread
+/// hand-off and back costs more than a short tree prediction; what inline gives up is that
+/// such a call cannot be abandoned, so only bounded models (tree ensembles) qualify, and one
+/// slow call (over `JUMP` x `max_s`) sends the model back to the threads at once.
+#[derive(Debug, Clone, Copy)]
+pub struct InlinePolicy {
+    pub max_s: f64,
+    pub max_bytes: usize,
+}
+
+const ALPHA: f64 = 0.2;
+const JUMP: f64 = 4.0;
+const MIN_SAMPLES: u32 = 2;
 
 impl Resident {
     #[allow(clippy::too_many_arguments)]
@@ -135,7 +160,44 @@ impl Resident {
             queue: Mutex::new(Queue::default()),
             failures: AtomicU64::new(0),
             touched: std::sync::atomic::AtomicBool::new(false),
+            speed: Mutex::new(Speed::default()),
         }
+    }
+
+    /// A 1-row prediction at load took `seconds`: it stands for the proof of speed.
+    pub fn seed(&self, seconds: f64) {
+        let mut s = lock(&self.speed);
+        if s.samples == 0 {
+            *s = Speed {
+                samples: MIN_SAMPLES,
+                avg_s: seconds,
+            };
+        }
+    }
+
+    /// A call succeeded in `seconds`.
+    pub fn observe(&self, seconds: f64, policy: &InlinePolicy) {
+        let mut s = lock(&self.speed);
+        s.samples = s.samples.saturating_add(1);
+        if s.samples == 1 || seconds > JUMP * policy.max_s {
+            s.avg_s = seconds;
+        } else {
+            s.avg_s += ALPHA * (seconds - s.avg_s);
+        }
+    }
+
+    /// A call failed or hung: back to the threads until proven again.
+    pub fn forget(&self) {
+        *lock(&self.speed) = Speed::default();
+    }
+
+    /// Whether a call on `bytes` of input may run inline.
+    pub fn inline(&self, bytes: usize, policy: &InlinePolicy) -> bool {
+        if policy.max_s <= 0.0 || bytes > policy.max_bytes {
+            return false;
+        }
+        let s = *lock(&self.speed);
+        s.samples >= MIN_SAMPLES && s.avg_s <= policy.max_s
     }
 
     /// Whether requests may be merged: one input whose first dimension is the batch, and

@@ -123,14 +123,47 @@ impl Execute for Shared {
         self.stats.batch_rows.observe(nrows as f64);
         let runner = model.runner.clone();
         let ncols = model.ncols;
+        let policy = cfg.inline;
+        if model.inline(rows.len() * 4, &policy) {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                self.stats.expired_pool.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::NotRun(
+                    Code::DeadlineExceeded,
+                    format!("deadline passed before {} was run; not run", model.label),
+                    false,
+                ));
+            }
+            self.stats.inline.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let out = runner.predict(&rows, nrows, ncols);
+            let took = started.elapsed().as_secs_f64();
+            return match out {
+                Ok(outs) => {
+                    model.failures.store(0, Ordering::Release);
+                    model.observe(took, &policy);
+                    Ok(outs)
+                }
+                Err(why) => Err(self.failed(&model, why)),
+            };
+        }
+        let timed = {
+            let runner = runner.clone();
+            move || {
+                let started = Instant::now();
+                let out = runner.predict(&rows, nrows, ncols);
+                (out, started.elapsed().as_secs_f64())
+            }
+        };
         let out = self
             .pool
-            .run(
-                &model.label,
-                move || runner.predict(&rows, nrows, ncols),
-                deadline,
-            )
-            .await;
+            .run(&model.label, timed, deadline)
+            .await
+            .map(|(out, took)| {
+                if out.is_ok() {
+                    model.observe(took, &policy);
+                }
+                out
+            });
         match out {
             Ok(Ok(outs)) => {
                 model.failures.store(0, Ordering::Release);
@@ -149,6 +182,7 @@ impl Execute for Shared {
                 false,
             )),
             Err(RunError::Abandoned(m)) => {
+                model.forget();
                 // Quarantined at once (Python decides for how long): from now on Python
                 // answers this version's requests.
                 self.table.remove(&model.name, model.version);
@@ -178,6 +212,7 @@ impl Drop for Release<'_> {
 impl Shared {
     /// A runtime error: counts towards quarantine (Python keeps the books); INTERNAL.
     fn failed(&self, model: &Resident, why: String) -> Failure {
+        model.forget();
         let n = model.failures.fetch_add(1, Ordering::AcqRel) + 1;
         self.outcome(model, "failed", &why, n);
         Failure::Runtime(format!("prediction of {} failed: {why}", model.label))
