@@ -152,7 +152,7 @@ class WorkerServer:
                 s.quarantine_s,
                 s.quarantine_max_s,
                 threshold=s.quarantine_after,
-                stuck=predict_calls.stuck,
+                stuck=lambda mid: predict_calls.stuck(mid) + self._front_stuck(mid),
             ),
             m,
             InlinePolicy(s.inline_max_us / 1e6, s.inline_max_bytes)
@@ -208,6 +208,10 @@ class WorkerServer:
             tls_client_auth=s.tls_client_auth,
         )
         self._front = FrontBridge(front, dp, m, self.stats)
+        # Stuck prediction calls: Python's threads and the front's.
+        m.stuck_calls.labels("predict").set_function(
+            lambda: predict_calls.stuck_total + front.stats()["stuck"]
+        )
         self._front.start()
         port = front.start()  # OSError when the address cannot be bound
         self.address = s.advertise or f"{s.host}:{port}"
@@ -274,8 +278,13 @@ class WorkerServer:
 
     @property
     def stuck_calls(self) -> int:
-        """Abandoned runtime calls whose threads have not returned."""
-        return sum(c.stuck_total for c in self._calls)
+        """Abandoned runtime calls whose threads have not returned (Python's and the
+        native front's)."""
+        front = self._front.front.stats()["stuck"] if self._front is not None else 0
+        return sum(c.stuck_total for c in self._calls) + int(front)
+
+    def _front_stuck(self, mid: ModelId) -> int:
+        return self._front.front.stuck(str(mid)) if self._front is not None else 0
 
     @property
     def ready(self) -> bool:
