@@ -512,6 +512,176 @@ pub async fn acquire(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::codec::TensorSpec;
+    use std::sync::atomic::Ordering;
+
+    /// Doubles every value; one output per row.
+    struct Double;
+
+    impl Runner for Double {
+        fn predict(&self, rows: &[f32], nrows: usize, _: usize) -> Result<Vec<Output>, String> {
+            let data: Vec<u8> = rows.iter().flat_map(|v| (v * 2.0).to_le_bytes()).collect();
+            Ok(vec![Output {
+                datatype: Datatype::Fp32,
+                shape: vec![nrows as i64],
+                data: Bytes::from(data),
+            }])
+        }
+    }
+
+    /// Runs each merged call after `delay`, recording its row count.
+    struct Recorder {
+        calls: Mutex<Vec<usize>>,
+        delay: Duration,
+        expired: AtomicU64,
+    }
+
+    impl Execute for Recorder {
+        async fn execute(
+            self: Arc<Self>,
+            model: Arc<Resident>,
+            rows: Vec<f32>,
+            nrows: usize,
+            _deadline: Option<Instant>,
+        ) -> Outs {
+            lock(&self.calls).push(nrows);
+            tokio::time::sleep(self.delay).await;
+            model
+                .runner
+                .predict(&rows, nrows, 1)
+                .map_err(Failure::Runtime)
+        }
+
+        fn expired(&self) {
+            self.expired.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn resident() -> Arc<Resident> {
+        let spec = |n: &str| TensorSpec {
+            name: n.into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, 1],
+        };
+        let sig = Signature {
+            inputs: vec![spec("input__0")],
+            outputs: vec![TensorSpec {
+                shape: vec![-1],
+                ..spec("output__0")
+            }],
+        };
+        Arc::new(Resident::new("t/m".into(), 1, Arc::new(Double), sig, 4, 8))
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn f32s(o: &Output) -> Vec<f32> {
+        o.data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_request_goes_at_once_and_arrivals_meanwhile_merge() {
+        let exec = Arc::new(Recorder {
+            calls: Mutex::new(Vec::new()),
+            delay: Duration::from_millis(50),
+            expired: AtomicU64::new(0),
+        });
+        let batching = BatchSettings {
+            enabled: true,
+            max_rows: 64,
+            max_delay: Duration::from_secs(10),
+            when_idle: true,
+        };
+        let model = resident();
+        let outs = rt().block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..5 {
+                let (exec, model) = (exec.clone(), model.clone());
+                tasks.push(tokio::spawn(async move {
+                    predict(exec, batching, model, vec![i as f32], 1, None).await
+                }));
+                tokio::task::yield_now().await;
+            }
+            let mut outs = Vec::new();
+            for t in tasks {
+                outs.push(t.await.unwrap().unwrap());
+            }
+            outs
+        });
+        // The first went alone; the four that came while it ran went out as one call.
+        assert_eq!(*lock(&exec.calls), vec![1, 4]);
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(o[0].shape, vec![1]);
+            assert_eq!(f32s(&o[0]), vec![2.0 * i as f32]);
+        }
+    }
+
+    #[test]
+    fn a_request_whose_deadline_passed_in_the_queue_is_not_run() {
+        let exec = Arc::new(Recorder {
+            calls: Mutex::new(Vec::new()),
+            delay: Duration::ZERO,
+            expired: AtomicU64::new(0),
+        });
+        // Triton's way: a lone request waits for max_delay.
+        let batching = BatchSettings {
+            enabled: true,
+            max_rows: 64,
+            max_delay: Duration::from_millis(50),
+            when_idle: false,
+        };
+        let model = resident();
+        let soon = Instant::now() + Duration::from_millis(5);
+        let out = rt().block_on(predict(
+            exec.clone(),
+            batching,
+            model,
+            vec![1.0],
+            1,
+            Some(soon),
+        ));
+        assert!(
+            matches!(&out, Err(Failure::NotRun(crate::rpc::grpc::Code::DeadlineExceeded, m, false))
+                if m.contains("waiting to be batched; the prediction was not run")),
+            "{out:?}"
+        );
+        assert!(lock(&exec.calls).is_empty());
+        assert_eq!(exec.expired.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_busy_model_refuses_with_retry_elsewhere_naming_the_settings() {
+        let model = resident();
+        let rt = rt();
+        let mut held = 0;
+        while model.limiter.try_acquire() {
+            held += 1;
+        }
+        assert_eq!(held, 4);
+        let out = rt.block_on(acquire(&model, None, Duration::from_millis(10), 4));
+        assert!(
+            matches!(&out, Err(Failure::NotRun(crate::rpc::grpc::Code::ResourceExhausted, m, true))
+                if m == "model t/m is at its concurrency limit on this worker (4 calls running, \
+                         no slot freed within 0.01s; SHOAL_MODEL_MAX_CONCURRENCY, \
+                         SHOAL_MODEL_MAX_QUEUE): retry later"),
+            "{out:?}"
+        );
+        let soon = Instant::now() + Duration::from_millis(5);
+        let out = rt.block_on(acquire(&model, Some(soon), Duration::from_secs(1), 4));
+        assert!(
+            matches!(&out, Err(Failure::NotRun(crate::rpc::grpc::Code::DeadlineExceeded, m, false))
+                if m.starts_with("deadline passed while waiting for t/m (busy: 4 calls running)")),
+            "{out:?}"
+        );
+    }
 
     #[test]
     fn outputs_are_cut_back_by_rows() {
