@@ -174,11 +174,12 @@ impl Pool {
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
                 let waited = submitted.elapsed().as_millis();
+                // The slot first: whoever is told may call again at once.
+                job_inner.gate.release();
                 let _ = tx.send(Err(RunError::Expired(format!(
                     "deadline passed while {job_key} was queued for a {kind} thread \
                      ({waited} ms); not run"
                 ))));
-                job_inner.gate.release();
                 return;
             }
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
@@ -192,8 +193,8 @@ impl Pool {
             // Abandoned (the caller stopped waiting after the timeout): the slot was freed
             // then; only the stuck count is ours to settle.
             if job_state.swap(WITHDRAWN, Ordering::AcqRel) == STARTED {
-                let _ = tx.send(out);
                 job_inner.gate.release();
+                let _ = tx.send(out);
             } else {
                 unstick(&job_inner, &job_key);
             }
