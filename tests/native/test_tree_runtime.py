@@ -176,29 +176,38 @@ def test_a_booster_dropped_during_a_prediction_lives_until_it_ends(
     long_prediction: tuple[bytes, np.ndarray, np.ndarray],
 ) -> None:
     data, rows, want = long_prediction
-    holder = [load_model(data, "xgboost", "cpu")]
-    gc.collect()
-    live = TreeBooster.live()
-    started = threading.Event()
-    out: list[np.ndarray] = []
+    # On a busy machine the prediction may end before this thread gets to look: then the
+    # experiment is repeated with more rows (it must be seen running at least once).
+    for repeat in (1, 4, 16):
+        batch = np.ascontiguousarray(np.tile(rows, (repeat, 1)))
+        holder = [load_model(data, "xgboost", "cpu")]
+        gc.collect()
+        live = TreeBooster.live()
+        started = threading.Event()
+        out: list[np.ndarray] = []
 
-    def predict() -> None:
-        model = holder.pop()
-        started.set()
-        out.append(model.predict([rows])[0])
+        def predict() -> None:
+            model = holder.pop()
+            started.set()
+            out.append(model.predict([batch])[0])
 
-    thread = threading.Thread(target=predict)
-    thread.start()
-    started.wait()
-    gc.collect()  # the main thread holds no reference any more
-    assert not holder and thread.is_alive()
-    while thread.is_alive():
-        assert TreeBooster.live() == live  # not freed under the prediction
-        time.sleep(0.005)
-    thread.join()
-    assert out[0].tobytes() == want.tobytes()
-    gc.collect()
-    assert TreeBooster.live() == live - 1  # freed by its last holder, once it ended
+        thread = threading.Thread(target=predict)
+        thread.start()
+        started.wait()
+        gc.collect()  # the main thread holds no reference any more
+        assert not holder
+        seen_running = False
+        while thread.is_alive():
+            assert TreeBooster.live() == live  # not freed under the prediction
+            seen_running = True
+            time.sleep(0.005)
+        thread.join()
+        assert out[0].tobytes() == np.tile(want, repeat).tobytes()
+        gc.collect()
+        assert TreeBooster.live() == live - 1  # freed by its last holder, once it ended
+        if seen_running:
+            return
+    pytest.fail("the prediction always ended before it could be looked at")
 
 
 def test_predictions_release_the_gil(long_prediction: tuple[bytes, np.ndarray, np.ndarray]) -> None:
