@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod codec;
 mod gateway;
 mod resolve;
 mod shard;
@@ -13,5 +14,6 @@ pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     shard::register(m)?;
     resolve::register(m)?;
     gateway::register(m)?;
+    codec::register(m)?;
     Ok(())
 }
