@@ -244,3 +244,44 @@ class TreeBooster:
         read as such), computed on a copy without the GIL. ``TreeError`` with the library's
         message when it refuses (a column count the model does not take...), ``ValueError``
         for a layout it cannot take, ``TypeError`` for other arrays."""
+
+# --- the worker front's ModelInfer codec (native/src/worker/codec), bound for tests ---------
+
+#: numpy's limit on dimensions; a longer shape is refused (``worker.convert.MAX_DIMS``).
+MAX_DIMS: int
+
+class CodecError(Exception):
+    """A request the codec refuses: ``args == (code, message)``, ``code`` a gRPC status name
+    (``INVALID_ARGUMENT``, or ``RESOURCE_EXHAUSTED`` for the row limit) and ``message`` the
+    Python path's text."""
+
+    args: tuple[str, str]
+
+#: (name, datatype, shape) of a tensor or of a signature's tensor (-1: a variable dimension).
+TensorMeta = tuple[str, str, Sequence[int]]
+
+def decode_infer_request(
+    raw: bytes, max_rows: int
+) -> tuple[str, str, str, list[tuple[str, str, list[int], bytes]], list[str]]:
+    """``parse_infer_request`` then ``check_rows``: (model, version, id, inputs as (name,
+    datatype, shape, little-endian bytes), requested output names). Raises ``CodecError``."""
+
+def check_inputs(
+    label: str,
+    signature: tuple[Sequence[TensorMeta], Sequence[TensorMeta]],
+    inputs: Sequence[TensorMeta],
+) -> list[int]:
+    """``validate.check_inputs``: for each of the signature's inputs (``signature`` is
+    (inputs, outputs)), the index of the tensor in ``inputs`` that feeds it. Raises
+    ``CodecError``; ``ValueError`` for a datatype the decoder would not have produced."""
+
+def select_outputs(
+    signature: tuple[Sequence[TensorMeta], Sequence[TensorMeta]], requested: Sequence[str]
+) -> list[int]:
+    """``validate.select_outputs``: indices of the requested outputs. Raises ``CodecError``."""
+
+def encode_infer_response(
+    model: str, version: int, id: str, outputs: Sequence[tuple[str, str, Sequence[int], bytes]]
+) -> bytes:
+    """The ModelInferResponse's bytes, equal to ``infer_response_to_proto(...)
+    .SerializeToString()`` for the same values. ``ValueError`` for an unknown datatype."""

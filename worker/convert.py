@@ -4,8 +4,12 @@ Inputs are decoded without copies where the wire allows: ``raw_input_contents`` 
 read-only ``np.frombuffer`` views; typed contents (FP32, FP64, INT8..64, UINT8..64, BOOL) are
 converted by numpy. Outputs always go back as ``raw_output_contents`` (little-endian, row
 major), with the datatype of the array the runtime produced. Malformed tensors (unknown
-datatype, negative dimension, byte length or element count not matching the shape) raise
-``InvalidArgument`` naming the tensor and both sizes.
+datatype, more than ``MAX_DIMS`` dimensions, negative dimension, byte length or element count
+not matching the shape, a shape numpy cannot hold, a typed value the datatype cannot hold)
+raise ``InvalidArgument`` naming the tensor and both sizes.
+
+The native worker front (``native/src/worker/codec``) decodes the same way with the same
+messages; ``tests/native/test_codec_*`` hold the two to it.
 
 ModelInfer arrives as bytes (``parse_infer_request``): the worker parses it itself so that bytes
 protobuf refuses — a truncated field, a string such as ``model_name`` that is not valid UTF-8
@@ -29,6 +33,14 @@ from worker.types import InferRequest, InferResult, ModelMeta, Tensor
 #: numpy dtype -> V2 datatype name.
 DATATYPE_OF: dict[np.dtype[Any], str] = {dt: name for name, dt in DTYPES.items()}
 
+#: numpy's limit on an array's dimensions (NPY_MAXDIMS): a longer shape is refused before its
+#: size is computed (numpy could not hold it, and its size need not be printable).
+MAX_DIMS = 64
+
+#: Narrow integer datatypes -> the values they hold (``int_contents``/``uint_contents`` carry
+#: 32-bit values; numpy would raise OverflowError on one that does not fit).
+_RANGES = {"INT8": (-128, 127), "INT16": (-32768, 32767), "UINT8": (0, 255), "UINT16": (0, 65535)}
+
 #: V2 datatype -> the typed-contents field carrying it.
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -45,12 +57,47 @@ _CONTENTS_FIELD = {
 }
 
 
+def _check_fits(t: Any, shape: tuple[int, ...], itemsize: int) -> None:
+    """numpy refuses a shape whose item size times its non-zero dimensions exceeds 2**63 - 1
+    bytes, even when another dimension is 0 (only an empty tensor can get here with one)."""
+    nbytes = itemsize
+    for d in shape:
+        nbytes *= d or 1
+    if nbytes > 2**63 - 1:
+        raise InvalidArgument(
+            f"input {t.name!r}: {t.datatype} {list(shape)} is too large: its item size times "
+            "its non-zero dimensions exceeds 2**63 - 1 bytes"
+        )
+
+
+def _typed_array(t: Any, field: str, values: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    """``np.asarray(values, dtype)``, refusing a value a narrow integer datatype cannot hold."""
+    bounds = _RANGES.get(t.datatype)
+    if bounds is None or not len(values):
+        return np.asarray(values, dtype=dtype)
+    wide = np.asarray(values, dtype=np.int64)
+    lo, hi = bounds
+    bad = np.flatnonzero((wide < lo) | (wide > hi))
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidArgument(
+            f"input {t.name!r}: {field}[{i}] = {int(wide[i])} is out of range for "
+            f"{t.datatype} [{lo}, {hi}]"
+        )
+    return wide.astype(dtype)
+
+
 def _decode_tensor(t: Any, raw: bytes | None) -> Tensor:
     dtype = DTYPES.get(t.datatype)
     if dtype is None:
         raise InvalidArgument(
             f"input {t.name!r}: unsupported datatype {t.datatype!r} "
             f"(expected one of {', '.join(DTYPES)})"
+        )
+    if len(t.shape) > MAX_DIMS:
+        raise InvalidArgument(
+            f"input {t.name!r}: {len(t.shape)} dimensions in shape; "
+            f"at most {MAX_DIMS} are supported"
         )
     shape = tuple(int(d) for d in t.shape)
     if any(d < 0 for d in shape):
@@ -63,6 +110,7 @@ def _decode_tensor(t: Any, raw: bytes | None) -> Tensor:
                 f"input {t.name!r}: {len(raw)} bytes of raw contents, but {t.datatype} "
                 f"{list(shape)} needs {need}"
             )
+        _check_fits(t, shape, dtype.itemsize)
         arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
     else:
         field = _CONTENTS_FIELD.get(t.datatype)
@@ -72,7 +120,8 @@ def _decode_tensor(t: Any, raw: bytes | None) -> Tensor:
                 f"input {t.name!r}: {len(values)} values in contents, but {t.datatype} "
                 f"{list(shape)} needs {count}"
             )
-        arr = np.asarray(values, dtype=dtype).reshape(shape)
+        _check_fits(t, shape, dtype.itemsize)
+        arr = _typed_array(t, field or "", values, dtype).reshape(shape)
     return Tensor(t.name, t.datatype, arr)
 
 

@@ -356,6 +356,27 @@ def test_malformed_tensors_are_invalid_arguments() -> None:
     assert select_outputs(SIG, []) == [0]
 
 
+def test_what_numpy_cannot_hold_is_invalid_argument_not_internal() -> None:
+    """Formerly numpy's OverflowError / ValueError, which the servicer answered INTERNAL."""
+    req = pb.ModelInferRequest(model_name="t/m")
+    req.inputs.add(name="x", datatype="INT8", shape=[3]).contents.int_contents.extend([1, 2, 300])
+    with pytest.raises(InvalidArgument, match=r"int_contents\[2\] = 300 is out of range for INT8"):
+        infer_request_from_proto(req)
+    req.inputs[0].datatype = "INT16"
+    assert infer_request_from_proto(req).inputs[0].array.tolist() == [1, 2, 300]
+    req = pb.ModelInferRequest(model_name="t/m", raw_input_contents=[b"\x01"])
+    req.inputs.add(name="x", datatype="BOOL", shape=[1] * 65)
+    with pytest.raises(InvalidArgument, match="65 dimensions in shape; at most 64"):
+        infer_request_from_proto(req)
+    req.inputs[0].ClearField("shape")
+    req.inputs[0].shape.extend([0, 2**62, 2])
+    req.raw_input_contents[0] = b""
+    with pytest.raises(InvalidArgument, match=r"BOOL \[0, 4611686018427387904, 2\] is too large"):
+        infer_request_from_proto(req)
+    req.inputs[0].shape[2] = 1
+    assert infer_request_from_proto(req).inputs[0].array.shape == (0, 2**62, 1)
+
+
 def test_outputs_encode_as_raw_contents_with_their_datatype() -> None:
     y = np.array([0.25, 0.5], dtype=np.float64)
     t = output_tensor("output__0", y)

@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod codec;
 mod gateway;
 mod resolve;
 mod runtime;
@@ -17,5 +18,6 @@ pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gateway::register(m)?;
     runtime::register(m)?;
     worker::register(m)?;
+    codec::register(m)?;
     Ok(())
 }
