@@ -146,49 +146,54 @@ def _nested_groups(depth: int, field: int = 15) -> bytes:
     return key(field, 3) * depth + key(field, 4) * depth
 
 
-#: Fields appended to a request: some protobuf skips, some it refuses.
+#: Fields added to a request: some protobuf skips, some it refuses.
+EXTRA_FIELDS = [
+    vi(1, 5),  # model_name as a varint: an unknown field
+    key(5, 0) + varint(1),  # inputs as a varint
+    key(7, 5) + b"\x00" * 4,
+    key(2, 1) + b"\x00" * 8,
+    key(1, 3) + vi(1, 1) + key(1, 4),  # model_name as a group
+    key(20, 3) + key(21, 3) + key(21, 4) + key(20, 4),
+    key(20, 3) + key(21, 4),  # a group closed by another number
+    key(20, 4),  # a stray end-group tag
+    key(20, 3),  # a group never closed
+    b"\x00\x01",  # field number 0
+    key(20, 6) + b"\x01",
+    key(20, 7) + b"\x01",
+    key(1, 2, pad=4) + varint(1) + b"m",  # a tag padded to 5 bytes
+    key(1, 2, pad=5) + varint(1) + b"m",  # to 6 bytes
+    key(3, 2) + varint(1, pad=9) + b"i",  # a length padded to 10 bytes
+    key(3, 2) + varint(1, pad=10) + b"i",  # to 11 bytes
+    vi(30, 2**64 - 1)[:-1] + b"\x7f",  # a 10-byte varint with bits past the 64th
+    key(7, 2) + varint(2**31 - 1),  # a huge claimed length
+    key(2**29 - 1, 0) + b"\x01",  # the largest field number
+    key(1, 2) + varint(2**31 + 5),
+    ld(1, b"\xff\xfe"),
+    ld(2, b"\xc3\x28"),
+    ld(3, b"\xed\xa0\x80"),  # a UTF-16 surrogate
+    ld(5, ld(1, b"\xff")),
+    ld(5, ld(2, b"\x80")),
+    ld(5, ld(4, ld(1, b"\xff"))),
+    ld(5, ld(4, ld(2, ld(3, b"\xff")))),  # string_param: not UTF-8
+    ld(5, ld(5, ld(6, b"\x00" * 3))),  # packed floats: not whole
+    ld(5, ld(5, ld(7, b"\x00" * 12))),
+    ld(5, ld(5, ld(2, b"\x80"))),  # a packed varint cut short
+    ld(5, ld(3, b"\x80")),
+    ld(6, ld(1, b"\xff")),
+    ld(6, ld(2, ld(1, b"\xfe"))),
+    ld(4, ld(1, b"\xff") + ld(2, b"")),
+    ld(4, ld(2, key(1, 3) + key(1, 4))),
+    ld(5, key(1, 4)),  # an end-group tag inside a submessage
+    ld(5, ld(5, key(9, 3))),
+    ld(5, ld(5, ld(6, b"\x00" * 4) + ld(7, b"\x00" * 8))),
+    ld(5, ld(5, ld(1, b"\x80\x80\x01") + key(6, 0) + b"\x01" + key(1, 5) + b"\x00" * 4)),
+    ld(5, ld(3, b"\x01" + b"\xff" * 9 + b"\x7f")),
+    ld(6, ld(2, ld(2, ld(3, b"\xc0\x80")))),  # an overlong encoding
+    ld(4, ld(2, ld(3, b"\xef\xbf\xbe"))),  # U+FFFE: valid UTF-8
+    ld(4, vi(1, 1) + key(2, 3) + key(2, 4)),
+]
 EXTRA = st.one_of(
-    st.sampled_from(
-        [
-            vi(1, 5),  # model_name as a varint: an unknown field
-            key(5, 0) + varint(1),  # inputs as a varint
-            key(7, 5) + b"\x00" * 4,
-            key(2, 1) + b"\x00" * 8,
-            key(1, 3) + vi(1, 1) + key(1, 4),  # model_name as a group
-            key(20, 3) + key(21, 3) + key(21, 4) + key(20, 4),
-            key(20, 3) + key(21, 4),  # a group closed by another number
-            key(20, 4),  # a stray end-group tag
-            key(20, 3),  # a group never closed
-            b"\x00\x01",  # field number 0
-            key(20, 6) + b"\x01",
-            key(20, 7) + b"\x01",
-            key(1, 2, pad=4) + varint(1) + b"m",  # a tag padded to 5 bytes
-            key(1, 2, pad=5) + varint(1) + b"m",  # to 6 bytes
-            key(3, 2) + varint(1, pad=9) + b"i",  # a length padded to 10 bytes
-            key(3, 2) + varint(1, pad=10) + b"i",  # to 11 bytes
-            vi(30, 2**64 - 1)[:-1] + b"\x7f",  # a 10-byte varint with bits past the 64th
-            key(7, 2) + varint(2**31 - 1),  # a huge claimed length
-            key(2**29 - 1, 0) + b"\x01",  # the largest field number
-            key(1, 2) + varint(2**31 + 5),
-            ld(1, b"\xff\xfe"),
-            ld(2, b"\xc3\x28"),
-            ld(3, b"\xed\xa0\x80"),  # a UTF-16 surrogate
-            ld(5, ld(1, b"\xff")),
-            ld(5, ld(2, b"\x80")),
-            ld(5, ld(4, ld(1, b"\xff"))),
-            ld(5, ld(4, ld(2, ld(3, b"\xff")))),  # string_param: not UTF-8
-            ld(5, ld(5, ld(6, b"\x00" * 3))),  # packed floats: not whole
-            ld(5, ld(5, ld(7, b"\x00" * 12))),
-            ld(5, ld(5, ld(2, b"\x80"))),  # a packed varint cut short
-            ld(5, ld(3, b"\x80")),
-            ld(6, ld(1, b"\xff")),
-            ld(6, ld(2, ld(1, b"\xfe"))),
-            ld(4, ld(1, b"\xff") + ld(2, b"")),
-            ld(4, ld(2, key(1, 3) + key(1, 4))),
-            ld(5, key(1, 4)),  # an end-group tag inside a submessage
-            ld(5, ld(5, key(9, 3))),
-        ]
-    ),
+    st.sampled_from(EXTRA_FIELDS),
     st.integers(95, 102).map(_nested_groups),
     st.integers(95, 100).map(lambda d: ld(5, _nested_groups(d))),
     st.integers(95, 99).map(lambda d: ld(5, ld(5, _nested_groups(d)))),

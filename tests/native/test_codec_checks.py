@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shoal import _native
@@ -62,6 +62,19 @@ def _native_inputs(label: str, sig: Signature, inputs: list[Tensor]) -> tuple:
     st.lists(specs, min_size=0, max_size=3),
     st.lists(tensors, max_size=4),
     st.sampled_from(["acme/churn:3", "t/m:1"]),
+)
+@example(  # a name given twice: the last one is checked (its batch is empty)
+    [
+        TensorSpec("a", "FP32", (-1,)),
+        TensorSpec("b", "INT64", (-1, 2)),
+        TensorSpec("b", "INT64", ()),
+    ],
+    [
+        Tensor("a", "FP32", np.zeros(1, np.float32)),
+        Tensor("b", "INT64", np.zeros((1, 2), np.int64)),
+        Tensor("a", "FP32", np.zeros(0, np.float32)),
+    ],
+    "m",
 )
 def test_check_inputs_agrees(spec_list: list[TensorSpec], inputs: list[Tensor], label: str) -> None:
     sig = Signature(tuple(spec_list), ())

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from shoal import _native
 from shoal.pb import shoal_inference_pb2 as pb
-from tests.native.codec_strategies import EXTRA, damaged, requests
+from tests.native.codec_strategies import EXTRA, EXTRA_FIELDS, damaged, requests
 from tests.native.codec_wire import Outcome, key, ld, native_outcome, python_outcome, vi
 
 ROWS = st.sampled_from([0, 1, 2, 3, 65536])
@@ -56,6 +56,27 @@ def test_arbitrary_bytes(raw: bytes) -> None:
 def test_extra_fields_anywhere(raw: bytes, extra: bytes) -> None:
     _same(extra + raw, 65536)
     _same(raw + extra, 65536)
+
+
+def _valid() -> bytes:
+    req = pb.ModelInferRequest(model_name="a/b")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    req.raw_input_contents.append(b"\x00" * 8)
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("extra", EXTRA_FIELDS, ids=lambda e: e.hex()[:24])
+def test_each_extra_field_before_and_after(extra: bytes) -> None:
+    """Every field of the list, deterministically (hypothesis samples them rarely)."""
+    for base in (b"", _valid()):
+        _same(base + extra, 65536)
+        _same(extra + base, 65536)
+
+
+def _typed(datatype: str, field: int, *values: int) -> bytes:
+    """One input of `datatype` whose typed contents are `values` as raw varints of `field`."""
+    contents = b"".join(vi(field, v) for v in values)
+    return ld(5, ld(1, b"x") + ld(2, datatype.encode()) + vi(3, len(values)) + ld(5, contents))
 
 
 def _request(datatype: str, shape: list[int], raw: bytes | None = None, **contents: list) -> bytes:
@@ -101,6 +122,15 @@ CASES = {
         _request("FP16", [0, 3]),
         _request("FP16", [1]),
         _request("INT32", [2], int64_contents=[1, 2]),
+        # Varints past 32 bits in 32-bit fields: protobuf keeps the low 32 bits.
+        _typed("INT8", 2, 2**32 + 5),
+        _typed("INT8", 2, 2**32 + 300),
+        _typed("INT16", 2, 2**40 - 1),
+        _typed("INT32", 2, 2**33 + 9, 2**64 - 1),
+        _typed("UINT8", 4, 2**32 + 7),
+        _typed("UINT16", 4, 2**36 + 65536),
+        _typed("UINT32", 4, 2**64 - 1),
+        _typed("BOOL", 1, 2**63, 0, 2**32),
     ],
     "huge dims": [
         _request("FP64", [MAX, MAX, 3], b"\x00"),

@@ -162,6 +162,61 @@ fn shapes_numpy_cannot_hold_are_refused_by_name() {
 }
 
 #[test]
+fn too_many_dims_is_checked_before_negative_ones() {
+    let mut dims = vec![-1i64; 65];
+    assert_eq!(
+        message(&request(vec![input("x", "BOOL", &dims)], vec![])),
+        "input 'x': 65 dimensions in shape; at most 64 are supported"
+    );
+    dims.truncate(64);
+    assert!(
+        message(&request(vec![input("x", "BOOL", &dims)], vec![])).contains("negative dimension")
+    );
+}
+
+#[test]
+fn the_size_numpy_refuses_starts_just_past_the_largest_index() {
+    // UINT8: 2^63 - 1 bytes fit, 2 * 2^62 do not.
+    let fits = request(vec![input("x", "UINT8", &[0, i64::MAX])], vec![vec![]]);
+    assert_eq!(message(&fits), "ok");
+    let over = request(vec![input("x", "UINT8", &[0, 1 << 62, 2])], vec![vec![]]);
+    assert!(message(&over).contains("is too large"));
+    let over = request(vec![input("x", "UINT16", &[0, i64::MAX])], vec![vec![]]);
+    assert!(message(&over).contains("is too large"));
+}
+
+#[test]
+fn narrow_datatypes_see_the_low_32_bits_of_a_varint() {
+    // int_contents 2^32 + 5 is 5 to protobuf; uint_contents 2^32 + 300 is 300 (out of range).
+    let typed = |datatype: &str, field: u8, value: u64| {
+        let mut contents = vec![field << 3];
+        let mut v = value;
+        while v >= 0x80 {
+            contents.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        contents.push(v as u8);
+        let mut tensor = input("x", datatype, &[1]).encode_to_vec();
+        tensor.extend([0x2a, contents.len() as u8]);
+        tensor.extend(contents);
+        let mut body = vec![0x2a, tensor.len() as u8];
+        body.extend(tensor);
+        decode_infer_request(Bytes::from(body))
+    };
+    let got = typed("INT8", 2, (1 << 32) + 5).expect("in range");
+    assert_eq!(got.inputs[0].data, [5u8][..]);
+    let e = typed("UINT8", 4, (1 << 32) + 300).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input 'x': uint_contents[0] = 300 is out of range for UINT8 [0, 255]"
+    );
+    let e = typed("INT16", 2, (1 << 32) + (1 << 31)).unwrap_err();
+    assert!(e
+        .to_string()
+        .ends_with("int_contents[0] = -2147483648 is out of range for INT16 [-32768, 32767]"));
+}
+
+#[test]
 fn malformed_bytes_get_the_explained_reason() {
     let body = Bytes::from_static(b"\x0a\x04\xff\xfe/m");
     let e = decode_infer_request(body).unwrap_err();

@@ -256,6 +256,19 @@ mod tests {
             e.to_string(),
             "m: missing input 'c' BOOL []; received ['a', 'b']"
         );
+        // The last 'a' is the one checked: its batch is empty.
+        let last = [
+            tensor("a", Datatype::Fp32, &[1]),
+            tensor("b", Datatype::Int64, &[1, 2]),
+            tensor("a", Datatype::Fp32, &[0]),
+        ];
+        let s3 = sig(vec![
+            spec("a", "FP32", &[-1]),
+            spec("b", "INT64", &[-1, 2]),
+            spec("b", "INT64", &[]),
+        ]);
+        let e = check_inputs("m", &s3, &last).unwrap_err();
+        assert_eq!(e.to_string(), "input 'a' of m: empty batch (0 rows)");
     }
 
     #[test]
