@@ -172,6 +172,15 @@ def long_prediction() -> tuple[bytes, np.ndarray, np.ndarray]:
     return data, rows, native.load("xgboost", data).predict(rows)
 
 
+def _predict_once(
+    holder: list[Any], started: threading.Event, out: list[np.ndarray], batch: np.ndarray
+) -> None:
+    """Take the only reference to the model from `holder`, then predict `batch` with it."""
+    model = holder.pop()
+    started.set()
+    out.append(model.predict([batch])[0])
+
+
 def test_a_booster_dropped_during_a_prediction_lives_until_it_ends(
     long_prediction: tuple[bytes, np.ndarray, np.ndarray],
 ) -> None:
@@ -186,12 +195,7 @@ def test_a_booster_dropped_during_a_prediction_lives_until_it_ends(
         started = threading.Event()
         out: list[np.ndarray] = []
 
-        def predict() -> None:
-            model = holder.pop()
-            started.set()
-            out.append(model.predict([batch])[0])
-
-        thread = threading.Thread(target=predict)
+        thread = threading.Thread(target=_predict_once, args=(holder, started, out, batch))
         thread.start()
         started.wait()
         gc.collect()  # the main thread holds no reference any more

@@ -79,9 +79,11 @@ async def test_concurrent_misses_make_one_call_into_python(
     # One request loaded the model through Python; the 15 that arrived meanwhile waited in
     # the front and were answered there.
     assert after.get(NATIVE) - before.get(NATIVE) == 15
-    assert after.get("shoal_worker_loads_total", result="OK") - before.get(
-        "shoal_worker_loads_total", result="OK"
-    ) == 1
+    assert (
+        after.get("shoal_worker_loads_total", result="OK")
+        - before.get("shoal_worker_loads_total", result="OK")
+        == 1
+    )
 
 
 async def test_bad_requests_get_the_python_workers_messages(
