@@ -181,10 +181,11 @@ class WorkerFront:
         self,
         model: str,
         version: int,
-        booster: TreeBooster,
+        runner: TreeBooster | OnnxSession,
         inputs: Sequence[tuple[str, str, Sequence[int]]],
         outputs: Sequence[tuple[str, str, Sequence[int]]],
         warm_s: float | None = None,
+        bounded: bool = True,
     ) -> None: ...
     def remove_model(self, model: str, version: int) -> bool: ...
     def set_record(self, model: str, value: bytes | None) -> None: ...
@@ -285,3 +286,46 @@ def encode_infer_response(
 ) -> bytes:
     """The ModelInferResponse's bytes, equal to ``infer_response_to_proto(...)
     .SerializeToString()`` for the same values. ``ValueError`` for an unknown datatype."""
+
+class OnnxError(Exception):
+    """An ONNX Runtime call failed: the runtime's first message line."""
+
+class OnnxModelError(OnnxError):
+    """The runtime refused a model's bytes: the message of the Python loader's
+    ``ArtifactError`` (``invalid ONNX model: ...``)."""
+
+class OnnxSession:
+    """An ONNX model (CPU) run by the ONNX Runtime library the onnxruntime wheel ships
+    (``onnxruntime/capi/libonnxruntime.so.*``), opened by the native module: a second instance
+    of the same release and build as the Python package's, with the options
+    ``shoal.frameworks.onnx.load`` sets (one intra- and one inter-op thread, every graph
+    optimization, the CPU provider), so outputs are bit-identical to ``InferenceSession.run``.
+    Freed when the last holder lets go (this object, a call in flight, native code)."""
+
+    @staticmethod
+    def open_runtime(lib_path: str) -> str:
+        """Opens the library and builds the process's environment, once per process: the path
+        in use (the first opened, whatever later calls pass). ``OSError`` when it fails."""
+    @staticmethod
+    def opened_runtime() -> str | None:
+        """The path the library was opened from, if it was."""
+    @staticmethod
+    def load(data: bytes) -> OnnxSession:
+        """A session of the serialized ``ModelProto`` ``data``. ``OnnxModelError`` for bytes
+        the runtime refuses, ``RuntimeError`` when the library is not open."""
+    @staticmethod
+    def live() -> int:
+        """Sessions not freed yet."""
+    @property
+    def inputs(self) -> list[str]:
+        """The graph's input names, in order."""
+    @property
+    def outputs(self) -> list[str]:
+        """The graph's output names, in order."""
+    def run(
+        self, inputs: Sequence[tuple[str, Sequence[int], bytes]]
+    ) -> list[tuple[str, list[int], bytes]]:
+        """Every output ``(V2 datatype, shape, little-endian bytes)``, for ``inputs`` in the
+        graph's input order, computed without the GIL. ``OnnxError`` with the runtime's
+        message when it refuses (a wrong shape or type...), ``ValueError`` for a datatype it
+        does not know or bytes that do not fill the shape."""

@@ -147,7 +147,6 @@ class FrontBridge:
         method = job.method.removeprefix("WorkerAdmin/")
         started = time.perf_counter()
         code = Code.OK
-        m.requests_in_flight.inc()
         try:
             handler = self._handlers.get(job.method)
             if handler is None:
@@ -178,7 +177,6 @@ class FrontBridge:
             log.exception("%s failed", method)
             job.reply(13, f"{type(exc).__name__}: {exc}")
         finally:
-            m.requests_in_flight.dec()
             m.child(m.requests, method, code.value).inc()
             m.child(m.latency, method).observe(time.perf_counter() - started)
 
@@ -235,6 +233,7 @@ class FrontBridge:
             [(t.name, t.datatype, list(t.shape)) for t in sig.inputs],
             [(t.name, t.datatype, list(t.shape)) for t in sig.outputs],
             model.warm_s,
+            bool(getattr(model, "bounded", True)),
         )
 
     def record(self, key: tuple[str, str] | None, value: bytes | None) -> None:
@@ -285,6 +284,8 @@ class FrontBridge:
         s = self.front.stats()
         m = self._metrics
         seen = self._seen
+        # Every RPC enters through the front, those it hands to Python included.
+        m.requests_in_flight.set(s["in_flight"])
 
         def delta(key: str, value: float) -> float:
             d = value - seen.get(key, 0.0)

@@ -1,5 +1,6 @@
-"""Tree models served by Rust: XGBoost and LightGBM boosters whose library handles the native
-module owns (``shoal._native.TreeBooster``, native/src/runtime).
+"""Models served by Rust: XGBoost and LightGBM boosters whose library handles the native
+module owns (``shoal._native.TreeBooster``, native/src/runtime), and ONNX sessions on the ONNX
+Runtime library the onnxruntime wheel ships (``shoal._native.OnnxSession``).
 
 The native side opens the very shared libraries the Python packages loaded (``_library_paths``),
 once per process (``available``); when it cannot, the frameworks keep serving through the
@@ -18,11 +19,20 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from shoal._native import TreeBooster, TreeError, TreeModelError
-from shoal.artifacts import ArtifactError
+from shoal._native import (
+    OnnxError,
+    OnnxModelError,
+    OnnxSession,
+    TreeBooster,
+    TreeError,
+    TreeModelError,
+)
+from shoal.artifacts import DTYPES, ArtifactError
 from shoal.frameworks.base import first_line
 
 log = logging.getLogger(__name__)
@@ -32,9 +42,14 @@ _lock = threading.Lock()
 
 
 def _library_paths(framework: str) -> list[str]:
-    """Candidate library files: the one the package loaded first (its ctypes handle's name), so
+    """Candidate library files. ONNX: the C API library in the onnxruntime package's ``capi``
+    folder (a second instance of the runtime, of the same release as the Python extension's).
+    Trees: the one the package loaded first (its ctypes handle's name), so
     both sides share one instance of the library, then those the package's own finder lists
     (``find_lib_path``, ``_find_lib_path`` in recent LightGBM releases), in its order."""
+    if framework == "onnx":
+        capi = Path(importlib.import_module("onnxruntime").__file__ or ".").parent / "capi"
+        return sorted(str(p) for p in capi.glob("libonnxruntime.so*"))
     loader = importlib.import_module(
         "xgboost.core" if framework == "xgboost" else "lightgbm.libpath"
     )
@@ -61,7 +76,10 @@ def _open(framework: str) -> bool:
         tried = []
         for path in _library_paths(framework):
             try:
-                TreeBooster.open_runtime(framework, path)
+                if framework == "onnx":
+                    OnnxSession.open_runtime(path)
+                else:
+                    TreeBooster.open_runtime(framework, path)
                 return True
             except OSError as exc:
                 tried.append(str(exc))
@@ -91,6 +109,34 @@ def predict(booster: TreeBooster, x: np.ndarray) -> np.ndarray:
         return booster.predict(np.require(x, dtype, ("C", "A")))
     except TreeError as exc:
         raise _library_error(booster.framework, str(exc)) from None
+
+
+def load_onnx(data: bytes) -> OnnxSession:
+    """``data`` as a native ``OnnxSession`` (call ``available("onnx")`` first);
+    ``ArtifactError`` with the Python loader's message for bytes the runtime refuses."""
+    try:
+        return OnnxSession.load(data)
+    except OnnxModelError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+#: numpy's dtype of each V2 datatype an ONNX tensor may have (``shoal.frameworks.onnx``).
+_V2 = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+def run_onnx(session: OnnxSession, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``session``'s outputs for ``inputs`` (the graph's order), as ``InferenceSession.run``
+    returns them; ``OnnxError`` with the runtime's message when it refuses them."""
+    feed = []
+    for a in inputs:
+        datatype = _V2.get(a.dtype)
+        if datatype is None:
+            raise OnnxError(f"unsupported input type {a.dtype}")
+        feed.append((datatype, list(a.shape), np.ascontiguousarray(a).tobytes()))
+    return [
+        np.frombuffer(raw, DTYPES[datatype]).reshape(shape)
+        for datatype, shape, raw in session.run(feed)
+    ]
 
 
 def _library_error(framework: str, message: str) -> Exception:

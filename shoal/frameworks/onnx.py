@@ -1,7 +1,10 @@
 """ONNX: serialized ``ModelProto``s (``onnx``), served by ONNX Runtime (onnxruntime-gpu).
 
-One loader (``load``) for registration and the worker: an ``InferenceSession`` with one intra-
+One loader (``load``) for registration and the GPU: an ``InferenceSession`` with one intra-
 and one inter-op thread, on the CUDA execution provider when asked and present, else the CPU.
+The worker serves CPU models with a native session (``shoal.frameworks.native``: the same
+options on the C API library the wheel ships, run from Rust without the GIL, same bits), or
+with the Python session where that library cannot be opened.
 The signature is the graph's inputs and outputs (tensor types mapped to V2 datatypes, unknown
 dimensions as -1). ``bounded`` reads the graph's operators off the wire format to tell whether
 a model's running time is bounded by its input's size (``worker/inline.py`` runs only those on
@@ -15,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from shoal._native import OnnxSession
 from shoal.artifacts import ArtifactError, Signature, TensorSpec
 from shoal.device import cuda_devices, heap_in_use
+from shoal.frameworks import native
 from shoal.frameworks.base import first_line, guess, measured
 
 NAME = "onnx"
@@ -92,13 +97,16 @@ RESIDENT = (1.5, 128 << 10)
 def model(data: bytes, device: str) -> OnnxModel:
     if device == "cuda" and not gpu_capable():
         device = "cpu"
-    before = heap_in_use()
-    session = load(data, device)
-    after = heap_in_use()
     estimate = guess(RESIDENT, len(data))
-    if device == "cuda" and "CUDAExecutionProvider" in session.get_providers():
-        return OnnxModel(session, "cuda", estimate, artifact=data)
-    return OnnxModel(session, "cpu", measured(before, after, estimate), bounded=bounded(data))
+    before = heap_in_use()
+    if device == "cpu" and native.available(NAME):
+        served: Any = native.load_onnx(data)
+    else:
+        served = load(data, device)
+        if device == "cuda" and "CUDAExecutionProvider" in served.get_providers():
+            return OnnxModel(served, "cuda", estimate, artifact=data)
+    after = heap_in_use()
+    return OnnxModel(served, "cpu", measured(before, after, estimate), bounded=bounded(data))
 
 
 def gpu_capable() -> bool:
@@ -109,6 +117,9 @@ def gpu_capable() -> bool:
 
 
 class OnnxModel:
+    """A loaded model: on the CPU a native session (``native``, what the native worker front
+    runs) where the runtime library could be opened, else an ``InferenceSession``."""
+
     framework = NAME
 
     def __init__(
@@ -120,8 +131,13 @@ class OnnxModel:
         bounded: bool = False,
     ) -> None:
         self._session = session
-        self._inputs = [i.name for i in session.get_inputs()]
-        self._outputs = [o.name for o in session.get_outputs()]
+        self.native: OnnxSession | None = session if isinstance(session, OnnxSession) else None
+        if self.native is not None:
+            self._inputs = list(self.native.inputs)
+            self._outputs = list(self.native.outputs)
+        else:
+            self._inputs = [i.name for i in session.get_inputs()]
+            self._outputs = [o.name for o in session.get_outputs()]
         self.device = device
         self.nbytes = nbytes
         self.bounded = device == "cpu" and bounded is True
@@ -131,6 +147,8 @@ class OnnxModel:
         self._artifact = artifact
 
     def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.native is not None:
+            return native.run_onnx(self.native, inputs)
         feed = dict(zip(self._inputs, inputs, strict=True))
         return [np.asarray(a) for a in self._session.run(self._outputs, feed)]
 

@@ -1,7 +1,7 @@
 """The native worker front (native/src/worker, worker/front.py) against a real worker process.
 
-What is asserted is what a client sees and what the worker's metrics say: a resident tree
-model is answered by the front without Python (``shoal_worker_native_requests_total``), with
+What is asserted is what a client sees and what the worker's metrics say: a resident tree or
+ONNX model is answered by the front without Python (``shoal_worker_native_requests_total``), with
 the library's numbers and the Python worker's messages; concurrent misses make one call into
 Python; aliases and the empty version follow the record as it moves.
 """
@@ -34,11 +34,12 @@ async def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-@pytest.mark.parametrize("fmt", ["xgboost-json", "lightgbm-text"])
-async def test_a_resident_tree_model_is_answered_without_python(
+@pytest.mark.parametrize("fmt", ["xgboost-json", "lightgbm-text", "onnx"])
+async def test_a_resident_model_is_answered_without_python(
     front_worker: WorkerProc, model_bytes: dict[str, Any], fmt: str
 ) -> None:
     import lightgbm as lgb
+    import onnxruntime as ort
     import xgboost as xgb
 
     w = front_worker
@@ -49,13 +50,19 @@ async def test_a_resident_tree_model_is_answered_without_python(
         booster = xgb.Booster()
         booster.load_model(bytearray(model_bytes[fmt]))
         expected = booster.inplace_predict(x)
+    elif fmt == "onnx":
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(model_bytes[fmt], opts, ["CPUExecutionProvider"])
+        expected = session.run(None, {"input": x})[0]
     else:
         expected = lgb.Booster(model_str=model_bytes[fmt].decode()).predict(x, num_threads=1)
+    input_name = "input" if fmt == "onnx" else "input__0"
     async with Client(w.address) as c:
-        await c.infer(name, x, "1")  # the miss: Python loads it and hands it to the front
+        await c.infer(name, x, "1", name=input_name)  # the miss: Python loads it
         before = w.scrape().get(NATIVE)
         for version in ("1", "", "stable"):
-            req = infer_request(name, x, version)
+            req = infer_request(name, x, version, name=input_name)
             req.id = f"req-{version or 'empty'}"
             resp = await c.stub.ModelInfer(req, timeout=30)
             assert (resp.model_name, resp.model_version, resp.id) == (name, "1", req.id)

@@ -17,6 +17,7 @@ pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     resolve::register(m)?;
     gateway::register(m)?;
     runtime::register(m)?;
+    runtime::register_onnx(m)?;
     worker::register(m)?;
     codec::register(m)?;
     Ok(())

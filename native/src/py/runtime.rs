@@ -1,5 +1,5 @@
 //! Bindings of `crate::runtime`: the `TreeBooster` class (an XGBoost or LightGBM model whose
-//! library handle Rust owns). Conversion and calls only.
+//! library handle Rust owns) and `OnnxSession` (an ONNX model). Conversion and calls only.
 //!
 //! Opening, loading and predicting release the GIL. A prediction copies its input first, with
 //! the GIL held (Python code may write to the array once it is released), and holds a clone of
@@ -12,7 +12,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::runtime::{self, Booster, Element, Framework, Prediction, RuntimeError, Values};
+use crate::runtime::{self, onnx, Booster, Element, Framework, Prediction, RuntimeError, Values};
+use crate::worker::codec::Datatype;
 
 create_exception!(
     shoal._native,
@@ -153,6 +154,131 @@ impl PyTreeBooster {
             "TreeBooster({}, {} features)",
             self.booster.framework().name(),
             self.booster.num_features()
+        )
+    }
+}
+
+create_exception!(
+    shoal._native,
+    OnnxError,
+    PyException,
+    "An ONNX Runtime call failed: the runtime's first message line."
+);
+create_exception!(
+    shoal._native,
+    OnnxModelError,
+    OnnxError,
+    "The runtime refused a model's bytes: the message of the Python path's ArtifactError."
+);
+
+pub fn register_onnx(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyOnnxSession>()?;
+    m.add("OnnxError", m.py().get_type::<OnnxError>())?;
+    m.add("OnnxModelError", m.py().get_type::<OnnxModelError>())?;
+    Ok(())
+}
+
+/// A tensor at the boundary: (V2 datatype, shape, little-endian row-major bytes).
+type RawTensor = (String, Vec<i64>, Vec<u8>);
+
+/// A loaded ONNX model (CPU), run by the ONNX Runtime library the native module opened.
+#[pyclass(name = "OnnxSession", module = "shoal._native", frozen)]
+pub struct PyOnnxSession {
+    session: Arc<onnx::Session>,
+}
+
+impl PyOnnxSession {
+    /// The session, for native code that runs it without Python (the worker front).
+    pub fn session(&self) -> Arc<onnx::Session> {
+        Arc::clone(&self.session)
+    }
+}
+
+#[pymethods]
+impl PyOnnxSession {
+    /// Opens the ONNX Runtime library at `lib_path` (once per process); the path in use.
+    #[staticmethod]
+    fn open_runtime(py: Python<'_>, lib_path: &str) -> PyResult<String> {
+        let path = py
+            .detach(|| onnx::open(lib_path))
+            .map_err(PyOSError::new_err)?;
+        Ok(path.to_string())
+    }
+
+    #[staticmethod]
+    fn opened_runtime() -> Option<String> {
+        onnx::opened().map(str::to_string)
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        if onnx::opened().is_none() {
+            return Err(PyRuntimeError::new_err(
+                "the ONNX runtime library is not open (OnnxSession.open_runtime)",
+            ));
+        }
+        // `bytes` are immutable and the caller's reference keeps them alive for the call.
+        let session = py
+            .detach(|| onnx::Session::load(data))
+            .map_err(OnnxModelError::new_err)?;
+        Ok(Self {
+            session: Arc::new(session),
+        })
+    }
+
+    /// Sessions not freed yet.
+    #[staticmethod]
+    fn live() -> usize {
+        onnx::live()
+    }
+
+    #[getter]
+    fn inputs(&self) -> Vec<String> {
+        self.session.inputs().to_vec()
+    }
+
+    #[getter]
+    fn outputs(&self) -> Vec<String> {
+        self.session.outputs().to_vec()
+    }
+
+    /// Every output, for `inputs` in the graph's input order; the GIL released meanwhile.
+    fn run(&self, py: Python<'_>, inputs: Vec<RawTensor>) -> PyResult<Vec<RawTensor>> {
+        let mut data = Vec::with_capacity(inputs.len());
+        for (datatype, shape, bytes) in inputs {
+            let dt = Datatype::from_name(&datatype).ok_or_else(|| {
+                PyValueError::new_err(format!("unsupported datatype {datatype:?}"))
+            })?;
+            let want = shape.iter().try_fold(dt.itemsize(), |n, &d| {
+                usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+            });
+            if want != Some(bytes.len()) {
+                return Err(PyValueError::new_err(format!(
+                    "{} bytes do not hold a {datatype} tensor of shape {shape:?}",
+                    bytes.len()
+                )));
+            }
+            data.push(onnx::Data {
+                datatype: dt,
+                shape,
+                data: bytes::Bytes::from(bytes),
+            });
+        }
+        let session = Arc::clone(&self.session);
+        let outs = py
+            .detach(move || session.run(&data))
+            .map_err(OnnxError::new_err)?;
+        Ok(outs
+            .into_iter()
+            .map(|o| (o.datatype.name().to_string(), o.shape, o.data.to_vec()))
+            .collect())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "OnnxSession(inputs={:?}, outputs={:?})",
+            self.session.inputs(),
+            self.session.outputs()
         )
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -20,7 +20,7 @@ use crate::worker::delegate::{Job, Reply};
 use crate::worker::model::{BatchSettings, InlinePolicy, Resident, Runner};
 use crate::worker::{Config, Front};
 
-use super::runtime::PyTreeBooster;
+use super::runtime::{PyOnnxSession, PyTreeBooster};
 
 #[pyclass(name = "WorkerFront", module = "shoal._native", frozen)]
 pub struct PyWorkerFront {
@@ -131,26 +131,38 @@ impl PyWorkerFront {
     }
 
     /// Serve `model` (`tenant/name`) `version` natively from now on, predicting through
-    /// `booster`; `inputs`/`outputs` are the signature's `(name, datatype, shape)`;
-    /// `warm_s`: CPU seconds of a 1-row prediction at load, if one was made (its proof of
-    /// speed for the inline policy).
-    #[pyo3(signature = (model, version, booster, inputs, outputs, warm_s=None))]
+    /// `runner` (a `TreeBooster` or an `OnnxSession`); `inputs`/`outputs` are the
+    /// signature's `(name, datatype, shape)`; `warm_s`: CPU seconds of a 1-row prediction at
+    /// load, if one was made (its proof of speed for the inline policy); `bounded`: whether
+    /// a call's running time is bounded by its input's size (only such models may run on
+    /// the front's own thread).
+    #[pyo3(signature = (model, version, runner, inputs, outputs, warm_s=None, bounded=true))]
+    #[allow(clippy::too_many_arguments)]
     fn add_model(
         &self,
         model: String,
         version: u64,
-        booster: PyRef<'_, PyTreeBooster>,
+        runner: &Bound<'_, PyAny>,
         inputs: Vec<SpecTuple>,
         outputs: Vec<SpecTuple>,
         warm_s: Option<f64>,
-    ) {
+        bounded: bool,
+    ) -> PyResult<()> {
         let cfg = &self.inner.shared.config;
-        let runner: Arc<dyn Runner> = booster.booster();
+        let runner: Arc<dyn Runner> = if let Ok(b) = runner.cast::<PyTreeBooster>() {
+            b.get().booster()
+        } else if let Ok(s) = runner.cast::<PyOnnxSession>() {
+            s.get().session()
+        } else {
+            return Err(PyTypeError::new_err(
+                "add_model takes a TreeBooster or an OnnxSession",
+            ));
+        };
         let sig = Signature {
             inputs: specs(inputs),
             outputs: specs(outputs),
         };
-        let resident = Resident::new(
+        let mut resident = Resident::new(
             model,
             version,
             runner,
@@ -158,10 +170,12 @@ impl PyWorkerFront {
             cfg.model_concurrency,
             cfg.model_max_queue,
         );
+        resident.bounded = bounded;
         if let Some(s) = warm_s.filter(|s| s.is_finite() && *s >= 0.0) {
             resident.seed(s);
         }
         self.inner.shared.table.insert(resident);
+        Ok(())
     }
 
     /// Stop serving a version natively (evicted, quarantined); True if it was served.

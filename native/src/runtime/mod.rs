@@ -15,6 +15,7 @@
 
 mod error;
 mod lightgbm;
+pub mod onnx;
 mod xgboost;
 
 #[cfg(test)]

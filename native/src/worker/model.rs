@@ -1,12 +1,13 @@
-//! A resident model as the front runs it: its runner (a native booster), its signature, its
-//! concurrency bound, and its batch queue.
+//! A resident model as the front runs it: its runner (a native tree booster or ONNX session),
+//! its signature, its concurrency bound, and its batch queue.
 //!
 //! Batching (`worker/batching.py`'s policy, per model): a request for a model with no call
 //! running goes at once, alone; while a call runs, arrivals queue, and the queue goes out as
 //! one merged call when the running call ends, when it reaches `max_rows`, or when its oldest
 //! request has waited `max_delay` (with `when_idle` off, only the last two: Triton's way).
-//! Rows are concatenated (one FP32 input whose first dimension is the batch) and every
-//! output is cut back by the same row counts. Requests whose deadline passed while queued
+//! Only models with one input whose first dimension is the batch, and outputs batched the
+//! same way, are merged, and only requests whose rows have one shape; rows are concatenated
+//! and every output is cut back by the same row counts. Requests whose deadline passed while queued
 //! are answered DEADLINE_EXCEEDED and not run; a merged call carries the latest deadline of
 //! its requests. A runtime error fails every request of its call.
 
@@ -25,23 +26,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One output of a runtime call: V2 datatype, shape, little-endian row-major bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Output {
-    pub datatype: Datatype,
-    pub shape: Vec<i64>,
-    pub data: Bytes,
-}
+/// A tensor of a runtime call (input or output): V2 datatype, shape, little-endian
+/// row-major bytes.
+pub use crate::runtime::onnx::Data as Output;
 
 /// What runs a model's prediction without Python.
 pub trait Runner: Send + Sync + 'static {
-    /// One call on `rows` (`nrows` x `ncols`, row-major): the outputs in signature order.
-    fn predict(&self, rows: &[f32], nrows: usize, ncols: usize) -> Result<Vec<Output>, String>;
+    /// One call on `inputs` (in signature order; in a merged call the first dimension is
+    /// the batch): the outputs in signature order.
+    fn predict(&self, inputs: &[Output]) -> Result<Vec<Output>, String>;
 }
 
 impl Runner for Booster {
-    fn predict(&self, rows: &[f32], nrows: usize, ncols: usize) -> Result<Vec<Output>, String> {
-        let p = Booster::predict(self, rows, nrows, ncols)
+    fn predict(&self, inputs: &[Output]) -> Result<Vec<Output>, String> {
+        // Tree models: one FP32 input [rows, features] (checked against the signature).
+        let input = inputs
+            .first()
+            .ok_or_else(|| "a tree model takes one input".to_string())?;
+        let nrows = input.shape.first().copied().unwrap_or(1).max(0) as usize;
+        let rows: Vec<f32> = input
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let ncols = rows.len().checked_div(nrows).unwrap_or(0);
+        let p = Booster::predict(self, &rows, nrows, ncols)
             .map_err(|e| format!("{}: {e}", self.framework().error_name()))?;
         let (datatype, data) = match p.values {
             Values::F32(v) => (
@@ -61,6 +70,13 @@ impl Runner for Booster {
     }
 }
 
+impl Runner for crate::runtime::onnx::Session {
+    fn predict(&self, inputs: &[Output]) -> Result<Vec<Output>, String> {
+        // The name of the exception the Python path raises for the same failure.
+        self.run(inputs).map_err(|e| format!("OnnxError: {e}"))
+    }
+}
+
 /// How a prediction failed, for the caller and for the owner's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -75,7 +91,7 @@ pub enum Failure {
 pub type Outs = Result<Vec<Output>, Failure>;
 
 struct Item {
-    rows: Vec<f32>,
+    inputs: Vec<Output>,
     nrows: usize,
     deadline: Option<Instant>,
     queued: Instant,
@@ -99,8 +115,6 @@ pub struct Resident {
     pub version: u64,
     pub runner: Arc<dyn Runner>,
     pub sig: Signature,
-    /// Features per row (the input's last dimension).
-    pub ncols: usize,
     pub limiter: Slots,
     queue: Mutex<Queue>,
     /// Consecutive runtime failures (reset by a success): the owner quarantines on these.
@@ -109,6 +123,9 @@ pub struct Resident {
     pub touched: std::sync::atomic::AtomicBool,
     /// How long its calls take (`worker/inline.py`'s policy): short ones run inline.
     speed: Mutex<Speed>,
+    /// Whether a call's running time is bounded by its input's size (tree ensembles, ONNX
+    /// graphs without loops): only such models may run inline.
+    pub bounded: bool,
 }
 
 /// Calls measured and their moving average, seconds.
@@ -144,23 +161,18 @@ impl Resident {
         concurrency: u32,
         max_waiting: usize,
     ) -> Resident {
-        let ncols = sig
-            .inputs
-            .first()
-            .and_then(|s| s.shape.last().copied())
-            .map_or(0, |d| d.max(0) as usize);
         Resident {
             label: format!("{name}:{version}"),
             name,
             version,
             runner,
             sig,
-            ncols,
             limiter: Slots::new(concurrency, max_waiting),
             queue: Mutex::new(Queue::default()),
             failures: AtomicU64::new(0),
             touched: std::sync::atomic::AtomicBool::new(false),
             speed: Mutex::new(Speed::default()),
+            bounded: true,
         }
     }
 
@@ -193,7 +205,7 @@ impl Resident {
 
     /// Whether a call on `bytes` of input may run inline.
     pub fn inline(&self, bytes: usize, policy: &InlinePolicy) -> bool {
-        if policy.max_s <= 0.0 || bytes > policy.max_bytes {
+        if !self.bounded || policy.max_s <= 0.0 || bytes > policy.max_bytes {
             return false;
         }
         let s = *lock(&self.speed);
@@ -224,7 +236,7 @@ pub trait Execute: Send + Sync + 'static {
     fn execute(
         self: Arc<Self>,
         model: Arc<Resident>,
-        rows: Vec<f32>,
+        inputs: Vec<Output>,
         nrows: usize,
         deadline: Option<Instant>,
     ) -> impl std::future::Future<Output = Outs> + Send;
@@ -232,17 +244,18 @@ pub trait Execute: Send + Sync + 'static {
     fn expired(&self);
 }
 
-/// Predict `rows` for `model`, merged with concurrent requests when batching allows.
+/// Predict `inputs` (`nrows` rows) for `model`, merged with concurrent requests when
+/// batching allows.
 pub async fn predict<E: Execute>(
     exec: Arc<E>,
     batching: BatchSettings,
     model: Arc<Resident>,
-    rows: Vec<f32>,
+    inputs: Vec<Output>,
     nrows: usize,
     deadline: Option<Instant>,
 ) -> Outs {
     if !batching.enabled || !model.batchable() {
-        return exec.execute(model, rows, nrows, deadline).await;
+        return exec.execute(model, inputs, nrows, deadline).await;
     }
     let (tx, rx) = oneshot::channel();
     // Decide under the lock; run (an await) only once it is released.
@@ -251,10 +264,10 @@ pub async fn predict<E: Execute>(
         if q.running == 0 && q.items.is_empty() && batching.when_idle && nrows <= batching.max_rows
         {
             q.running += 1;
-            Some((rows, tx))
+            Some((inputs, tx))
         } else {
             q.items.push(Item {
-                rows,
+                inputs,
                 nrows,
                 deadline,
                 queued: Instant::now(),
@@ -277,7 +290,7 @@ pub async fn predict<E: Execute>(
             None
         }
     };
-    if let Some((rows, _tx)) = alone {
+    if let Some((inputs, _tx)) = alone {
         // Alone: run in the caller's own task; arrivals meanwhile queue behind it. The guard
         // ends the call even if the caller goes away mid-way (its future dropped).
         let _done = Finished {
@@ -285,7 +298,7 @@ pub async fn predict<E: Execute>(
             batching,
             model: model.clone(),
         };
-        return exec.execute(model, rows, nrows, deadline).await;
+        return exec.execute(model, inputs, nrows, deadline).await;
     }
     rx.await.unwrap_or_else(|_| {
         Err(Failure::Runtime(
@@ -318,8 +331,8 @@ fn finished<E: Execute>(exec: Arc<E>, batching: BatchSettings, model: Arc<Reside
     }
 }
 
-/// Take batches off the queue (each at most `max_rows`, or one larger request) and run each
-/// in a task of its own.
+/// Take batches off the queue (each at most `max_rows`, or one larger request, of requests
+/// whose rows have one shape) and run each in a task of its own.
 fn dispatch<E: Execute>(
     exec: &Arc<E>,
     batching: BatchSettings,
@@ -329,8 +342,14 @@ fn dispatch<E: Execute>(
     while !q.items.is_empty() {
         let mut n = 0;
         let mut take = 0;
+        let row_shape = |it: &Item| {
+            it.inputs
+                .first()
+                .map(|t| t.shape.get(1..).map(<[i64]>::to_vec))
+        };
+        let first = q.items.first().map(row_shape);
         for it in &q.items {
-            if take > 0 && n + it.nrows > batching.max_rows {
+            if take > 0 && (n + it.nrows > batching.max_rows || Some(row_shape(it)) != first) {
                 break;
             }
             n += it.nrows;
@@ -391,20 +410,17 @@ async fn run_batch<E: Execute>(
             if let Some(it) = it {
                 let out = exec
                     .clone()
-                    .execute(model.clone(), it.rows, it.nrows, deadline)
+                    .execute(model.clone(), it.inputs, it.nrows, deadline)
                     .await;
                 let _ = it.tx.send(out);
             }
         } else {
             let total: usize = live.iter().map(|it| it.nrows).sum();
-            let mut rows = Vec::with_capacity(total * model.ncols);
-            for it in &live {
-                rows.extend_from_slice(&it.rows);
-            }
             let counts: Vec<usize> = live.iter().map(|it| it.nrows).collect();
+            let merged = merge(&live, total);
             match exec
                 .clone()
-                .execute(model.clone(), rows, total, deadline)
+                .execute(model.clone(), merged, total, deadline)
                 .await
             {
                 Ok(outs) => match split(&outs, &counts) {
@@ -427,6 +443,29 @@ async fn run_batch<E: Execute>(
             }
         }
     }
+}
+
+/// The one input of a batch's requests (rows of one shape), concatenated along the first
+/// dimension.
+fn merge(items: &[Item], total: usize) -> Vec<Output> {
+    let Some(first) = items.first().and_then(|it| it.inputs.first()) else {
+        return Vec::new();
+    };
+    let mut data = Vec::with_capacity(items.iter().map(|it| it.inputs[0].data.len()).sum());
+    for it in items {
+        if let Some(t) = it.inputs.first() {
+            data.extend_from_slice(&t.data);
+        }
+    }
+    let mut shape = first.shape.clone();
+    if let Some(d) = shape.first_mut() {
+        *d = total as i64;
+    }
+    vec![Output {
+        datatype: first.datatype,
+        shape,
+        data: Bytes::from(data),
+    }]
 }
 
 /// Each output cut along its first dimension by `counts` (the callers' rows, in order).
@@ -519,14 +558,26 @@ mod tests {
     struct Double;
 
     impl Runner for Double {
-        fn predict(&self, rows: &[f32], nrows: usize, _: usize) -> Result<Vec<Output>, String> {
-            let data: Vec<u8> = rows.iter().flat_map(|v| (v * 2.0).to_le_bytes()).collect();
+        fn predict(&self, inputs: &[Output]) -> Result<Vec<Output>, String> {
+            let data: Vec<u8> = f32s(&inputs[0])
+                .iter()
+                .flat_map(|v| (v * 2.0).to_le_bytes())
+                .collect();
             Ok(vec![Output {
                 datatype: Datatype::Fp32,
-                shape: vec![nrows as i64],
+                shape: vec![inputs[0].shape[0]],
                 data: Bytes::from(data),
             }])
         }
+    }
+
+    /// One row of `values` ([1, n] FP32).
+    fn row(values: &[f32]) -> Vec<Output> {
+        vec![Output {
+            datatype: Datatype::Fp32,
+            shape: vec![1, values.len() as i64],
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }]
     }
 
     /// Runs each merged call after `delay`, recording its row count.
@@ -540,16 +591,13 @@ mod tests {
         async fn execute(
             self: Arc<Self>,
             model: Arc<Resident>,
-            rows: Vec<f32>,
+            inputs: Vec<Output>,
             nrows: usize,
             _deadline: Option<Instant>,
         ) -> Outs {
             lock(&self.calls).push(nrows);
             tokio::time::sleep(self.delay).await;
-            model
-                .runner
-                .predict(&rows, nrows, 1)
-                .map_err(Failure::Runtime)
+            model.runner.predict(&inputs).map_err(Failure::Runtime)
         }
 
         fn expired(&self) {
@@ -606,7 +654,7 @@ mod tests {
             for i in 0..5 {
                 let (exec, model) = (exec.clone(), model.clone());
                 tasks.push(tokio::spawn(async move {
-                    predict(exec, batching, model, vec![i as f32], 1, None).await
+                    predict(exec, batching, model, row(&[i as f32]), 1, None).await
                 }));
                 tokio::task::yield_now().await;
             }
@@ -621,6 +669,46 @@ mod tests {
         for (i, o) in outs.iter().enumerate() {
             assert_eq!(o[0].shape, vec![1]);
             assert_eq!(f32s(&o[0]), vec![2.0 * i as f32]);
+        }
+    }
+
+    #[test]
+    fn only_rows_of_one_shape_are_merged() {
+        let exec = Arc::new(Recorder {
+            calls: Mutex::new(Vec::new()),
+            delay: Duration::from_millis(50),
+            expired: AtomicU64::new(0),
+        });
+        let batching = BatchSettings {
+            enabled: true,
+            max_rows: 64,
+            max_delay: Duration::from_secs(10),
+            when_idle: true,
+        };
+        let model = resident();
+        let widths = [1usize, 1, 1, 2, 2];
+        let outs = rt().block_on(async {
+            let mut tasks = Vec::new();
+            for (i, &w) in widths.iter().enumerate() {
+                let (exec, model) = (exec.clone(), model.clone());
+                let values = vec![i as f32; w];
+                tasks.push(tokio::spawn(async move {
+                    predict(exec, batching, model, row(&values), 1, None).await
+                }));
+                tokio::task::yield_now().await;
+            }
+            let mut outs = Vec::new();
+            for t in tasks {
+                outs.push(t.await.unwrap());
+            }
+            outs
+        });
+        // The first went alone; of those queued meanwhile, the two 1-wide rows went as one
+        // call, then the two 2-wide rows as another.
+        assert_eq!(*lock(&exec.calls), vec![1, 2, 2]);
+        for (i, o) in outs.iter().enumerate() {
+            let o = o.as_ref().unwrap();
+            assert_eq!(f32s(&o[0]), vec![2.0 * i as f32; widths[i]]);
         }
     }
 
@@ -644,7 +732,7 @@ mod tests {
             exec.clone(),
             batching,
             model,
-            vec![1.0],
+            row(&[1.0]),
             1,
             Some(soon),
         ));

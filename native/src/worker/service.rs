@@ -98,7 +98,7 @@ impl Execute for Shared {
     async fn execute(
         self: Arc<Self>,
         model: Arc<Resident>,
-        rows: Vec<f32>,
+        inputs: Vec<model::Output>,
         nrows: usize,
         deadline: Option<Instant>,
     ) -> Outs {
@@ -122,9 +122,9 @@ impl Execute for Shared {
         let _slot = Release(&model);
         self.stats.batch_rows.observe(nrows as f64);
         let runner = model.runner.clone();
-        let ncols = model.ncols;
         let policy = cfg.inline;
-        if model.inline(rows.len() * 4, &policy) {
+        let bytes = inputs.iter().map(|t| t.data.len()).sum();
+        if model.inline(bytes, &policy) {
             if deadline.is_some_and(|d| Instant::now() > d) {
                 self.stats.expired_pool.fetch_add(1, Ordering::Relaxed);
                 return Err(Failure::NotRun(
@@ -135,7 +135,7 @@ impl Execute for Shared {
             }
             self.stats.inline.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let out = runner.predict(&rows, nrows, ncols);
+            let out = runner.predict(&inputs);
             let took = started.elapsed().as_secs_f64();
             return match out {
                 Ok(outs) => {
@@ -150,7 +150,7 @@ impl Execute for Shared {
             let runner = runner.clone();
             move || {
                 let started = Instant::now();
-                let out = runner.predict(&rows, nrows, ncols);
+                let out = runner.predict(&inputs);
                 (out, started.elapsed().as_secs_f64())
             }
         };
@@ -295,25 +295,28 @@ impl Shared {
             Ok(w) => w,
             Err(e) => return failure(e.status()),
         };
-        // Tree models: one FP32 input [-1, features] (checked against the signature above).
-        let Some(&first) = order.first() else {
-            return failure(Status::new(
-                Code::InvalidArgument,
-                format!("{} has no inputs", model.label),
-            ));
-        };
-        let input = &req.inputs[first];
-        let nrows = input.shape.first().copied().unwrap_or(1).max(0) as usize;
-        let rows: Vec<f32> = input
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        // The inputs in signature order (checked against it above); the first dimension of
+        // the first is the batch.
+        let nrows = order
+            .first()
+            .and_then(|&i| req.inputs.get(i))
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(1)
+            .max(0) as usize;
+        let inputs: Vec<model::Output> = order
+            .iter()
+            .filter_map(|&i| req.inputs.get(i))
+            .map(|t| model::Output {
+                datatype: t.datatype,
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
             .collect();
         let outs = model::predict(
             self.clone(),
             self.config.batching,
             model.clone(),
-            rows,
+            inputs,
             nrows,
             deadline,
         )
