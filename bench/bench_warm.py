@@ -225,21 +225,36 @@ def _gateway_figures(runs: Runs, key: str, lo: int, hi: int) -> list[dict[str, A
 
 def predict_cost_us(model: BenchModel, calls: int = 2000) -> float | None:
     """CPU µs of one 1-row prediction through the library's C API in this process (the
-    native booster the worker serves with); None for models it does not serve natively."""
+    native booster or ONNX session the worker serves with); None for models it does not
+    serve natively."""
     import time
 
-    from shoal._native import TreeBooster
+    from shoal._native import OnnxSession, TreeBooster
     from shoal.frameworks import native
 
-    if model.framework not in ("xgboost", "lightgbm") or not native.available(model.framework):
+    if not native.available(model.framework):
         return None
-    booster = TreeBooster.load(model.framework, model.data)
     row = np.ascontiguousarray(model.row, dtype=np.float32)
+    if model.framework == "onnx":
+        session = OnnxSession.load(model.data)
+        feed = [("FP32", list(row.shape), row.tobytes())]
+
+        def call() -> object:
+            return session.run(feed)
+
+    elif model.framework in ("xgboost", "lightgbm"):
+        booster = TreeBooster.load(model.framework, model.data)
+
+        def call() -> object:
+            return booster.predict(row)
+
+    else:
+        return None
     for _ in range(50):
-        booster.predict(row)
+        call()
     started = time.thread_time()
     for _ in range(calls):
-        booster.predict(row)
+        call()
     return (time.thread_time() - started) * 1e6 / calls
 
 
