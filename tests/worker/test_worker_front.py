@@ -9,6 +9,7 @@ Python; aliases and the empty version follow the record as it moves.
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import grpc
@@ -163,3 +164,31 @@ async def test_health_and_readiness_are_served_by_the_front(front_worker: Worker
 
         ready = await c.stub.ServerReady(pb.ServerReadyRequest(), timeout=10)
         assert ready.ready
+
+
+async def test_health_watch_follows_a_drain_to_not_serving_and_ends(
+    worker_factory: WorkerFactory,
+) -> None:
+    w = worker_factory({"SHOAL_DRAIN_GRACE_S": "20"})
+    assert w.proc is not None
+    async with grpc.aio.insecure_channel(w.address) as ch:
+        stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await asyncio.wait_for(stream.read(), 10)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        unknown = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(service="nope")
+        )
+        assert (await asyncio.wait_for(unknown.read(), 10)).status == (
+            health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        )
+        unknown.cancel()
+        w.proc.signal(signal.SIGTERM)
+        second = await asyncio.wait_for(stream.read(), 10)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(stream.read(), 10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert err.value.details() == "this worker is shutting down"
+    # An open watch does not hold the drain for its grace period.
+    assert w.proc.proc is not None
+    assert await asyncio.to_thread(w.proc.proc.wait, 15) == 0

@@ -7,12 +7,11 @@
 //!
 //! Concerns, one module each: `table` (routing state), `auth` (API keys), `quota`, `policy`
 //! (member choice, ejection), `forward` (pooled HTTP/2 to workers), `service` (what each
-//! method answers), `shadow`, `health`, `server` (accept, TLS, graceful shutdown), `stats`.
+//! method answers), `shadow`, `server` (accept, TLS, graceful shutdown), `stats`.
 
 pub mod auth;
 pub mod clock;
 pub mod forward;
-pub mod health;
 pub mod oip;
 pub mod policy;
 pub mod quota;

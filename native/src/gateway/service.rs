@@ -391,7 +391,7 @@ pub async fn handle(
         return send(respond, Answer::Failure(status));
     };
     if method.0 && method.1 == "Watch" {
-        return super::health::watch(shared, req, respond).await;
+        return crate::rpc::health::watch(shared, req, respond).await;
     }
     let work = answer(&shared, method, req);
     tokio::pin!(work);
@@ -444,6 +444,20 @@ async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream
             Code::Unimplemented,
             format!("Method not found: {m}"),
         )),
+    }
+}
+
+impl crate::rpc::health::Health for Shared {
+    fn status(&self, service: &str) -> oip::Serving {
+        self.serving(service)
+    }
+
+    fn watchers(&self) -> &tokio::sync::watch::Sender<bool> {
+        &self.health
+    }
+
+    fn who(&self) -> &'static str {
+        "the gateway"
     }
 }
 

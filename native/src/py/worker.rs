@@ -128,6 +128,7 @@ impl PyWorkerFront {
     /// Ready (registered, not draining): ServerReady and health answer from this.
     fn set_ready(&self, ready: bool) {
         self.inner.shared.ready.store(ready, Ordering::Release);
+        self.inner.shared.health_changed();
     }
 
     /// Serve `model` (`tenant/name`) `version` natively from now on, predicting through

@@ -1,7 +1,8 @@
 //! gRPC over HTTP/2, shared by the gateway and the worker front: status codes, framing and
-//! deadlines (`grpc`), the accept loop with TLS and graceful shutdown (`server`), and unary
-//! answers (`unary`).
+//! deadlines (`grpc`), the accept loop with TLS and graceful shutdown (`server`), unary
+//! answers (`unary`) and grpc.health.v1 `Watch` (`health`).
 
 pub mod grpc;
+pub mod health;
 pub mod server;
 pub mod unary;

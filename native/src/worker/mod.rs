@@ -151,6 +151,8 @@ pub struct Shared {
     pub stats: Stats,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
+    /// grpc.health.v1 watchers: sent on every change of readiness; true once stopping.
+    pub health: watch::Sender<bool>,
     /// Traffic-split draws of versions resolved here.
     pub rng: Mutex<rand::rngs::SmallRng>,
 }
@@ -169,9 +171,15 @@ impl Shared {
             stats: Stats::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            health: watch::Sender::new(false),
             rng: Mutex::new(rand::SeedableRng::from_os_rng()),
             config,
         })
+    }
+
+    /// Wake health watchers (the serving status may have changed).
+    pub fn health_changed(&self) {
+        self.health.send_modify(|_| {});
     }
 }
 
@@ -271,7 +279,9 @@ impl Front {
             return;
         };
         self.shared.draining.store(true, Ordering::Release);
+        self.shared.health_changed();
         let _ = run.stop_accepting.send(true);
+        self.shared.health.send_replace(true);
         let until = Instant::now() + grace;
         while run.connections.open() > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));

@@ -5,7 +5,7 @@
 //! the signature, the model's concurrency bound, batching, a prediction thread, the encoded
 //! answer. Any other ModelInfer goes to Python whole (it resolves, loads and answers); the
 //! first request of a miss does, the others for the same version wait for it and then run
-//! here. ServerLive/Ready/Metadata and grpc.health.v1 Check are answered here; ModelReady,
+//! here. ServerLive/Ready/Metadata and grpc.health.v1 Check and Watch are answered here; ModelReady,
 //! ModelMetadata and `shoal.v1.WorkerAdmin` by Python.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -382,6 +382,24 @@ impl Shared {
     }
 }
 
+impl crate::rpc::health::Health for Shared {
+    fn status(&self, service: &str) -> oip::Serving {
+        if service.is_empty() || service == oip::SERVICE.trim_matches('/') {
+            self.serving()
+        } else {
+            oip::Serving::ServiceUnknown
+        }
+    }
+
+    fn watchers(&self) -> &tokio::sync::watch::Sender<bool> {
+        &self.health
+    }
+
+    fn who(&self) -> &'static str {
+        "this worker"
+    }
+}
+
 fn failure(status: Status) -> (Answer, Code, bool) {
     let code = status.code;
     (Answer::Failure(status), code, true)
@@ -396,6 +414,9 @@ pub async fn handle(
     mut respond: SendResponse<Bytes>,
 ) {
     let path = req.uri().path().to_string();
+    if path == format!("{}Watch", oip::HEALTH) {
+        return crate::rpc::health::watch(shared, req, respond).await;
+    }
     let infer = path.strip_prefix(oip::SERVICE) == Some("ModelInfer");
     let until = deadline(req.headers());
     let started = Instant::now();

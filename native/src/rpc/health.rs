@@ -1,5 +1,6 @@
-//! grpc.health.v1 `Watch`: the serving status now, then every change, until the client goes
-//! away or the gateway stops (the stream then ends with UNAVAILABLE).
+//! grpc.health.v1 `Watch`, for the gateway and the worker front: the serving status now,
+//! then every change, until the client goes away or the server stops (the stream then ends
+//! with UNAVAILABLE).
 
 use std::sync::Arc;
 
@@ -8,14 +9,24 @@ use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, Request};
 use prost::Message;
+use tokio::sync::watch;
 
 use super::grpc::{self, Code, Status};
-use super::oip::{HealthCheckRequest, HealthCheckResponse};
-use super::Shared;
-use crate::rpc::unary::headers;
+use super::unary::headers;
+use crate::gateway::oip::{HealthCheckRequest, HealthCheckResponse, Serving};
 
-pub async fn watch(
-    shared: Arc<Shared>,
+/// What a server tells its health watchers.
+pub trait Health: Send + Sync + 'static {
+    /// The status of `service` ("" for the whole server) now.
+    fn status(&self, service: &str) -> Serving;
+    /// Sent on every change of status; its value turns true when the server stops.
+    fn watchers(&self) -> &watch::Sender<bool>;
+    /// How the end of the stream names the server ("the gateway", "this worker").
+    fn who(&self) -> &'static str;
+}
+
+pub async fn watch<H: Health>(
+    shared: Arc<H>,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
@@ -35,10 +46,10 @@ pub async fn watch(
     let Ok(mut stream) = respond.send_response(headers(None), false) else {
         return;
     };
-    let mut changes = shared.health.subscribe();
+    let mut changes = shared.watchers().subscribe();
     let mut last = None;
     loop {
-        let now = shared.serving(&service);
+        let now = shared.status(&service);
         if last != Some(now) {
             last = Some(now);
             let msg = grpc::frame(&HealthCheckResponse::of(now).encode_to_vec());
@@ -48,8 +59,11 @@ pub async fn watch(
         }
         if *changes.borrow_and_update() {
             let mut trailers = HeaderMap::new();
-            Status::new(Code::Unavailable, "the gateway is shutting down")
-                .to_headers(&mut trailers);
+            Status::new(
+                Code::Unavailable,
+                format!("{} is shutting down", shared.who()),
+            )
+            .to_headers(&mut trailers);
             let _ = stream.send_trailers(trailers);
             return;
         }
