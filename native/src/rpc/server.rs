@@ -225,3 +225,109 @@ pub fn client_tls(ca: &str, cert: &str, key_path: &str) -> io::Result<Arc<rustls
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Where and how a server listens.
+pub struct Listen<'a> {
+    /// The runtime thread's name (and its workers').
+    pub name: &'static str,
+    /// Runtime threads: 1 runs a current-thread runtime.
+    pub threads: usize,
+    pub host: &'a str,
+    pub port: u16,
+    /// TLS when `cert` is not empty (`server_tls`'s arguments).
+    pub cert: &'a str,
+    pub key: &'a str,
+    pub ca: &'a str,
+    pub client_auth: bool,
+    /// The largest message answered (see `accept_loop`).
+    pub send_buffer: usize,
+}
+
+/// A server running on a thread of its own, until `stop`.
+pub struct Serving {
+    thread: std::thread::JoinHandle<()>,
+    stop_accepting: watch::Sender<bool>,
+    halt: tokio::sync::oneshot::Sender<()>,
+    connections: Arc<Connections>,
+}
+
+impl Serving {
+    /// Bind `listen`'s address, then serve with `handler` on a runtime of its own, after
+    /// spawning `background`'s tasks on it; the bound address.
+    pub fn start<H: Handler, B: FnOnce() + Send + 'static>(
+        listen: &Listen<'_>,
+        handler: H,
+        background: B,
+    ) -> io::Result<(Serving, std::net::SocketAddr)> {
+        let runtime = if listen.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(listen.threads)
+                .thread_name(listen.name)
+                .enable_all()
+                .build()?
+        };
+        let tls = if listen.cert.is_empty() {
+            None
+        } else {
+            Some(server_tls(
+                listen.cert,
+                listen.key,
+                listen.ca,
+                listen.client_auth,
+            )?)
+        };
+        let addr = format!("{}:{}", listen.host, listen.port);
+        let listener = runtime.block_on(async { TcpListener::bind(&addr).await })?;
+        let local = listener.local_addr()?;
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let (halt, halted) = tokio::sync::oneshot::channel::<()>();
+        let connections = Arc::new(Connections::default());
+        let conns = connections.clone();
+        let send_buffer = listen.send_buffer;
+        let thread = std::thread::Builder::new()
+            .name(listen.name.into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    background();
+                    tokio::spawn(accept_loop(
+                        handler,
+                        send_buffer,
+                        listener,
+                        tls,
+                        conns,
+                        stop_rx,
+                    ));
+                    let _ = halted.await;
+                });
+                runtime.shutdown_timeout(Duration::from_millis(200));
+            })?;
+        let serving = Serving {
+            thread,
+            stop_accepting,
+            halt,
+            connections,
+        };
+        Ok((serving, local))
+    }
+
+    /// Stop accepting: GOAWAY to every connection, whose open streams may finish.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop_accepting.send(true);
+    }
+
+    /// Wait up to `grace` for the open connections to finish, call `before_halt`, then end
+    /// whatever is left and join the thread. Blocking.
+    pub fn finish(self, grace: Duration, before_halt: impl FnOnce()) {
+        let until = std::time::Instant::now() + grace;
+        while self.connections.open() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        before_halt();
+        let _ = self.halt.send(());
+        let _ = self.thread.join();
+    }
+}

@@ -23,8 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -183,17 +182,10 @@ impl Shared {
     }
 }
 
-struct Running {
-    thread: JoinHandle<()>,
-    stop_accepting: watch::Sender<bool>,
-    halt: tokio::sync::oneshot::Sender<()>,
-    connections: Arc<server::Connections>,
-}
-
 /// The front and, once started, its runtime thread.
 pub struct Front {
     pub shared: Arc<Shared>,
-    running: Mutex<Option<Running>>,
+    running: Mutex<Option<server::Serving>>,
 }
 
 impl Front {
@@ -211,59 +203,21 @@ impl Front {
             return Err(io::Error::other("the worker front is already started"));
         }
         let cfg = &self.shared.config;
-        let runtime = if cfg.io_threads <= 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(cfg.io_threads)
-                .thread_name("shoal-front")
-                .enable_all()
-                .build()?
+        let listen = server::Listen {
+            name: "shoal-front",
+            threads: cfg.io_threads,
+            host: &cfg.host,
+            port: cfg.port,
+            cert: &cfg.tls_cert,
+            key: &cfg.tls_key,
+            ca: &cfg.tls_ca,
+            client_auth: cfg.tls_client_auth,
+            send_buffer: cfg.max_message_bytes,
         };
-        let tls = if cfg.tls_cert.is_empty() {
-            None
-        } else {
-            Some(server::server_tls(
-                &cfg.tls_cert,
-                &cfg.tls_key,
-                &cfg.tls_ca,
-                cfg.tls_client_auth,
-            )?)
-        };
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let listener = runtime.block_on(async { tokio::net::TcpListener::bind(&addr).await })?;
-        let local = listener.local_addr()?;
-        let (stop_accepting, stop_rx) = watch::channel(false);
-        let (halt, halted) = tokio::sync::oneshot::channel::<()>();
-        let connections = Arc::new(server::Connections::default());
         let shared = self.shared.clone();
-        let conns = connections.clone();
-        let thread = std::thread::Builder::new()
-            .name("shoal-front".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let send_buffer = shared.config.max_message_bytes;
-                    let handler = move |req, respond| service::handle(shared.clone(), req, respond);
-                    tokio::spawn(server::accept_loop(
-                        handler,
-                        send_buffer,
-                        listener,
-                        tls,
-                        conns,
-                        stop_rx,
-                    ));
-                    let _ = halted.await;
-                });
-                runtime.shutdown_timeout(Duration::from_millis(200));
-            })?;
-        *running = Some(Running {
-            thread,
-            stop_accepting,
-            halt,
-            connections,
-        });
+        let handler = move |req, respond| service::handle(shared.clone(), req, respond);
+        let (serving, local) = server::Serving::start(&listen, handler, || {})?;
+        *running = Some(serving);
         Ok(local)
     }
 
@@ -280,15 +234,9 @@ impl Front {
         };
         self.shared.draining.store(true, Ordering::Release);
         self.shared.health_changed();
-        let _ = run.stop_accepting.send(true);
+        run.stop_accepting();
         self.shared.health.send_replace(true);
-        let until = Instant::now() + grace;
-        while run.connections.open() > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.shared.delegate.close();
-        let _ = run.halt.send(());
-        let _ = run.thread.join();
+        run.finish(grace, || self.shared.delegate.close());
         self.shared.pool.close();
     }
 }
