@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, dest="control_port", help="control-plane port")
     p.add_argument("--metrics-port", type=int, help="metrics port (0: free, -1: off)")
     p.add_argument("--instance-id", help="id in leader election")
+    p.add_argument(
+        "--advertise-address", help="host:port others reach it at ($SHOAL_ADVERTISE_ADDRESS)"
+    )
     p.set_defaults(func=_run)
     register_placement_actions(p.add_subparsers(dest="action", metavar="ACTION"))
 
@@ -39,7 +42,15 @@ def register(sub: Any) -> None:
 def _run(ns: argparse.Namespace) -> int:
     overrides = {
         k: getattr(ns, k)
-        for k in ("etcd", "store", "host", "control_port", "metrics_port", "instance_id")
+        for k in (
+            "etcd",
+            "store",
+            "host",
+            "control_port",
+            "metrics_port",
+            "instance_id",
+            "advertise_address",
+        )
     }
     try:
         settings = from_env(PlacementSettings, **overrides)

@@ -24,9 +24,10 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from placement.election import LeaderElection
 from placement.hot import HotPolicy, HotTenantController, HotTenantLoop
@@ -46,6 +47,11 @@ from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.records import CLUSTER, ClusterConfig, TenantConfig, tenant_key
 from shoal.state import Compare, Put, StateStore
 from shoal.tasks import cancel_and_wait, cancel_and_wait_all
+
+#: The control-plane service's name in grpc.health.v1 (beside "" for the whole server).
+CONTROL_SERVICE = "shoal.v1.Control"
+#: grpc.health.v1 methods: open to callers without a key (probes).
+HEALTH = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,7 @@ class PlacementService:
         self.instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = PlacementMetrics()
         self.address = ""
+        self._health: Any = None
         self.metrics_address = ""
         self._store: EtcdStore | None = None
         self._server: grpc.aio.Server | None = None
@@ -132,17 +139,22 @@ class PlacementService:
                 lambda t: admin.get(tenant_key(t)) if t == ADMIN else None,
                 generation=lambda: admin.changes,
             )
-            interceptors.append(KeyInterceptor(checker, admin_only=True))
+            # Health probes (Kubernetes, load balancers) carry no key.
+            interceptors.append(KeyInterceptor(checker, admin_only=True, open_methods=HEALTH))
         # Artifacts arrive in chunks; the whole-message cap only needs to fit one chunk.
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", 64 << 20)], interceptors=interceptors
         )
         pb_grpc.add_ControlServicer_to_server(servicer, self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         port = tls.add_port(self._server, f"{s.host}:{s.control_port}", s)
         if port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.control_port}")
         await self._server.start()
-        self.address = f"{s.host}:{port}"
+        for service in ("", CONTROL_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.address = s.advertise_address or f"{s.host}:{port}"
         if s.metrics_port >= 0:
             self.metrics_address = f"{s.host}:{self.metrics.serve(s.host, s.metrics_port)}"
         self._election = LeaderElection(store, self.instance_id, s.lease_ttl)
@@ -210,6 +222,8 @@ class PlacementService:
         self._lead_task = None
         if self._election is not None:
             await self._election.resign()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()  # probes see NOT_SERVING
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

@@ -124,7 +124,7 @@ class RouterApp:
         self._view_changed()
         log.info("routing view read in %.3f s", self.view_ready_at - self.view_read_at)
         self.shadow.start()
-        host, _, port = self.address.rpartition(":")
+        host, _, port = (s.advertise_address or self.address).rpartition(":")
         self.load = LoadReporter(
             self._store,
             s.router_id or f"router-{host}-{port}",

@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--etcd")
     p.add_argument("--data-dir")
+    p.add_argument("--advertise-address")
     p.set_defaults(func=_run_router)
 
 
@@ -35,5 +36,6 @@ def _run_router(ns: argparse.Namespace) -> int:
         metrics_port=ns.metrics_port,
         etcd=ns.etcd,
         data_dir=ns.data_dir,
+        advertise_address=ns.advertise_address,
     )
     return asyncio.run(Runner(RouterApp(settings), settings.drain_grace_s).serve())

@@ -30,7 +30,10 @@ class RouterSettings(CommonSettings):
         0.5,
     )
     tenant_max_queued: int = doc("requests per tenant waiting for an in-flight slot", 256)
-    router_id: str = doc("this router's id in load reports (empty: host-port)", "")
+    router_id: str = doc(
+        "this router's id in load reports (empty: router-HOST-PORT of the advertised address)",
+        "",
+    )
     load_interval_s: float = doc("how often per-tenant request rates are published", 2.0)
     gateway_threads: int = doc(
         "threads of the native gateway (1: one event loop, no cross-thread wake-ups)", 1

@@ -73,6 +73,14 @@ def _convert(raw: str, hint: Any) -> Any:
     return raw
 
 
+def _read_setting(var: str, path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{var}={path!r}: cannot read it: {exc}") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 def from_env(
     cls: type[T],
     env: Mapping[str, str] | None = None,
@@ -82,7 +90,9 @@ def from_env(
     """Build ``cls`` from ``prefix + FIELD_NAME`` variables; ``overrides`` win over the env.
 
     Overrides whose value is None are ignored, so CLI flags left unset fall through to the
-    environment and then to the field default.
+    environment and then to the field default. ``prefix + FIELD_NAME + "_FILE"`` names a file
+    holding the value instead (a Kubernetes Secret or ConfigMap mounted as files): its text,
+    less one trailing newline. Setting both is an error.
     """
     env = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
@@ -91,7 +101,13 @@ def from_env(
         if overrides.get(f.name) is not None:
             kwargs[f.name] = overrides[f.name]
             continue
-        raw = env.get(prefix + f.name.upper())
+        var = prefix + f.name.upper()
+        raw = env.get(var)
+        path = env.get(var + "_FILE")
+        if path is not None:
+            if raw is not None:
+                raise ValueError(f"{var} and {var}_FILE are both set; set one")
+            raw = _read_setting(var + "_FILE", path)
         if raw is not None:
             try:
                 kwargs[f.name] = _convert(raw, hints[f.name])
@@ -133,6 +149,10 @@ class CommonSettings:
     tls_ca: str = doc("PEM CA bundle that peers' certificates must chain to", "")
     tls_client_auth: bool = doc("listeners require client certificates signed by tls_ca", False)
     auth: bool = doc("require API keys (authorization: Bearer <key>) on public endpoints", False)
+    advertise_address: str = doc(
+        "host:port other processes reach this one at, e.g. the pod IP (empty: the bound host:port)",
+        "",
+    )
 
     def store_url(self) -> str:
         return self.store or (self.data_dir.resolve() / "objects").as_uri()

@@ -37,6 +37,7 @@ _FLAGS: dict[str, tuple[str, type]] = {
     "--gpu-budget": ("gpu_budget", str),
     "--disk-budget": ("disk_budget", str),
     "--lease-ttl": ("lease_ttl", int),
+    "--advertise-address": ("advertise_address", str),
     "--batching": ("batching", str),
     "--max-request-bytes": ("max_request_bytes", int),
     "--max-request-rows": ("max_request_rows", int),

@@ -214,7 +214,7 @@ class WorkerServer:
         )
         self._front.start()
         port = front.start()  # OSError when the address cannot be bound
-        self.address = s.advertise or f"{s.host}:{port}"
+        self.address = s.advertise_address or f"{s.host}:{port}"
         self.worker_id = s.resolve_worker_id(port)
         check_ident("worker id", self.worker_id)
 

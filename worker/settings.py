@@ -25,7 +25,6 @@ class WorkerSettings(CommonSettings):
 
     host: str = doc("address the inference protocol binds to", "127.0.0.1")
     port: int = doc("inference protocol port (0: a free port)", 0)
-    advertise: str = doc("host:port published in etcd (empty: host:port as bound)", "")
     metrics_port: int = doc("Prometheus metrics HTTP port (0: a free port, -1: off)", 0)
     worker_id: str = doc("worker id in the pool (empty: HOSTNAME-PORT)", "")
     pool: str = doc("pool this worker joins", DEFAULT_POOL)

@@ -137,3 +137,33 @@ async def test_draining_worker_leaves_before_it_goes(procs: Procs, etcd_url: str
         assert await store.get(ELECTION) is not None
         assert placement.stop(grace=10) == 0
         assert await store.get(ELECTION) is None
+
+
+async def test_health_is_served_without_a_key_and_follows_the_stop(procs: Procs) -> None:
+    """grpc.health.v1 on the control port (Kubernetes' gRPC probes): open to callers without
+    a key while every control-plane call needs one; NOT_SERVING once it stops."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from shoal.pb import shoal_control_pb2 as cpb
+    from shoal.pb import shoal_control_pb2_grpc as cpb_grpc
+
+    p = procs.placement("p-health", auth="true")
+    address = await await_banner(p, "control:")
+    serving = health_pb2.HealthCheckResponse.SERVING
+    async with grpc.aio.insecure_channel(address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "shoal.v1.Control"):
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert resp.status == serving
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cpb_grpc.ControlStub(ch).ListWorkers(cpb.ListWorkersRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await asyncio.wait_for(watch.read(), 10)).status == serving
+        p.signal(signal.SIGTERM)
+        last = await asyncio.wait_for(watch.read(), 10)
+        assert last.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -249,3 +249,15 @@ async def test_keeps_serving_through_an_etcd_outage_and_registers_again(
         if w is not None:
             w.stop()
         etcd.stop()
+
+
+def test_the_advertised_address_is_what_etcd_publishes(etcd_url: str, tmp_path: Path) -> None:
+    """Bound to one address, published under another (a pod IP, say): routers dial the latter."""
+    w = start_worker(etcd_url, tmp_path, {"SHOAL_ADVERTISE_ADDRESS": "10.20.30.40:8001"})
+    try:
+        info = w.info()
+        assert info is not None
+        assert info.address == "10.20.30.40:8001"
+        assert "worker: 10.20.30.40:8001" in w.log_tail()  # what it says it serves at
+    finally:
+        w.stop()
