@@ -10,7 +10,7 @@ CARGO := cargo
 # pyo3's build and `cargo test` use the project's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: run test check proto proto-check lint typecheck rust-check rust-test bench clean
+.PHONY: run test check proto proto-check lint typecheck rust-check rust-test deploy-check bench clean
 
 # `pip install -e` builds the native module too (maturin is the build backend).
 $(STAMP): pyproject.toml
@@ -51,7 +51,12 @@ lint: $(NATIVE)
 typecheck: $(NATIVE)
 	$(BIN)/mypy
 
-check: lint typecheck proto-check rust-check
+# deploy/: both overlays rendered and validated against the pinned Kubernetes, yamllint,
+# hadolint (deploy/check.py).
+deploy-check: $(STAMP)
+	$(BIN)/python deploy/check.py
+
+check: lint typecheck proto-check rust-check deploy-check
 
 bench: $(NATIVE)
 	$(BIN)/python -m bench.run_all
