@@ -176,7 +176,7 @@ def _registry(ns: argparse.Namespace) -> Registry:
     settings = from_env(CommonSettings, etcd=ns.etcd)
 
     async def read() -> Registry:
-        async with EtcdStore(settings.etcd) as store:
+        async with EtcdStore.of(settings) as store:
             return await read_registry(store, ns.pool, _factors(ns.resident_factor))
 
     try:

@@ -108,7 +108,7 @@ class PlacementService:
 
     async def start(self) -> None:
         s = self.settings
-        store = self._store = await EtcdStore(s.etcd).connect()
+        store = self._store = await EtcdStore.of(s).connect()
         self.cluster = await ensure_cluster(store, s.shard_size)
         registry = Registry(
             store,

@@ -74,7 +74,7 @@ class RouterApp:
         self.settings = settings
         self._own_store: EtcdStore | None = None
         if store is None:
-            store = self._own_store = EtcdStore(settings.etcd)
+            store = self._own_store = EtcdStore.of(settings)
         self._store: StateStore = store
         self.gateway = gateway_for(settings)
         self.feeds = [

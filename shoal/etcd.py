@@ -4,6 +4,11 @@ We drive etcd's gRPC API directly (``aetcd.rpc``) rather than aetcd's high-level
 we need what it does not expose: paginated ranges at a fixed revision, multi-endpoint channels,
 and a streaming lease keep-alive that notices expiry. Every call has a deadline
 (``timeout``); an unreachable etcd raises ``StateUnavailable`` promptly instead of hanging.
+
+Access (``EtcdAccess``, from the ``etcd_*`` settings): TLS to etcd when a CA is given or an
+endpoint is ``https://`` (with a client certificate for etcd's ``--client-cert-auth``), and
+etcd's own users: the store authenticates, sends the token with every call, and
+authenticates again when etcd says the token is no longer valid (simple tokens expire).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -57,6 +64,109 @@ def _target(endpoints: str) -> str:
     if len(hosts) == 1:
         return hosts[0]
     return "ipv4:" + ",".join(hosts)
+
+
+@dataclass(frozen=True)
+class EtcdAccess:
+    """How to reach etcd beyond its endpoints: PEM files for TLS, and etcd user credentials."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    username: str = ""
+    password: str = ""
+
+    @classmethod
+    def of(cls, settings: Any) -> EtcdAccess:
+        """From a settings object's ``etcd_ca``, ``etcd_cert``, ... fields."""
+        return cls(
+            settings.etcd_ca,
+            settings.etcd_cert,
+            settings.etcd_key,
+            settings.etcd_username,
+            settings.etcd_password,
+        )
+
+    def credentials(self, endpoints: str) -> grpc.ChannelCredentials | None:
+        """TLS credentials, or None for a plaintext channel."""
+        tls = bool(self.ca or self.cert) or any(
+            ep.strip().startswith("https://") for ep in endpoints.split(",")
+        )
+        if not tls:
+            return None
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("etcd_cert and etcd_key go together")
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca),
+            private_key=read(self.key),
+            certificate_chain=read(self.cert),
+        )
+
+
+_AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
+
+
+def _token_expired(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in str(
+        exc.details()
+    )
+
+
+class _Token(  # grpc.aio's interceptor classes are untyped (Any)
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds etcd's auth token to every call; a unary call refused for an expired token is
+    made again once with a new one (streams take the current token when they open)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username, self.password = username, password
+        self.token = ""
+        self.stub: Any = None  # the Auth stub, set once the channel exists
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, stale: str | None = None) -> None:
+        async with self._lock:
+            if stale is not None and self.token != stale:
+                return  # another call refreshed it meanwhile
+            resp = await self.stub.Authenticate(
+                rpc.AuthenticateRequest(name=self.username, password=self.password),
+                timeout=10,
+            )
+            self.token = resp.token
+
+    def _details(self, details: Any) -> Any:
+        if details.method in (_AUTHENTICATE, _AUTHENTICATE.encode()):
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata["token"] = self.token
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        token = self.token
+        call = await continuation(self._details(details), request)
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            if details.method in (_AUTHENTICATE, _AUTHENTICATE.encode()) or not _token_expired(exc):
+                raise
+        await self.refresh(token)
+        return await (await continuation(self._details(details), request))
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(details), request_iterator)
 
 
 def _span(prefix: str) -> tuple[bytes, bytes]:
@@ -192,22 +302,50 @@ class _EtcdWatch:
 class EtcdStore:
     """``StateStore`` on etcd. ``connect()`` opens the channel; ``close()`` revokes nothing."""
 
-    def __init__(self, endpoints: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: str, timeout: float = 5.0, access: EtcdAccess | None = None
+    ) -> None:
         self.endpoints = endpoints
         self.timeout = timeout
+        self.access = access or EtcdAccess()
+        self._auth: _Token | None = None
         self._channel: grpc.aio.Channel | None = None
         self._leases: list[_EtcdLease] = []
 
+    @classmethod
+    def of(cls, settings: Any, timeout: float = 5.0) -> EtcdStore:
+        """The store a settings object names: ``etcd`` endpoints and the ``etcd_*`` access."""
+        return cls(settings.etcd, timeout, EtcdAccess.of(settings))
+
     async def connect(self) -> EtcdStore:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                _target(self.endpoints),
-                options=[
-                    ("grpc.max_receive_message_length", 64 << 20),
-                    ("grpc.keepalive_time_ms", 10_000),
-                    ("grpc.keepalive_timeout_ms", 5_000),
-                ],
-            )
+            options = [
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+            ]
+            a = self.access
+            token = _Token(a.username, a.password) if a.username else None
+            interceptors = [token] if token is not None else None
+            creds = a.credentials(self.endpoints)
+            target = _target(self.endpoints)
+            if creds is None:
+                self._channel = grpc.aio.insecure_channel(
+                    target, options=options, interceptors=interceptors
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    target, creds, options=options, interceptors=interceptors
+                )
+            self._auth = token
+            if token is not None:
+                token.stub = rpc.AuthStub(self._channel)
+                try:
+                    await token.refresh()
+                except grpc.aio.AioRpcError as exc:
+                    await self._channel.close()
+                    self._channel = None
+                    raise _err(exc, "authenticate") from exc
             self._kvs = rpc.KVStub(self._channel)
             self._lease = rpc.LeaseStub(self._channel)
             self._watch = rpc.WatchStub(self._channel)
@@ -358,4 +496,4 @@ class EtcdStore:
             self._channel = None
 
 
-__all__ = ["EtcdStore", "LeaseLost"]
+__all__ = ["EtcdAccess", "EtcdStore", "LeaseLost"]

@@ -139,6 +139,11 @@ class CommonSettings:
     data_dir: Path = doc(
         "local data folder (embedded etcd, file store, disk cache)", Path(".shoal")
     )
+    etcd_ca: str = doc("PEM CA bundle etcd's certificate chains to (set: TLS to etcd)", "")
+    etcd_cert: str = doc("PEM client certificate for etcd (its --client-cert-auth)", "")
+    etcd_key: str = doc("PEM private key of etcd_cert", "")
+    etcd_username: str = doc("etcd user (etcd auth enabled)", "")
+    etcd_password: str = doc("password of etcd_username (use SHOAL_ETCD_PASSWORD_FILE)", "")
     s3_endpoint: str = doc("S3 endpoint URL for s3:// stores (empty: AWS default)", "")
     s3_region: str = doc("S3 region", "us-east-1")
     s3_access_key_id: str = doc("S3 access key id", "")

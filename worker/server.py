@@ -94,7 +94,7 @@ class WorkerServer:
         self.budgets = self._budgets()
         self.started_at = time.time()
 
-        self._etcd = await EtcdStore(s.etcd).connect()
+        self._etcd = await EtcdStore.of(s).connect()
         store = ObjectStore(s.store_url(), s)
         disk = DiskCache(s.data_dir / "cache" / "sha256", self.budgets["disk"])
         await asyncio.to_thread(disk.scan)

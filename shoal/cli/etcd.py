@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from shoal.cli.errors import CliError
 from shoal.etcd import EtcdStore
+from shoal.settings import CommonSettings, from_env
 from shoal.state import StateError, StateStore
 
 T = TypeVar("T")
@@ -24,7 +25,8 @@ def etcd_url(ns: argparse.Namespace) -> str:
 async def with_store(ns: argparse.Namespace, fn: Callable[[StateStore], Awaitable[T]]) -> T:
     """``await fn(store)`` on a connection to etcd; etcd failures become one ``CliError``."""
     try:
-        async with EtcdStore(etcd_url(ns)) as store:
+        settings = from_env(CommonSettings, etcd=etcd_url(ns))  # SHOAL_ETCD_* access too
+        async with EtcdStore.of(settings) as store:
             return await fn(store)
     except (StateError, ValueError) as exc:
         raise CliError(str(exc)) from None
