@@ -50,6 +50,7 @@ def gateway_for(s: RouterSettings) -> Gateway:
         default_timeout_s=s.default_timeout_s,
         spill_at=s.spill_at,
         eject_s=s.eject_s,
+        worker_ping_s=s.worker_ping_s,
         shadow_queue=s.shadow_queue,
         max_message_bytes=s.max_message_bytes,
         seed=s.seed,

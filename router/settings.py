@@ -16,6 +16,11 @@ class RouterSettings(CommonSettings):
     default_timeout_s: float = doc("deadline for a forwarded call when the client sets none", 30.0)
     spill_at: int = doc("in-flight requests at the primary before spilling to other members", 8)
     eject_s: float = doc("how long a failing member is passed over", 5.0)
+    worker_ping_s: float = doc(
+        "HTTP/2 PING interval on worker connections: one unanswered for twice this closes the "
+        "connection, and its calls are retried on another member (0: off)",
+        0.5,
+    )
     shadow_queue: int = doc("shadow requests waiting to be sent before new ones are dropped", 256)
     shadow_log_bytes: int = doc("size at which the shadow JSONL log is rotated", 64 << 20)
     shadow_log_keep: int = doc("rotated shadow logs kept", 3)

@@ -101,6 +101,7 @@ class Gateway:
         default_timeout_s: float = 30.0,
         spill_at: int = 8,
         eject_s: float = 5.0,
+        worker_ping_s: float = 0.5,
         shadow_queue: int = 256,
         max_message_bytes: int = 64 << 20,
         seed: int = 0,
@@ -142,7 +143,7 @@ class FrontJob:
     @property
     def wants_reply(self) -> bool: ...
     def reply(
-        self, code: int, message: str = "", body: bytes | None = None, retry_elsewhere: bool = False
+        self, code: int, message: str = "", body: bytes | None = None, retry: str = ""
     ) -> None: ...
 
 class WorkerFront:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import grpc
 from aetcd import rpc
 
+from shoal.etcd_access import EtcdAccess, Token
 from shoal.state import (
     KV,
     MAX_TXN_OPS,
@@ -64,109 +63,6 @@ def _target(endpoints: str) -> str:
     if len(hosts) == 1:
         return hosts[0]
     return "ipv4:" + ",".join(hosts)
-
-
-@dataclass(frozen=True)
-class EtcdAccess:
-    """How to reach etcd beyond its endpoints: PEM files for TLS, and etcd user credentials."""
-
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    username: str = ""
-    password: str = ""
-
-    @classmethod
-    def of(cls, settings: Any) -> EtcdAccess:
-        """From a settings object's ``etcd_ca``, ``etcd_cert``, ... fields."""
-        return cls(
-            settings.etcd_ca,
-            settings.etcd_cert,
-            settings.etcd_key,
-            settings.etcd_username,
-            settings.etcd_password,
-        )
-
-    def credentials(self, endpoints: str) -> grpc.ChannelCredentials | None:
-        """TLS credentials, or None for a plaintext channel."""
-        tls = bool(self.ca or self.cert) or any(
-            ep.strip().startswith("https://") for ep in endpoints.split(",")
-        )
-        if not tls:
-            return None
-        if bool(self.cert) != bool(self.key):
-            raise ValueError("etcd_cert and etcd_key go together")
-
-        def read(path: str) -> bytes | None:
-            return Path(path).read_bytes() if path else None
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca),
-            private_key=read(self.key),
-            certificate_chain=read(self.cert),
-        )
-
-
-_AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
-
-
-def _token_expired(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in str(
-        exc.details()
-    )
-
-
-class _Token(  # grpc.aio's interceptor classes are untyped (Any)
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds etcd's auth token to every call; a unary call refused for an expired token is
-    made again once with a new one (streams take the current token when they open)."""
-
-    def __init__(self, username: str, password: str) -> None:
-        self.username, self.password = username, password
-        self.token = ""
-        self.stub: Any = None  # the Auth stub, set once the channel exists
-        self._lock = asyncio.Lock()
-
-    async def refresh(self, stale: str | None = None) -> None:
-        async with self._lock:
-            if stale is not None and self.token != stale:
-                return  # another call refreshed it meanwhile
-            resp = await self.stub.Authenticate(
-                rpc.AuthenticateRequest(name=self.username, password=self.password),
-                timeout=10,
-            )
-            self.token = resp.token
-
-    def _details(self, details: Any) -> Any:
-        if details.method in (_AUTHENTICATE, _AUTHENTICATE.encode()):
-            return details
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata["token"] = self.token
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        token = self.token
-        call = await continuation(self._details(details), request)
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            if details.method in (_AUTHENTICATE, _AUTHENTICATE.encode()) or not _token_expired(exc):
-                raise
-        await self.refresh(token)
-        return await (await continuation(self._details(details), request))
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-    async def intercept_stream_stream(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(details), request_iterator)
 
 
 def _span(prefix: str) -> tuple[bytes, bytes]:
@@ -308,7 +204,7 @@ class EtcdStore:
         self.endpoints = endpoints
         self.timeout = timeout
         self.access = access or EtcdAccess()
-        self._auth: _Token | None = None
+        self._auth: Token | None = None
         self._channel: grpc.aio.Channel | None = None
         self._leases: list[_EtcdLease] = []
 
@@ -319,13 +215,16 @@ class EtcdStore:
 
     async def connect(self) -> EtcdStore:
         if self._channel is None:
+            # A member cut off without a FIN or RST is found out by keepalive: a PING every
+            # 5 s (etcd refuses more frequent ones: --grpc-keepalive-min-time) answered within
+            # 2 s, or the channel moves to another member.
             options = [
                 ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_time_ms", 5_000),
+                ("grpc.keepalive_timeout_ms", 2_000),
             ]
             a = self.access
-            token = _Token(a.username, a.password) if a.username else None
+            token = Token(a.username, a.password) if a.username else None
             interceptors = [token] if token is not None else None
             creds = a.credentials(self.endpoints)
             target = _target(self.endpoints)
@@ -368,7 +267,7 @@ class EtcdStore:
 
     async def get(self, key: str) -> KV | None:
         try:
-            resp = await self._kvs.Range(rpc.RangeRequest(key=key.encode()), timeout=self.timeout)
+            resp = await self._read(rpc.RangeRequest(key=key.encode()))
         except grpc.aio.AioRpcError as exc:
             raise _err(exc, f"get {key}") from exc
         return _kv(resp.kvs[0]) if resp.kvs else None
@@ -408,6 +307,25 @@ class EtcdStore:
             raise _err(exc, f"delete {key}") from exc
         return int(resp.deleted)
 
+    async def _read(self, req: Any) -> Any:
+        """A Range, made again while the cluster elects a leader (reads are safe to repeat):
+        "leader changed" and "no leader" are etcd's own transient refusals, answered by a
+        live member; an unreachable etcd still fails at once."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        pause = 0.05
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                return await self._kvs.Range(req, timeout=max(left, 0.01))
+            except grpc.aio.AioRpcError as exc:
+                transient = exc.code() == grpc.StatusCode.UNAVAILABLE and any(
+                    s in str(exc.details()) for s in ("leader changed", "no leader")
+                )
+                if not transient or left <= pause:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
     async def range(
         self, prefix: str, *, start: str | None = None, limit: int = 1000, revision: int = 0
     ) -> RangePage:
@@ -421,7 +339,7 @@ class EtcdStore:
             sort_target=rpc.RangeRequest.KEY,
         )
         try:
-            resp = await self._kvs.Range(req, timeout=self.timeout)
+            resp = await self._read(req)
         except grpc.aio.AioRpcError as exc:
             raise _err(exc, f"range {prefix}") from exc
         return RangePage([_kv(m) for m in resp.kvs], bool(resp.more), int(resp.header.revision))

@@ -25,10 +25,11 @@ class WorkerError(Exception):
     """A failure the caller should see with ``code`` and a one-line ``message``."""
 
     code: Code = Code.INTERNAL
-    #: True when another worker may well succeed (a transient limit of this one): the answer
-    #: carries the trailing metadata ``shoal-retry: elsewhere`` and the router tries the
-    #: tenant's next shard member.
-    retry_elsewhere: bool = False
+    #: The router's retry hint, sent as the trailing metadata ``shoal-retry``: "elsewhere"
+    #: when another worker may well succeed (a transient limit of this one: the router tries
+    #: the tenant's next shard member), "nowhere" when none would (a shared dependency is
+    #: down: the router answers at once), "" for the router's own rules.
+    retry: str = ""
 
     def __init__(self, message: str, code: Code | None = None) -> None:
         super().__init__(message)
@@ -56,6 +57,13 @@ class Unavailable(WorkerError):
     code = Code.UNAVAILABLE
 
 
+class StoreUnavailable(Unavailable):
+    """The object store cannot be reached: every worker would fail the same load, so the
+    router does not try another one (it would spend the caller's deadline on the same wait)."""
+
+    retry = "nowhere"
+
+
 class ResourceExhausted(WorkerError):
     """A limit was reached (request size or rows, a model's concurrency bound): the message
     names the limit and the setting that sets it."""
@@ -67,7 +75,7 @@ class Busy(ResourceExhausted):
     """This worker's bound for the model is reached (its calls running, its line full): a
     transient, local condition, so the router may try another shard member."""
 
-    retry_elsewhere = True
+    retry = "elsewhere"
 
 
 class DeadlineExceeded(WorkerError):

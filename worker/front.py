@@ -163,7 +163,7 @@ class FrontBridge:
             job.reply(0, "", body)
         except WorkerError as exc:
             code = exc.code
-            job.reply(GRPC_NUMBER[code], exc.message, None, exc.retry_elsewhere)
+            job.reply(GRPC_NUMBER[code], exc.message, None, exc.retry)
         except TimeoutError:
             code = Code.DEADLINE_EXCEEDED
             job.reply(4, "Deadline Exceeded")

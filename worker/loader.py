@@ -47,7 +47,7 @@ from worker.errors import (
     FailedPrecondition,
     Internal,
     NotFound,
-    Unavailable,
+    StoreUnavailable,
     WorkerError,
 )
 from worker.faults import Faults
@@ -88,7 +88,9 @@ class Loader:
         failures: FailureMemory,
         digests: dict[ModelId, str] | None = None,
         faults: Faults | None = None,
+        fetch_timeout_s: float = 5.0,
     ) -> None:
+        self._fetch_timeout_s = fetch_timeout_s
         self._cache = cache
         self._disk = disk
         self._store = store
@@ -232,11 +234,14 @@ class Loader:
         self._metrics.child(self._metrics.misses, "disk").inc()
         key = object_key(mv, self._store.url)
         try:
-            data = await self._store.get(key)
+            # Bounded by its size (a second per 10 MB beyond the base): a store that stopped
+            # answering on a pooled connection is not waited on for the HTTP client's 30 s.
+            timeout = self._fetch_timeout_s + mv.size / 10e6
+            data = await self._store.get(key, timeout=timeout)
         except ObjectNotFound:
             raise NotFound(f"artifact of {mid} not found in the object store ({key})") from None
         except ObjectStoreUnavailable as exc:
-            raise Unavailable(f"object store unreachable loading {mid}: {exc}") from None
+            raise StoreUnavailable(f"object store unreachable loading {mid}: {exc}") from None
         if len(data) <= INLINE_HASH_BYTES:
             got = sha256_hex(data)
         else:

@@ -144,6 +144,7 @@ class WorkerServer:
             FailureMemory(s.load_backoff_s, s.load_backoff_max_s, stuck=load_calls.stuck),
             digests,
             faults,
+            fetch_timeout_s=s.fetch_timeout_s,
         )
         predictor = Predictor(
             predict_calls,

@@ -91,6 +91,11 @@ class WorkerSettings(CommonSettings):
         "up by then)",
         30.0,
     )
+    fetch_timeout_s: float = doc(
+        "an artifact fetch from the object store not done within this many seconds, plus one "
+        "per 10 MB, counts as the store unreachable (UNAVAILABLE)",
+        5.0,
+    )
     load_timeout_s: float = doc(
         "a deserialization running longer is abandoned (DEADLINE_EXCEEDED) and its version "
         "quarantined, seconds",

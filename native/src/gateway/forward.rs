@@ -27,6 +27,19 @@ const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// Trailing metadata of a worker refusal that another member may not give (a model's
 /// concurrency line full on that worker): the next member is tried, nothing is ejected.
 pub const RETRY_ELSEWHERE: &str = "elsewhere";
+/// Trailing metadata of a worker's UNAVAILABLE that every member would give (the object
+/// store is unreachable): answered at once, no other member tried, nothing ejected.
+pub const RETRY_NOWHERE: &str = "nowhere";
+
+/// What a worker's `shoal-retry` trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retry {
+    /// No trailer: the gateway's own rules (UNAVAILABLE is retried elsewhere).
+    #[default]
+    Default,
+    Elsewhere,
+    Nowhere,
+}
 
 /// A framed request as three pieces sent as one DATA frame: the 5-byte gRPC header, the
 /// client's message as received, and the appended version field.
@@ -45,7 +58,7 @@ pub struct Reply {
     pub status: Status,
     /// The response body as received (framed), when the status is OK.
     pub body: Bytes,
-    pub retry_elsewhere: bool,
+    pub retry: Retry,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +106,8 @@ pub struct Upstreams {
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     connect_timeout: Duration,
     max_message_bytes: usize,
+    /// Keepalive PING interval (zero: none); see `handshake`.
+    ping: Duration,
 }
 
 impl Upstreams {
@@ -100,12 +115,14 @@ impl Upstreams {
         tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
         connect_timeout: Duration,
         max_message_bytes: usize,
+        ping: Duration,
     ) -> Upstreams {
         Upstreams {
             conns: Mutex::new(HashMap::new()),
             tls,
             connect_timeout,
             max_message_bytes,
+            ping,
         }
     }
 
@@ -163,7 +180,7 @@ impl Upstreams {
         };
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => handshake(tcp).await.map_err(|e| unreachable(&e)),
+            None => handshake(tcp, self.ping).await.map_err(|e| unreachable(&e)),
             Some(cfg) => {
                 let name = tokio_rustls::rustls::pki_types::ServerName::try_from(u.host.clone())
                     .map_err(|e| unreachable(&e))?;
@@ -171,7 +188,7 @@ impl Upstreams {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| unreachable(&e))?;
-                handshake(tls).await.map_err(|e| unreachable(&e))
+                handshake(tls, self.ping).await.map_err(|e| unreachable(&e))
             }
         }
     }
@@ -221,7 +238,7 @@ impl Upstreams {
                         format!("worker {} answered HTTP {}", u.authority, parts.status),
                     ),
                     body: Bytes::new(),
-                    retry_elsewhere: false,
+                    retry: Retry::Default,
                 });
             }
             if let Some(status) = Status::from_headers(&parts.headers) {
@@ -229,7 +246,7 @@ impl Upstreams {
                 return Ok(Reply {
                     status,
                     body: Bytes::new(),
-                    retry_elsewhere: retry_elsewhere(&parts.headers),
+                    retry: retry_hint(&parts.headers),
                 });
             }
             let limit = self.max_message_bytes + 5;
@@ -243,7 +260,7 @@ impl Upstreams {
                         format!("worker answer is larger than {limit} bytes"),
                     ),
                     body: Bytes::new(),
-                    retry_elsewhere: false,
+                    retry: Retry::Default,
                 });
             };
             let trailers = body
@@ -257,7 +274,7 @@ impl Upstreams {
             Ok(Reply {
                 status,
                 body: data,
-                retry_elsewhere: retry_elsewhere(&trailers),
+                retry: retry_hint(&trailers),
             })
         };
         // Polled in place (no move of the large future into a timeout wrapper).
@@ -270,12 +287,15 @@ impl Upstreams {
 }
 
 /// The HTTP/2 handshake; the connection is driven by a task of its own, which marks the
-/// connection closed when it ends.
-async fn handshake<I>(io: I) -> Result<Conn, h2::Error>
+/// connection closed when it ends. With a `ping` interval, the task PINGs the worker that
+/// often and closes the connection when a PING goes unanswered for twice the interval: a
+/// worker whose host or link died (no RST, no FIN) is found out then, and the calls in flight
+/// on it fail as unreachable, so they are retried on another member within their deadline.
+async fn handshake<I>(io: I, ping: Duration) -> Result<Conn, h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = h2::client::Builder::new()
+    let (sender, mut connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_frame_size(1 << 16)
@@ -283,15 +303,69 @@ where
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
     let flag = closed.clone();
+    let pinger = if ping.is_zero() {
+        None
+    } else {
+        connection.ping_pong()
+    };
     tokio::spawn(async move {
-        let _ = connection.await;
+        match pinger {
+            None => {
+                let _ = connection.await;
+            }
+            Some(mut pinger) => loop {
+                let round = async {
+                    tokio::time::sleep(ping).await;
+                    tokio::time::timeout(2 * ping, pinger.ping(h2::Ping::opaque())).await
+                };
+                tokio::select! {
+                    _ = &mut connection => break,
+                    answered = round => if !matches!(answered, Ok(Ok(_))) {
+                        break; // dropping the connection ends its streams
+                    },
+                }
+            },
+        }
         flag.store(true, Ordering::Release);
     });
     Ok(Conn { sender, closed })
 }
 
-fn retry_elsewhere(map: &http::HeaderMap) -> bool {
-    map.get_all(grpc::names::SHOAL_RETRY)
+fn retry_hint(map: &http::HeaderMap) -> Retry {
+    let values = map.get_all(grpc::names::SHOAL_RETRY);
+    if values
+        .iter()
+        .any(|v| v.as_bytes() == RETRY_NOWHERE.as_bytes())
+    {
+        Retry::Nowhere
+    } else if values
         .iter()
         .any(|v| v.as_bytes() == RETRY_ELSEWHERE.as_bytes())
+    {
+        Retry::Elsewhere
+    } else {
+        Retry::Default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(values: &[&str]) -> Retry {
+        let mut map = http::HeaderMap::new();
+        for v in values {
+            map.append(grpc::names::SHOAL_RETRY, HeaderValue::from_str(v).unwrap());
+        }
+        retry_hint(&map)
+    }
+
+    #[test]
+    fn the_retry_trailer_is_read_nowhere_first() {
+        assert_eq!(hint(&[]), Retry::Default);
+        assert_eq!(hint(&["elsewhere"]), Retry::Elsewhere);
+        assert_eq!(hint(&["nowhere"]), Retry::Nowhere);
+        assert_eq!(hint(&["elsewhere", "nowhere"]), Retry::Nowhere);
+        assert_eq!(hint(&["later"]), Retry::Default);
+    }
 }

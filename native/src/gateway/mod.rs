@@ -46,6 +46,8 @@ pub struct Config {
     pub default_timeout: Duration,
     pub spill_at: u32,
     pub eject_s: f64,
+    /// Keepalive PING interval on worker connections (zero: none).
+    pub worker_ping: Duration,
     pub shadow_queue: usize,
     pub max_message_bytes: usize,
     pub seed: u64,
@@ -112,6 +114,7 @@ impl Shared {
                 client_tls,
                 Duration::from_secs(2),
                 config.max_message_bytes,
+                config.worker_ping,
             ),
             shadow: shadow::ShadowQueue::new(config.shadow_queue),
             view: ViewState::default(),

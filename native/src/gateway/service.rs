@@ -21,7 +21,7 @@ use prost::Message;
 use rand::Rng;
 
 use super::auth::{bearer, Principal};
-use super::forward::{self, CallError, Reply};
+use super::forward::{self, CallError, Reply, Retry};
 use super::grpc::{self, Code, Status};
 use super::oip::{self, RoutingHeader};
 use super::policy::choose;
@@ -196,9 +196,12 @@ impl Shared {
                     return Ok(reply);
                 }
                 Ok(reply) => {
+                    if reply.retry == Retry::Nowhere {
+                        return Err(reply.status); // every member would say the same
+                    }
                     if reply.status.code == Code::Unavailable {
                         self.members.failure(&state);
-                    } else if !reply.retry_elsewhere || i + 1 == attempts {
+                    } else if reply.retry != Retry::Elsewhere || i + 1 == attempts {
                         return Err(reply.status);
                     }
                     last = Some(reply.status);

@@ -43,7 +43,7 @@ impl PyGateway {
     #[new]
     #[pyo3(signature = (
         *, host, port, threads=1, retries=2, default_timeout_s=30.0, spill_at=8, eject_s=5.0,
-        shadow_queue=256, max_message_bytes=64 << 20, seed=0, tenant_rate_limit=0.0,
+        worker_ping_s=0.5, shadow_queue=256, max_message_bytes=64 << 20, seed=0, tenant_rate_limit=0.0,
         tenant_max_in_flight=0, tenant_queue_s=0.5, tenant_max_queued=256, auth=false,
         tls_cert=String::new(), tls_key=String::new(), tls_ca=String::new(),
         tls_client_auth=false, name=String::from("shoal-router"), version=String::new(),
@@ -57,6 +57,7 @@ impl PyGateway {
         default_timeout_s: f64,
         spill_at: u32,
         eject_s: f64,
+        worker_ping_s: f64,
         shadow_queue: usize,
         max_message_bytes: usize,
         seed: u64,
@@ -91,6 +92,7 @@ impl PyGateway {
             default_timeout: seconds("default_timeout_s", default_timeout_s)?,
             spill_at,
             eject_s,
+            worker_ping: seconds("worker_ping_s", worker_ping_s)?,
             shadow_queue,
             max_message_bytes,
             seed,

@@ -319,15 +319,20 @@ impl PyFrontJob {
     }
 
     /// Answer: a gRPC status code (0 = OK, with `body` the response message), its message,
-    /// and whether the caller may retry on another worker. A second answer is an error.
-    #[pyo3(signature = (code, message="", body=None, retry_elsewhere=false))]
-    fn reply(
-        &self,
-        code: u32,
-        message: &str,
-        body: Option<&[u8]>,
-        retry_elsewhere: bool,
-    ) -> PyResult<()> {
+    /// and the router's retry hint: "" (its own rules), "elsewhere" (another worker may
+    /// succeed) or "nowhere" (none would). A second answer is an error.
+    #[pyo3(signature = (code, message="", body=None, retry=""))]
+    fn reply(&self, code: u32, message: &str, body: Option<&[u8]>, retry: &str) -> PyResult<()> {
+        let retry = match retry {
+            "" => None,
+            "elsewhere" => Some("elsewhere"),
+            "nowhere" => Some("nowhere"),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "retry must be '', 'elsewhere' or 'nowhere', got {other:?}"
+                )))
+            }
+        };
         let sender = self
             .reply
             .lock()
@@ -340,7 +345,7 @@ impl PyFrontJob {
             code: Code::from_u32(code),
             message: message.to_string(),
             body: body.map(Bytes::copy_from_slice).unwrap_or_default(),
-            retry_elsewhere,
+            retry,
         });
         Ok(())
     }

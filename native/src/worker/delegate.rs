@@ -27,8 +27,8 @@ pub struct Reply {
     pub message: String,
     /// The response message (unframed), for OK.
     pub body: Bytes,
-    /// Add the trailer `shoal-retry: elsewhere`.
-    pub retry_elsewhere: bool,
+    /// The `shoal-retry` trailer to add (`elsewhere`, `nowhere`), if any.
+    pub retry: Option<&'static str>,
 }
 
 impl Reply {
@@ -37,7 +37,7 @@ impl Reply {
             code,
             message: message.into(),
             body: Bytes::new(),
-            retry_elsewhere: false,
+            retry: None,
         }
     }
 }
@@ -175,7 +175,7 @@ mod tests {
                     code: Code::Ok,
                     message: String::new(),
                     body: Bytes::from_static(b"resp"),
-                    retry_elsewhere: false,
+                    retry: None,
                 });
             })
         };

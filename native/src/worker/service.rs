@@ -52,16 +52,11 @@ fn numeric_version(v: &str) -> Option<u64> {
 }
 
 fn answer_of(reply: Reply) -> Answer {
+    let extra = reply.retry.map(|v| (names::SHOAL_RETRY, v));
     if reply.code == Code::Ok {
-        let extra = reply
-            .retry_elsewhere
-            .then_some((names::SHOAL_RETRY, "elsewhere"));
         Answer::Message(grpc::frame(&reply.body), extra)
-    } else if reply.retry_elsewhere {
-        Answer::FailureWith(
-            Status::new(reply.code, reply.message),
-            (names::SHOAL_RETRY, "elsewhere"),
-        )
+    } else if let Some(extra) = extra {
+        Answer::FailureWith(Status::new(reply.code, reply.message), extra)
     } else {
         Answer::Failure(Status::new(reply.code, reply.message))
     }
