@@ -53,6 +53,16 @@ TENANTS = [f"mh{i}" for i in range(6)]
 BUCKET = "shoal-mh"
 
 
+class _Say:
+    """The phases' figures, written to the terminal past pytest's capture (set by the test)."""
+
+    write: Callable[[str], None] = print
+
+
+def say(line: str) -> None:
+    _Say.write(line)
+
+
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
 
@@ -194,7 +204,7 @@ def _register(address: str, key: str, tenant: str, name: str, data: bytes) -> in
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 10:
                     raise
-                print(f"[multihost] register {tenant}/{name}: {exc.details()}; retrying")
+                say(f"[multihost] register {tenant}/{name}: {exc.details()}; retrying")
                 time.sleep(0.5)
                 continue
             return int(resp.version)
@@ -229,10 +239,9 @@ def _phase(name: str, load: Load, t0: float, t1: float, **extra: Any) -> Counter
     time.sleep(max(0.0, t1 + SETTLE_S - time.time()))
     n, fails, last = load.window(t0, t1)
     more = ", ".join(f"{k} {v}" for k, v in extra.items())
-    print(
+    say(
         f"[multihost] {name}: {n} requests, {sum(fails.values())} failed {dict(fails)}, "
         f"last failure {last:.2f} s after the fault{', ' + more if more else ''}",
-        flush=True,
     )
     assert n > 0, f"{name}: no requests were sent"
     return fails
@@ -262,7 +271,14 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
         h.close()
 
 
-def test_a_cluster_across_hosts_rides_out_host_faults(hosts: Hosts, tmp_path: Path) -> None:
+def test_a_cluster_across_hosts_rides_out_host_faults(
+    hosts: Hosts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def to_terminal(line: str) -> None:
+        with capsys.disabled():
+            print(line, flush=True)
+
+    _Say.write = to_terminal
     c = Cluster(hosts, tmp_path)
     c.start_etcd()
     c.start_s3()
@@ -335,7 +351,7 @@ def test_a_cluster_across_hosts_rides_out_host_faults(hosts: Hosts, tmp_path: Pa
             lambda: len(_members(c)) == 4,
             60,
         )
-        print(f"[multihost] zone-a back in the snapshot after {back:.1f} s", flush=True)
+        say(f"[multihost] zone-a back in the snapshot after {back:.1f} s")
 
         # 3. One etcd member cut off: serving and registration go on.
         t0 = time.time()
@@ -350,7 +366,7 @@ def test_a_cluster_across_hosts_rides_out_host_faults(hosts: Hosts, tmp_path: Pa
             lambda: asyncio.run(c._etcd_ok(f"http://{c.ip['etcd3']}:2379")),
             30,
         )
-        print(f"[multihost] etcd3 rejoined after {rejoined:.1f} s", flush=True)
+        say(f"[multihost] etcd3 rejoined after {rejoined:.1f} s")
 
         # 4. The placement leader's host dies: the standby leads.
         leader = asyncio.run(c.leader())
@@ -375,7 +391,7 @@ def test_a_cluster_across_hosts_rides_out_host_faults(hosts: Hosts, tmp_path: Pa
         time.sleep(3)
         assert not _phase("object store cut off (warm models)", load, t0, time.time())
         answer = _call(router, "cold/m", keys["cold"], x[0])
-        print(f"[multihost] cold model while the store is cut off: {answer}", flush=True)
+        say(f"[multihost] cold model while the store is cut off: {answer}")
         assert answer == "UNAVAILABLE"
         hosts.restore("s3")
         recovered = _until(
@@ -383,7 +399,7 @@ def test_a_cluster_across_hosts_rides_out_host_faults(hosts: Hosts, tmp_path: Pa
             lambda: _call(router, "cold/m", keys["cold"], x[0], quiet=True) == "OK",
             60,
         )
-        print(f"[multihost] cold model answered {recovered:.1f} s after the store returned")
+        say(f"[multihost] cold model answered {recovered:.1f} s after the store returned")
 
         # 6. Everything restored: steady, and no acknowledged registration lost.
         t0 = time.time()
@@ -422,7 +438,7 @@ def _call(router: str, model: str, key: str, row: np.ndarray, quiet: bool = Fals
         return "OK"
     except InferenceServerException as exc:
         if not quiet:
-            print(f"[multihost] {model}: {exc.status()}: {exc.message()}", flush=True)
+            say(f"[multihost] {model}: {exc.status()}: {exc.message()}")
         return str(exc.status()).removeprefix("StatusCode.")
     finally:
         client.close()
