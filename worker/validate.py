@@ -39,18 +39,17 @@ def check_inputs(model: str, sig: Signature, inputs: Sequence[Tensor]) -> list[n
     if len(inputs) != len(specs):
         names = ", ".join(f"{s.name!r} {_fmt(s.datatype, s.shape)}" for s in specs)
         raise InvalidArgument(f"{model} expects {len(specs)} input(s) ({names}), got {len(inputs)}")
-    if len(specs) == 1:
-        pairs = [(specs[0], inputs[0])]
-    else:
-        by_name = {t.name: t for t in inputs}
-        pairs = []
-        for s in specs:
-            if s.name not in by_name:
-                raise InvalidArgument(
-                    f"{model}: missing input {s.name!r} {_fmt(s.datatype, s.shape)}; "
-                    f"received {sorted(by_name)}"
-                )
-            pairs.append((s, by_name[s.name]))
+    # Names must match, a single input's too (as Triton checks them): a tensor sent under
+    # another name is refused, naming what the model expects.
+    by_name = {t.name: t for t in inputs}
+    pairs = []
+    for s in specs:
+        if s.name not in by_name:
+            raise InvalidArgument(
+                f"{model}: missing input {s.name!r} {_fmt(s.datatype, s.shape)}; "
+                f"received {sorted(by_name)}"
+            )
+        pairs.append((s, by_name[s.name]))
     out = []
     for spec, t in pairs:
         if not _matches(spec, t):

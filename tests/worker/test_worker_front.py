@@ -192,3 +192,26 @@ async def test_health_watch_follows_a_drain_to_not_serving_and_ends(
     # An open watch does not hold the drain for its grace period.
     assert w.proc.proc is not None
     assert await asyncio.to_thread(w.proc.proc.wait, 15) == 0
+
+
+async def test_an_input_under_another_name_is_refused_naming_the_expected_one(
+    worker_factory: WorkerFactory, model_bytes: dict[str, Any]
+) -> None:
+    """Strict input names, a single input's too (as Triton checks them): the same refusal
+    from Python (the version not resident yet) and from the front (resident). A worker of
+    its own: its native count is this test's alone."""
+    w = worker_factory({"SHOAL_BATCHING": "off"})
+    await put_model(w.etcd, w.store_url, "front", "strict", model_bytes["lightgbm-text"])
+    x = np.ascontiguousarray(model_bytes["x"][:2])
+    want = (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "front/strict:1: missing input 'input__0' FP32 [-1, 12]; received ['features']",
+    )
+    async with Client(w.address) as c:
+        before = w.scrape().get(NATIVE)
+        # Python refuses it from the record's signature, before any load.
+        assert await _code(c.infer("front/strict", x, "1", name="features")) == want
+        await c.infer("front/strict", x, "1")  # the miss: loaded and handed to the front
+        assert w.scrape().get(NATIVE) == before
+        assert await _code(c.infer("front/strict", x, "1", name="features")) == want
+        assert w.scrape().get(NATIVE) - before == 1  # that refusal was the front's

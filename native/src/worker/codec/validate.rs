@@ -57,8 +57,7 @@ fn matches(spec: &TensorSpec, t: &Tensor) -> bool {
 }
 
 /// The indices in `inputs` of the tensors for the signature's inputs, in the signature's
-/// order. A single-input model takes its one tensor under any name; with several inputs the
-/// names must match (a name given twice: the last one counts). `model` labels the messages
+/// order. Names must match, a single input's too (a name given twice: the last one counts). `model` labels the messages
 /// (`tenant/name:version`).
 pub fn check_inputs(
     model: &str,
@@ -74,20 +73,16 @@ pub fn check_inputs(
         });
     }
     let mut order = Vec::with_capacity(specs.len());
-    if specs.len() == 1 {
-        order.push(0);
-    } else {
-        for spec in specs {
-            match inputs.iter().rposition(|t| t.name == spec.name) {
-                Some(i) => order.push(i),
-                None => {
-                    let received: BTreeSet<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
-                    return Err(CodecError::MissingInput {
-                        model: model.to_owned(),
-                        spec: Box::new(spec.clone()),
-                        received: received.into_iter().map(str::to_owned).collect(),
-                    });
-                }
+    for spec in specs {
+        match inputs.iter().rposition(|t| t.name == spec.name) {
+            Some(i) => order.push(i),
+            None => {
+                let received: BTreeSet<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
+                return Err(CodecError::MissingInput {
+                    model: model.to_owned(),
+                    spec: Box::new(spec.clone()),
+                    received: received.into_iter().map(str::to_owned).collect(),
+                });
             }
         }
     }
@@ -184,16 +179,23 @@ mod tests {
     }
 
     #[test]
-    fn one_input_is_taken_under_any_name() {
+    fn one_input_is_matched_by_name_too() {
         let s = sig(vec![spec("input__0", "FP32", &[-1, 3])]);
-        let ok = [tensor("input", Datatype::Fp32, &[2, 3])];
+        let ok = [tensor("input__0", Datatype::Fp32, &[2, 3])];
         assert_eq!(check_inputs("t/m:2", &s, &ok), Ok(vec![0]));
-        let e = check_inputs("t/m:2", &s, &[tensor("x", Datatype::Fp64, &[2, 3])]).unwrap_err();
+        let e = check_inputs("t/m:2", &s, &[tensor("input", Datatype::Fp32, &[2, 3])]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t/m:2: missing input 'input__0' FP32 [-1, 3]; received ['input']"
+        );
+        let wrong = [tensor("input__0", Datatype::Fp64, &[2, 3])];
+        let e = check_inputs("t/m:2", &s, &wrong).unwrap_err();
         assert_eq!(
             e.to_string(),
             "input 'input__0' of t/m:2: expected FP32 [-1, 3], received FP64 [2, 3]"
         );
-        let e = check_inputs("t/m:2", &s, &[tensor("x", Datatype::Fp32, &[0, 3])]).unwrap_err();
+        let empty = [tensor("input__0", Datatype::Fp32, &[0, 3])];
+        let e = check_inputs("t/m:2", &s, &empty).unwrap_err();
         assert_eq!(
             e.to_string(),
             "input 'input__0' of t/m:2: empty batch (0 rows)"
@@ -206,7 +208,7 @@ mod tests {
         // A model that declares no shape takes any shape, scalars included.
         let any = sig(vec![spec("x", "INT64", &[])]);
         assert_eq!(
-            check_inputs("m", &any, &[tensor("y", Datatype::Int64, &[])]),
+            check_inputs("m", &any, &[tensor("x", Datatype::Int64, &[])]),
             Ok(vec![0])
         );
     }
