@@ -16,11 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from shoal.records import ELECTION
 from shoal.state import Compare, Lease, Put, StateError, StateStore
 
 log = logging.getLogger(__name__)
+
+
+class NotLeader(Exception):
+    """A fenced write failed: another instance leads now."""
 
 
 class LeaderElection:
@@ -108,3 +113,37 @@ class LeaderElection:
         """The current leader's instance id, if any."""
         kv = await self._store.get(self.key)
         return kv.value.decode() if kv is not None else None
+
+
+async def lead_forever(
+    election: LeaderElection,
+    lead: Callable[[], Awaitable[None]],
+    on_change: Callable[[bool], None] = lambda leading: None,
+    pause_s: float = 0.5,
+) -> None:
+    """Campaign, run ``lead`` while leading, step down when it returns or fails, and campaign
+    again, until cancelled. Whatever ``lead`` raises ends only that term: a leader whose loops
+    died while its lease lived on would hold the key forever and no instance would lead."""
+    while True:
+        try:
+            await election.campaign()
+        except Exception:  # campaign retries etcd's errors itself: this is a bug, logged
+            log.exception("%s: campaign failed; campaigning again", election.instance_id)
+            await asyncio.sleep(pause_s)
+            continue
+        on_change(True)
+        try:
+            await lead()
+        except Exception as exc:  # NotLeader, etcd errors, and any bug in a leader's loop
+            log.warning(
+                "%s: leader loop ended (%s: %s); stepping down",
+                election.instance_id,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, (StateError, NotLeader)),
+            )
+        finally:
+            on_change(False)
+        log.warning("%s lost leadership; campaigning again", election.instance_id)
+        await election.resign()
+        await asyncio.sleep(pause_s)  # a loop that fails at once must not spin

@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from placement.publisher import NotLeader
+from placement.election import NotLeader
 from shoal.records import LOAD, TENANTS, LoadReport, TenantConfig, tenant_key
 from shoal.state import KV, Compare, Put, StateError, StateStore, iter_prefix
 
@@ -172,9 +172,12 @@ class HotTenantLoop:
         self._on_change = on_change
 
     async def run(self) -> None:
-        await self._adopt()
+        adopted = False
         while True:
             try:
+                if not adopted:  # etcd may be out as a term begins: adopt when it answers
+                    await self._adopt()
+                    adopted = True
                 await self.tick()
             except NotLeader:
                 raise

@@ -18,16 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 
+from placement.election import NotLeader
 from placement.membership import MembershipTracker
 from shoal.records import PLACEMENT, WORKERS, PoolSnapshot, placement_key
 from shoal.state import Compare, Put, StateError, StateStore, WatchEvent, read_prefix
 from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-
-class NotLeader(Exception):
-    """A fenced write failed: another instance leads now."""
 
 
 class SnapshotPublisher:

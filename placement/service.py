@@ -29,10 +29,10 @@ from typing import Any, cast
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from placement.election import LeaderElection
+from placement.election import LeaderElection, lead_forever
 from placement.hot import HotPolicy, HotTenantController, HotTenantLoop
 from placement.metrics import PlacementMetrics
-from placement.publisher import NotLeader, SnapshotPublisher
+from placement.publisher import SnapshotPublisher
 from placement.settings import PlacementSettings
 from registry.control import ControlService
 from registry.facade import Registry
@@ -163,18 +163,7 @@ class PlacementService:
         registry.start()
 
     async def _lead_forever(self) -> None:
-        election = self.election
-        while True:
-            await election.campaign()
-            self.metrics.leader.set(1)
-            try:
-                await self._lead()
-            except NotLeader as exc:
-                log.warning("%s: %s", self.instance_id, exc)
-            finally:
-                self.metrics.leader.set(0)
-            log.warning("%s lost leadership; campaigning again", self.instance_id)
-            await election.resign()
+        await lead_forever(self.election, self._lead, lambda on: self.metrics.leader.set(int(on)))
 
     async def _lead(self) -> None:
         """Run the leader's loops until one fails or the lease is lost."""

@@ -152,5 +152,10 @@ class PrefixFeed:
                         "lost etcd watch on %s (%s); serving the last view", self.prefix, exc
                     )
                 self._set_stale(True)
+            except Exception:  # a bug must not end the feed: it re-reads and goes on
+                self._flush()
+                self.failures += 1
+                log.exception("etcd feed of %s failed; re-reading", self.prefix)
+                self._set_stale(True)
             await asyncio.sleep(delay * (0.5 + self._rng.random()))
             delay = min(delay * 2, self._backoff_max)

@@ -66,6 +66,9 @@ class LoadReporter:
             except StateError as exc:  # etcd away: the next window reports again
                 log.debug("load report not published: %s", exc)
                 self._lease = None
+            except Exception:  # a bug must not end the reports
+                log.exception("load report not published")
+                self._lease = None
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

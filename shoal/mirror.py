@@ -122,5 +122,9 @@ class PrefixMirror(Generic[T]):
                         "lost etcd watch on %s (%s); serving the last view", self.prefix, exc
                     )
                 self.stale = True
+            except Exception:  # a bug must not end the mirror: it re-reads and goes on
+                self.failures += 1
+                log.exception("etcd mirror of %s failed; re-reading", self.prefix)
+                self.stale = True
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff_max)

@@ -217,6 +217,8 @@ class Catalog:
                         self._apply(ev)
             except StateError as exc:
                 log.info("model watch interrupted (%s); retrying in %.1fs", exc, delay)
+            except Exception:  # a bug must not end the watch: it re-reads and goes on
+                log.exception("model watch failed; retrying in %.1fs", delay)
             finally:
                 self.watching.clear()
                 self._fresh.clear()

@@ -69,6 +69,8 @@ class Registration:
                 log.warning(
                     "cannot register %s in etcd (%s); retrying in %.1fs", self.key, exc, delay
                 )
+            except Exception:  # a bug must not leave the worker unregistered for good
+                log.exception("cannot register %s in etcd; retrying in %.1fs", self.key, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

@@ -43,6 +43,7 @@ from shoal.pb import shoal_control_pb2 as cpb
 from shoal.pb import shoal_control_pb2_grpc as cgrpc
 from shoal.procs import ManagedProcess, wait_for_banner, wait_until
 from shoal.records import ELECTION, PoolSnapshot, placement_key
+from tests.multihost.diagnose import reporting
 from tests.multihost.hosts import Hosts, why_not
 
 HERE = Path(__file__).resolve().parent
@@ -280,143 +281,144 @@ def test_a_cluster_across_hosts_rides_out_host_faults(
 
     _Say.write = to_terminal
     c = Cluster(hosts, tmp_path)
-    c.start_etcd()
-    c.start_s3()
-    for p in ("place1", "place2"):
-        c.start_placement(p)
-    for zone in WORKERS:
-        for i in range(2):
-            c.start_worker(zone, i)
-    c.start_router()
-    banners = {"place1": "control", "place2": "control", "router": "router"}
-    for name, proc in c.procs.items():
-        if name.startswith("w-") or name in banners:
-            wait_for_banner(proc, banners.get(name, "worker"), 90)
-    control = f"{c.ip['place1']}:8002"
-    admin = c.key("--admin")
+    with reporting(c.etcd, c.procs, say):
+        c.start_etcd()
+        c.start_s3()
+        for p in ("place1", "place2"):
+            c.start_placement(p)
+        for zone in WORKERS:
+            for i in range(2):
+                c.start_worker(zone, i)
+        c.start_router()
+        banners = {"place1": "control", "place2": "control", "router": "router"}
+        for name, proc in c.procs.items():
+            if name.startswith("w-") or name in banners:
+                wait_for_banner(proc, banners.get(name, "worker"), 90)
+        control = f"{c.ip['place1']}:8002"
+        admin = c.key("--admin")
 
-    x, y = modelgen.dataset(n_rows=200, n_features=4, seed=3)
-    data = modelgen.train_xgboost(x, y, n_trees=5)
-    data2 = modelgen.train_xgboost(x, y, n_trees=6)  # a new version of a model
-    cold = modelgen.train_xgboost(x, y, n_trees=7)  # bytes no worker has seen (artifacts are
-    # content-addressed: the same bytes under another name would be found on disk)
-    keys = {t: c.key(t) for t in (*TENANTS, "cold")}
-    for t in TENANTS:
-        assert _register(control, admin, t, "m", data) == 1
-    assert _register(control, admin, "cold", "m", cold) == 1
-    wait_until(lambda: len(_members(c)) == 4, 60, 0.2, "a snapshot of the 4 workers")
-    out = tmp_path / "load.jsonl"
-    stop = tmp_path / "stop"
-    models = [
-        {"model": f"{t}/m", "key": keys[t], "input": "input__0", "row": x[0].tolist()}
-        for t in TENANTS
-    ]
-    cfg = tmp_path / "load.json"
-    router = f"{c.ip['router']}:8001"
-    cfg.write_text(json.dumps({"router": router, "models": models, "rate": 60,
-                               "out": str(out), "stop": str(stop)}))  # fmt: skip
-    load = Load(out)
-    hosts.run("client", "load", [sys.executable, str(HERE / "load.py"), str(cfg)], _base_env())
+        x, y = modelgen.dataset(n_rows=200, n_features=4, seed=3)
+        data = modelgen.train_xgboost(x, y, n_trees=5)
+        data2 = modelgen.train_xgboost(x, y, n_trees=6)  # a new version of a model
+        cold = modelgen.train_xgboost(x, y, n_trees=7)  # bytes no worker has seen (artifacts are
+        # content-addressed: the same bytes under another name would be found on disk)
+        keys = {t: c.key(t) for t in (*TENANTS, "cold")}
+        for t in TENANTS:
+            assert _register(control, admin, t, "m", data) == 1
+        assert _register(control, admin, "cold", "m", cold) == 1
+        wait_until(lambda: len(_members(c)) == 4, 60, 0.2, "a snapshot of the 4 workers")
+        out = tmp_path / "load.jsonl"
+        stop = tmp_path / "stop"
+        models = [
+            {"model": f"{t}/m", "key": keys[t], "input": "input__0", "row": x[0].tolist()}
+            for t in TENANTS
+        ]
+        cfg = tmp_path / "load.json"
+        router = f"{c.ip['router']}:8001"
+        cfg.write_text(json.dumps({"router": router, "models": models, "rate": 60,
+                                   "out": str(out), "stop": str(stop)}))  # fmt: skip
+        load = Load(out)
+        hosts.run("client", "load", [sys.executable, str(HERE / "load.py"), str(cfg)], _base_env())
 
-    def answered_since(t: float, n: int = 24) -> bool:
-        recs = [r for r in load.records() if r["t"] >= t]
-        return len(recs) >= n and all(r["code"] == "OK" for r in recs[-n:])
+        def answered_since(t: float, n: int = 24) -> bool:
+            recs = [r for r in load.records() if r["t"] >= t]
+            return len(recs) >= n and all(r["code"] == "OK" for r in recs[-n:])
 
-    try:
-        # 1. Steady (after every model's first load).
-        _until("every model warm", lambda: answered_since(0), 90)
-        t0 = time.time()
-        time.sleep(4)
-        assert not _phase("steady", load, t0, time.time())
+        try:
+            # 1. Steady (after every model's first load).
+            _until("every model warm", lambda: answered_since(0), 90)
+            t0 = time.time()
+            time.sleep(4)
+            assert not _phase("steady", load, t0, time.time())
 
-        # 2. A worker host cut off.
-        t0 = time.time()
-        hosts.isolate("zone-a")
-        dropped = _until(
-            "the snapshot without zone-a's workers",
-            lambda: _members(c) == set(WORKERS["zone-b"]),
-            30,
-        )
-        after = time.time()
-        time.sleep(3)
-        # Calls in flight to the cut-off workers are found out by the router's PINGs and retried
-        # on the zone-b members: none is lost, before or after the snapshot drops them.
-        until = _phase("worker host cut off (until the snapshot)", load, t0, after,
-                       dropped=f"{dropped:.1f} s")  # fmt: skip
-        assert not until
-        assert not _phase("worker host cut off (after the snapshot)", load, after, time.time())
-        hosts.restore("zone-a")
-        back = _until(
-            "zone-a's workers back in the snapshot",
-            lambda: len(_members(c)) == 4,
-            60,
-        )
-        say(f"[multihost] zone-a back in the snapshot after {back:.1f} s")
-
-        # 3. One etcd member cut off: serving and registration go on.
-        t0 = time.time()
-        hosts.isolate("etcd3")
-        # A model no traffic goes to yet: the load measures serving, this the registration.
-        assert _register(control, admin, "late", "m", data2) == 1
-        time.sleep(3)
-        assert not _phase("etcd member cut off", load, t0, time.time())
-        hosts.restore("etcd3")
-        rejoined = _until(
-            "etcd3 answering again",
-            lambda: asyncio.run(c._etcd_ok(f"http://{c.ip['etcd3']}:2379")),
-            30,
-        )
-        say(f"[multihost] etcd3 rejoined after {rejoined:.1f} s")
-
-        # 4. The placement leader's host dies: the standby leads.
-        leader = asyncio.run(c.leader())
-        assert leader in ("place1", "place2"), leader
-        standby = "place2" if leader == "place1" else "place1"
-        before = asyncio.run(c.snapshot())
-        assert before is not None
-        t0 = time.time()
-        hosts.kill(leader)
-        took = _until("the standby leading", lambda: asyncio.run(c.leader()) == standby, 30)
-        time.sleep(2)
-        assert not _phase(f"placement leader ({leader}) killed", load, t0, time.time(),
-                          standby_led=f"{took:.1f} s")  # fmt: skip
-        standby_control = f"{c.ip[standby]}:8002"
-        assert _register(standby_control, admin, "mh1", "m", data2) == 2  # acknowledged: kept
-        registered = time.time()
-        _until("mh1's new version warm", lambda: answered_since(registered), 60)
-
-        # 5. The object store cut off: warm models answer, a cold one is UNAVAILABLE.
-        t0 = time.time()
-        hosts.isolate("s3")
-        time.sleep(3)
-        assert not _phase("object store cut off (warm models)", load, t0, time.time())
-        answer = _call(router, "cold/m", keys["cold"], x[0])
-        say(f"[multihost] cold model while the store is cut off: {answer}")
-        assert answer == "UNAVAILABLE"
-        hosts.restore("s3")
-        recovered = _until(
-            "the cold model after the store returns",
-            lambda: _call(router, "cold/m", keys["cold"], x[0], quiet=True) == "OK",
-            60,
-        )
-        say(f"[multihost] cold model answered {recovered:.1f} s after the store returned")
-
-        # 6. Everything restored: steady, and no acknowledged registration lost.
-        t0 = time.time()
-        time.sleep(3)
-        assert not _phase("restored", load, t0, time.time())
-        with grpc.insecure_channel(standby_control) as ch:
-            rec = cgrpc.ControlStub(ch).GetModel(
-                cpb.GetModelRequest(tenant="mh1", name="m"),
-                metadata=[("authorization", f"Bearer {admin}")],
-                timeout=10,
+            # 2. A worker host cut off.
+            t0 = time.time()
+            hosts.isolate("zone-a")
+            dropped = _until(
+                "the snapshot without zone-a's workers",
+                lambda: _members(c) == set(WORKERS["zone-b"]),
+                30,
             )
-        assert sorted(v.version for v in rec.versions) == [1, 2]
-        late_key = c.key("late")
-        late = _call(router, "late/m", late_key, x[0])
-        assert late == "OK", late  # registered while an etcd member was cut off
-    finally:
-        stop.touch()
+            after = time.time()
+            time.sleep(3)
+            # Calls in flight to the cut-off workers are found out by the router's PINGs and retried
+            # on the zone-b members: none is lost, before or after the snapshot drops them.
+            until = _phase("worker host cut off (until the snapshot)", load, t0, after,
+                           dropped=f"{dropped:.1f} s")  # fmt: skip
+            assert not until
+            assert not _phase("worker host cut off (after the snapshot)", load, after, time.time())
+            hosts.restore("zone-a")
+            back = _until(
+                "zone-a's workers back in the snapshot",
+                lambda: len(_members(c)) == 4,
+                60,
+            )
+            say(f"[multihost] zone-a back in the snapshot after {back:.1f} s")
+
+            # 3. One etcd member cut off: serving and registration go on.
+            t0 = time.time()
+            hosts.isolate("etcd3")
+            # A model no traffic goes to yet: the load measures serving, this the registration.
+            assert _register(control, admin, "late", "m", data2) == 1
+            time.sleep(3)
+            assert not _phase("etcd member cut off", load, t0, time.time())
+            hosts.restore("etcd3")
+            rejoined = _until(
+                "etcd3 answering again",
+                lambda: asyncio.run(c._etcd_ok(f"http://{c.ip['etcd3']}:2379")),
+                30,
+            )
+            say(f"[multihost] etcd3 rejoined after {rejoined:.1f} s")
+
+            # 4. The placement leader's host dies: the standby leads.
+            leader = asyncio.run(c.leader())
+            assert leader in ("place1", "place2"), leader
+            standby = "place2" if leader == "place1" else "place1"
+            before = asyncio.run(c.snapshot())
+            assert before is not None
+            t0 = time.time()
+            hosts.kill(leader)
+            took = _until("the standby leading", lambda: asyncio.run(c.leader()) == standby, 30)
+            time.sleep(2)
+            assert not _phase(f"placement leader ({leader}) killed", load, t0, time.time(),
+                              standby_led=f"{took:.1f} s")  # fmt: skip
+            standby_control = f"{c.ip[standby]}:8002"
+            assert _register(standby_control, admin, "mh1", "m", data2) == 2  # acknowledged: kept
+            registered = time.time()
+            _until("mh1's new version warm", lambda: answered_since(registered), 60)
+
+            # 5. The object store cut off: warm models answer, a cold one is UNAVAILABLE.
+            t0 = time.time()
+            hosts.isolate("s3")
+            time.sleep(3)
+            assert not _phase("object store cut off (warm models)", load, t0, time.time())
+            answer = _call(router, "cold/m", keys["cold"], x[0])
+            say(f"[multihost] cold model while the store is cut off: {answer}")
+            assert answer == "UNAVAILABLE"
+            hosts.restore("s3")
+            recovered = _until(
+                "the cold model after the store returns",
+                lambda: _call(router, "cold/m", keys["cold"], x[0], quiet=True) == "OK",
+                60,
+            )
+            say(f"[multihost] cold model answered {recovered:.1f} s after the store returned")
+
+            # 6. Everything restored: steady, and no acknowledged registration lost.
+            t0 = time.time()
+            time.sleep(3)
+            assert not _phase("restored", load, t0, time.time())
+            with grpc.insecure_channel(standby_control) as ch:
+                rec = cgrpc.ControlStub(ch).GetModel(
+                    cpb.GetModelRequest(tenant="mh1", name="m"),
+                    metadata=[("authorization", f"Bearer {admin}")],
+                    timeout=10,
+                )
+            assert sorted(v.version for v in rec.versions) == [1, 2]
+            late_key = c.key("late")
+            late = _call(router, "late/m", late_key, x[0])
+            assert late == "OK", late  # registered while an etcd member was cut off
+        finally:
+            stop.touch()
 
 
 def _members(c: Cluster) -> set[str]:
