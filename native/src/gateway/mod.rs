@@ -18,6 +18,7 @@ pub mod quota;
 pub mod service;
 pub mod shadow;
 pub mod stats;
+pub mod stream;
 pub mod table;
 
 pub use crate::rpc::{grpc, server};

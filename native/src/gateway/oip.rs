@@ -29,6 +29,17 @@ pub fn version_field(version: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A ModelStreamInferResponse (1: error_message, 2: infer_response). The response is read
+/// through `RoutingHeader` (its fields 1-3 are ModelInferResponse's model_name, model_version
+/// and id): the gateway writes errors with this message and wraps successes by hand.
+#[derive(Clone, PartialEq, Message)]
+pub struct StreamError {
+    #[prost(string, tag = "1")]
+    pub error_message: String,
+    #[prost(message, optional, tag = "2")]
+    pub infer_response: Option<RoutingHeader>,
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct ServerLiveResponse {
     #[prost(bool, tag = "1")]

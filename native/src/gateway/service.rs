@@ -87,7 +87,7 @@ fn check_ident(kind: &str, value: &str) -> Result<(), String> {
 
 impl Shared {
     /// The caller, when keys are required (None when they are not).
-    fn principal(&self, headers: &HeaderMap) -> Result<Option<Principal>, Status> {
+    pub(super) fn principal(&self, headers: &HeaderMap) -> Result<Option<Principal>, Status> {
         if !self.config.auth {
             return Ok(None);
         }
@@ -239,7 +239,7 @@ impl Shared {
             .unwrap_or(self.config.default_timeout)
     }
 
-    async fn infer(&self, headers: &HeaderMap, msg: Bytes) -> Result<Bytes, Status> {
+    pub(super) async fn infer(&self, headers: &HeaderMap, msg: Bytes) -> Result<Bytes, Status> {
         let principal = self.principal(headers)?;
         let header = RoutingHeader::decode(&msg[..])
             .map_err(|_| Status::new(Code::InvalidArgument, "malformed ModelInferRequest"))?;
@@ -395,6 +395,9 @@ pub async fn handle(
     };
     if method.0 && method.1 == "Watch" {
         return crate::rpc::health::watch(shared, req, respond).await;
+    }
+    if !method.0 && method.1 == "ModelStreamInfer" {
+        return super::stream::stream_infer(shared, req, respond).await;
     }
     let work = answer(&shared, method, req);
     tokio::pin!(work);

@@ -5,4 +5,5 @@
 pub mod grpc;
 pub mod health;
 pub mod server;
+pub mod stream;
 pub mod unary;
