@@ -221,7 +221,8 @@ def test_server_methods_are_open_and_the_same_for_everyone(
         pb.ServerMetadataResponse.FromString(next(iter(answers["ServerMetadata"]))),
     )
     assert live.live and ready.ready
-    assert meta.name == "shoal-router" and list(meta.extensions) == []
+    assert meta.name == "shoal-router"
+    assert list(meta.extensions) == ["model_configuration", "statistics"]
     for raw in answers["ServerMetadata"]:
         assert b"acme" not in raw and b"rival" not in raw and b"churn" not in raw
 

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod oip;
 pub mod policy;
 pub mod quota;
+pub mod repository;
 pub mod service;
 pub mod shadow;
 pub mod stats;

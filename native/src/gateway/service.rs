@@ -101,6 +101,26 @@ impl Shared {
             .map_err(|e| Status::new(Code::Unauthenticated, e.to_string()))
     }
 
+    /// The model `tenant/name` as the caller may see it: another tenant's model answers
+    /// exactly like one that does not exist.
+    pub fn visible(
+        &self,
+        model_name: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Arc<Model>, Status> {
+        let (tenant, name) =
+            split_model_name(model_name).map_err(|m| Status::new(Code::InvalidArgument, m))?;
+        let full = format!("{tenant}/{name}");
+        let foreign = principal.is_some_and(|p| !p.admin() && p.tenant != tenant);
+        match self.table.model(&full) {
+            Some(m) if !foreign => Ok(m),
+            _ => Err(Status::new(
+                Code::NotFound,
+                format!("unknown model {model_name}"),
+            )),
+        }
+    }
+
     /// Resolve the model and version; with a principal, only the caller's own tenant (another
     /// tenant's model answers exactly like one that does not exist).
     pub fn route(
@@ -109,19 +129,7 @@ impl Shared {
         model_version: &str,
         principal: Option<&Principal>,
     ) -> Result<Route, Status> {
-        let (tenant, name) =
-            split_model_name(model_name).map_err(|m| Status::new(Code::InvalidArgument, m))?;
-        let full = format!("{tenant}/{name}");
-        let foreign = principal.is_some_and(|p| !p.admin() && p.tenant != tenant);
-        let model = match self.table.model(&full) {
-            Some(m) if !foreign => m,
-            _ => {
-                return Err(Status::new(
-                    Code::NotFound,
-                    format!("unknown model {model_name}"),
-                ))
-            }
-        };
+        let model = self.visible(model_name, principal)?;
         let (version, _, via) = resolve(&model.routes, &model.full_name, model_version, || {
             self.random()
         })
@@ -248,6 +256,20 @@ impl Shared {
             &header.model_version,
             principal.as_ref(),
         )?;
+        let (model, version, start) = (route.model.clone(), route.version, Instant::now());
+        let result = self.infer_routed(headers, msg, route).await;
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats
+            .model_request(&model.full_name, version, result.is_ok(), ns);
+        result
+    }
+
+    async fn infer_routed(
+        &self,
+        headers: &HeaderMap,
+        msg: Bytes,
+        route: Route,
+    ) -> Result<Bytes, Status> {
         let Some(spec) = route.spec() else {
             return Err(Status::new(Code::NotFound, "version vanished"));
         };
@@ -439,12 +461,21 @@ async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream
             encode(&oip::ServerMetadataResponse {
                 name: shared.config.name.clone(),
                 version: shared.config.version.clone(),
-                extensions: Vec::new(),
+                // Triton's names for what the gateway serves beyond the core protocol.
+                extensions: ["model_configuration", "statistics"]
+                    .map(String::from)
+                    .to_vec(),
             }),
             None,
         ),
         (false, "ModelReady") => shared.model_ready(&headers, &msg).into(),
         (false, "ModelMetadata") => shared.model_metadata(&headers, &msg).into(),
+        (false, "ModelConfig") => shared.model_config(&headers, &msg).into(),
+        (false, "ModelStatistics") => shared.model_statistics(&headers, &msg).into(),
+        (false, "RepositoryIndex") => match shared.repository_index(&headers, &msg) {
+            Ok((framed, trailers)) => Answer::MessageWithTrailers(framed, trailers),
+            Err(s) => Answer::Failure(s),
+        },
         (true, "Check") => shared.health(&msg).into(),
         (_, m) => Answer::Failure(Status::new(
             Code::Unimplemented,

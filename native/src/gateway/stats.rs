@@ -28,6 +28,19 @@ pub struct Stats {
     pub quota_refused: AtomicU64,
     pub in_flight: AtomicI64,
     load: Mutex<HashMap<String, u64>>,
+    /// Per model (`tenant/name`) and version, for ModelStatistics. Only models that resolved
+    /// get an entry, so the map is bounded by the registered models.
+    models: Mutex<HashMap<String, HashMap<u64, ModelStat>>>,
+}
+
+/// The gateway's counters of one model version (Triton's ModelStatistics, as the gateway
+/// sees it: every request is one inference and one execution).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelStat {
+    pub success: (u64, u64),
+    pub fail: (u64, u64),
+    /// Milliseconds since the epoch of the last request's end (0: never).
+    pub last_ms: u64,
 }
 
 pub fn via_index(via: Via<'_>) -> usize {
@@ -72,6 +85,37 @@ impl Stats {
 
     pub fn resolved(&self, via: Via<'_>) {
         self.resolved[via_index(via)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request to `model` (`tenant/name`) `version` ended, after `ns` nanoseconds.
+    pub fn model_request(&self, model: &str, version: u64, ok: bool, ns: u64) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        let versions = match models.get_mut(model) {
+            Some(v) => v,
+            None => models.entry(model.to_string()).or_default(),
+        };
+        let stat = versions.entry(version).or_default();
+        let slot = if ok {
+            &mut stat.success
+        } else {
+            &mut stat.fail
+        };
+        slot.0 += 1;
+        slot.1 = slot.1.saturating_add(ns);
+        stat.last_ms = now_ms;
+    }
+
+    /// The counters of `model` `version` (zero when it has had no request here).
+    pub fn model_stat(&self, model: &str, version: u64) -> ModelStat {
+        let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        models
+            .get(model)
+            .and_then(|v| v.get(&version))
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn count_tenant(&self, tenant: &str) {

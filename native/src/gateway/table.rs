@@ -311,6 +311,21 @@ impl Table {
         self.pools.load().get(pool).cloned()
     }
 
+    /// Every model (of `tenant` only, when given), in no particular order.
+    pub fn models(&self, tenant: Option<&str>) -> Vec<Arc<Model>> {
+        let mut out = Vec::new();
+        for shard in self.models.iter() {
+            let shard = shard.load();
+            out.extend(
+                shard
+                    .values()
+                    .filter(|m| tenant.map_or(true, |t| m.tenant == t))
+                    .cloned(),
+            );
+        }
+        out
+    }
+
     pub fn model_count(&self) -> usize {
         self.models.iter().map(|s| s.load().len()).sum()
     }

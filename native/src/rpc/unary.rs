@@ -17,6 +17,8 @@ pub fn encode(m: &impl Message) -> Bytes {
 pub enum Answer {
     /// The framed message, then `grpc-status: 0` and an extra trailer.
     Message(Bytes, Option<(http::HeaderName, &'static str)>),
+    /// The framed message, then `grpc-status: 0` and these trailers.
+    MessageWithTrailers(Bytes, HeaderMap),
     /// A trailers-only answer carrying the status.
     Failure(Status),
     /// A trailers-only answer carrying the status and an extra header
@@ -55,6 +57,15 @@ pub fn send(mut respond: SendResponse<Bytes>, answer: Answer) {
             if let Some((k, v)) = extra {
                 trailers.insert(k, HeaderValue::from_static(v));
             }
+            if stream.send_data(framed, false).is_ok() {
+                let _ = stream.send_trailers(trailers);
+            }
+        }
+        Answer::MessageWithTrailers(framed, mut trailers) => {
+            let Ok(mut stream) = respond.send_response(headers(None), false) else {
+                return;
+            };
+            Status::new(Code::Ok, "").to_headers(&mut trailers);
             if stream.send_data(framed, false).is_ok() {
                 let _ = stream.send_trailers(trailers);
             }

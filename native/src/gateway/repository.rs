@@ -1,0 +1,332 @@
+//! Triton's model-repository calls, answered from the gateway's table and counters:
+//! `ModelConfig` (derived from the signature), `ModelStatistics` (per model version, the
+//! gateway's success and failure counts and cumulative durations) and `RepositoryIndex` (the
+//! caller's own models; admin keys, or no keys, see every tenant's). Another tenant's model
+//! answers exactly like a missing one, on every call.
+//!
+//! The index is paged: at most `shoal-page-size` models (default `DEFAULT_PAGE`) from after
+//! `shoal-page-token` (request metadata); when more remain, the answer's trailers carry
+//! `shoal-next-page-token`. Field numbers are Triton's (grpc_service.proto, model_config.proto).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use prost::Message;
+
+use super::auth::Principal;
+use super::oip::{self, ModelRequest};
+use super::table::{Model, Tensor, Version};
+use super::Shared;
+use crate::rpc::grpc::{Code, Status};
+use crate::rpc::unary::encode;
+
+pub const PAGE_SIZE: HeaderName = HeaderName::from_static("shoal-page-size");
+pub const PAGE_TOKEN: HeaderName = HeaderName::from_static("shoal-page-token");
+pub const NEXT_PAGE_TOKEN: HeaderName = HeaderName::from_static("shoal-next-page-token");
+pub const DEFAULT_PAGE: usize = 10_000;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelInput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(int64, repeated, tag = "4")]
+    pub dims: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelOutput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(int64, repeated, tag = "3")]
+    pub dims: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelConfig {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub platform: String,
+    #[prost(int32, tag = "4")]
+    pub max_batch_size: i32,
+    #[prost(message, repeated, tag = "5")]
+    pub input: Vec<ModelInput>,
+    #[prost(message, repeated, tag = "6")]
+    pub output: Vec<ModelOutput>,
+    #[prost(string, tag = "17")]
+    pub backend: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelConfigResponse {
+    #[prost(message, optional, tag = "1")]
+    pub config: Option<ModelConfig>,
+}
+
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct StatisticDuration {
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    #[prost(uint64, tag = "2")]
+    pub ns: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct InferStatistics {
+    #[prost(message, optional, tag = "1")]
+    pub success: Option<StatisticDuration>,
+    #[prost(message, optional, tag = "2")]
+    pub fail: Option<StatisticDuration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelStatistics {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(uint64, tag = "3")]
+    pub last_inference: u64,
+    #[prost(uint64, tag = "4")]
+    pub inference_count: u64,
+    #[prost(uint64, tag = "5")]
+    pub execution_count: u64,
+    #[prost(message, optional, tag = "6")]
+    pub inference_stats: Option<InferStatistics>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelStatisticsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub model_stats: Vec<ModelStatistics>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RepositoryIndexRequest {
+    #[prost(string, tag = "1")]
+    pub repository_name: String,
+    #[prost(bool, tag = "2")]
+    pub ready: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelIndex {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(string, tag = "3")]
+    pub state: String,
+    #[prost(string, tag = "4")]
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RepositoryIndexResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub models: Vec<ModelIndex>,
+}
+
+/// model_config.proto's DataType for a protocol datatype name (TYPE_INVALID when unknown).
+pub fn data_type(datatype: &str) -> i32 {
+    match datatype {
+        "BOOL" => 1,
+        "UINT8" => 2,
+        "UINT16" => 3,
+        "UINT32" => 4,
+        "UINT64" => 5,
+        "INT8" => 6,
+        "INT16" => 7,
+        "INT32" => 8,
+        "INT64" => 9,
+        "FP16" => 10,
+        "FP32" => 11,
+        "FP64" => 12,
+        "BYTES" => 13,
+        "BF16" => 14,
+        _ => 0,
+    }
+}
+
+/// Triton's backend name for a framework.
+fn backend(framework: &str) -> &str {
+    match framework {
+        "onnx" => "onnxruntime",
+        other => other,
+    }
+}
+
+/// The config of one version: its signature's tensors with their full shapes (the batch
+/// dimension is -1 in `dims`, so `max_batch_size` is 0, as Triton states such models).
+pub fn config_of(name: &str, v: &Version) -> ModelConfig {
+    let input = |t: &Tensor| ModelInput {
+        name: t.0.clone(),
+        data_type: data_type(&t.1),
+        dims: t.2.clone(),
+    };
+    let output = |t: &Tensor| ModelOutput {
+        name: t.0.clone(),
+        data_type: data_type(&t.1),
+        dims: t.2.clone(),
+    };
+    ModelConfig {
+        name: name.to_string(),
+        platform: oip::platform(&v.framework).to_string(),
+        max_batch_size: 0,
+        input: v.signature.inputs.iter().map(input).collect(),
+        output: v.signature.outputs.iter().map(output).collect(),
+        backend: backend(&v.framework).to_string(),
+    }
+}
+
+fn decode<M: Message + Default>(msg: &[u8], what: &str) -> Result<M, Status> {
+    M::decode(msg).map_err(|_| Status::new(Code::InvalidArgument, format!("malformed {what}")))
+}
+
+impl Shared {
+    pub fn model_config(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
+        let principal = self.principal(headers)?;
+        let req: ModelRequest = decode(msg, "ModelConfigRequest")?;
+        let route = self.route(&req.name, &req.version, principal.as_ref())?;
+        let Some(v) = route.spec() else {
+            return Err(Status::new(Code::NotFound, "version vanished"));
+        };
+        Ok(encode(&ModelConfigResponse {
+            config: Some(config_of(&req.name, v)),
+        }))
+    }
+
+    fn statistics_of(&self, model: &Model, version: u64) -> ModelStatistics {
+        let s = self.stats.model_stat(&model.full_name, version);
+        let n = s.success.0 + s.fail.0;
+        ModelStatistics {
+            name: model.full_name.clone(),
+            version: version.to_string(),
+            last_inference: s.last_ms,
+            inference_count: n,
+            execution_count: n,
+            inference_stats: Some(InferStatistics {
+                success: Some(StatisticDuration {
+                    count: s.success.0,
+                    ns: s.success.1,
+                }),
+                fail: Some(StatisticDuration {
+                    count: s.fail.0,
+                    ns: s.fail.1,
+                }),
+            }),
+        }
+    }
+
+    /// Every model the caller may see (sorted by name).
+    fn visible_models(&self, principal: Option<&Principal>) -> Vec<Arc<Model>> {
+        let tenant = principal.filter(|p| !p.admin()).map(|p| p.tenant.as_str());
+        let mut models = self.table.models(tenant);
+        models.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+        models
+    }
+
+    pub fn model_statistics(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
+        let principal = self.principal(headers)?;
+        let req: ModelRequest = decode(msg, "ModelStatisticsRequest")?;
+        let mut out = Vec::new();
+        if req.name.is_empty() {
+            for model in self.visible_models(principal.as_ref()) {
+                for &version in model.routes.versions.keys() {
+                    out.push(self.statistics_of(&model, version));
+                }
+            }
+        } else if req.version.is_empty() {
+            let model = self.visible(&req.name, principal.as_ref())?;
+            for &version in model.routes.versions.keys() {
+                out.push(self.statistics_of(&model, version));
+            }
+        } else {
+            let route = self.route(&req.name, &req.version, principal.as_ref())?;
+            out.push(self.statistics_of(&route.model, route.version));
+        }
+        Ok(encode(&ModelStatisticsResponse { model_stats: out }))
+    }
+
+    /// READY when a live member of its shard can serve the version, else why not.
+    fn state_of(&self, model: &Model, version: u64, v: &Version) -> (bool, String) {
+        match self.candidates(model, version, v) {
+            Ok((pool, order)) if order.iter().any(|&m| pool.live[m]) => (true, String::new()),
+            Ok(_) => (false, "no live worker in its shard".to_string()),
+            Err(s) => (false, s.message),
+        }
+    }
+
+    pub fn repository_index(
+        &self,
+        headers: &HeaderMap,
+        msg: &[u8],
+    ) -> Result<(Bytes, HeaderMap), Status> {
+        let principal = self.principal(headers)?;
+        let req: RepositoryIndexRequest = decode(msg, "RepositoryIndexRequest")?;
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let size = match text(&PAGE_SIZE) {
+            None => DEFAULT_PAGE,
+            Some(s) => match s.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(Status::new(
+                        Code::InvalidArgument,
+                        format!("shoal-page-size must be a positive integer, not {s:?}"),
+                    ))
+                }
+            },
+        };
+        let after = text(&PAGE_TOKEN).unwrap_or("");
+        let models = self.visible_models(principal.as_ref());
+        let start = models.partition_point(|m| m.full_name.as_str() <= after);
+        let page = &models[start..models.len().min(start.saturating_add(size))];
+        let mut out = Vec::new();
+        for model in page {
+            for (&version, v) in &model.routes.versions {
+                let (ready, reason) = self.state_of(model, version, v);
+                if req.ready && !ready {
+                    continue;
+                }
+                out.push(ModelIndex {
+                    name: model.full_name.clone(),
+                    version: version.to_string(),
+                    state: if ready { "READY" } else { "UNAVAILABLE" }.to_string(),
+                    reason,
+                });
+            }
+        }
+        let mut trailers = HeaderMap::new();
+        if start + page.len() < models.len() {
+            if let Some(last) = page.last() {
+                // Model names are checked identifiers: always a valid header value.
+                if let Ok(v) = HeaderValue::from_str(&last.full_name) {
+                    trailers.insert(NEXT_PAGE_TOKEN, v);
+                }
+            }
+        }
+        Ok((encode(&RepositoryIndexResponse { models: out }), trailers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datatypes_map_to_model_config_enum_numbers() {
+        let names = [
+            "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+            "FP16", "FP32", "FP64", "BYTES", "BF16",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(data_type(n), i as i32 + 1, "{n}");
+        }
+        assert_eq!(data_type("COMPLEX"), 0);
+    }
+}
