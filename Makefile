@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The Rust crate (native/) built into shoal._native; rebuilt in place when its sources change.
 NATIVE := $(VENV)/.native
-NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(shell find native/src -name '*.rs')
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(shell find native/src -name '*.rs' -o -name '*.binpb')
 CARGO := cargo
 # pyo3's build and `cargo test` use the project's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)

@@ -1,4 +1,6 @@
-"""Generate the protobuf/gRPC stubs in ``shoal/pb`` from ``proto/*.proto`` (``make proto``).
+"""Generate the protobuf/gRPC stubs in ``shoal/pb`` from ``proto/*.proto``, and the
+descriptor set the gateway's server reflection serves (``native/src/rpc/reflection.binpb``)
+from ``proto/reflection/*.proto`` (``make proto``).
 
 ``--check`` regenerates into a temporary folder and fails (exit 1) when any generated file
 differs from the committed one, so CI catches a .proto edited without ``make proto``.
@@ -19,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "shoal" / "pb"
+REFLECTION_DIR = PROTO_DIR / "reflection"
+DESCRIPTORS = ROOT / "native" / "src" / "rpc" / "reflection.binpb"
 _GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", "_pb2_grpc.pyi")
 
 
@@ -59,6 +63,17 @@ def generate(out: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
     return files
 
 
+def descriptor_set(out: Path, proto_dir: Path = REFLECTION_DIR) -> Path:
+    """Compile ``proto_dir``'s files into one FileDescriptorSet at ``out``."""
+    from grpc_tools import protoc
+
+    protos = sorted(p.name for p in proto_dir.glob("*.proto"))
+    args = ["protoc", f"-I{proto_dir}", f"--descriptor_set_out={out}", *protos]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed (descriptor set)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if shoal/pb is stale")
@@ -71,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             if f.name.endswith(_GENERATED_SUFFIXES):
                 f.unlink()
         files = generate(out_dir, ns.proto_dir)
-        print(f"generated {len(files)} files in {out_dir}")
+        descriptor_set(DESCRIPTORS, ns.proto_dir / "reflection")
+        print(f"generated {len(files)} files in {out_dir}, and {DESCRIPTORS.name}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
+        fresh_set = descriptor_set(Path(tmp) / DESCRIPTORS.name, ns.proto_dir / "reflection")
+        if not DESCRIPTORS.exists() or not filecmp.cmp(fresh_set, DESCRIPTORS, False):
+            print(f"{DESCRIPTORS.name} is stale, run `make proto`")
+            return 1
+        fresh_set.unlink()
         fresh = generate(Path(tmp), ns.proto_dir)
         names = {f.name for f in fresh}
         committed = {f.name for f in out_dir.iterdir() if f.name.endswith(_GENERATED_SUFFIXES)}

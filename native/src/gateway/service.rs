@@ -30,6 +30,7 @@ use super::table::{Model, PoolView, Version};
 use super::Shared;
 use crate::pyfmt::repr;
 use crate::resolve::{resolve, ResolveError};
+use crate::rpc::reflection;
 use crate::rpc::unary::{encode, read_message, reset, send, Answer};
 
 /// NOT_FOUND for what does not exist (the Python router's answers); a version string Python
@@ -407,6 +408,15 @@ pub async fn handle(
     mut respond: SendResponse<Bytes>,
 ) {
     let path = req.uri().path();
+    if let Some(m) = path
+        .strip_prefix(reflection::V1)
+        .or_else(|| path.strip_prefix(reflection::V1ALPHA))
+    {
+        if m == "ServerReflectionInfo" {
+            let max = shared.config.max_message_bytes;
+            return reflection::serve(req, respond, max).await;
+        }
+    }
     let method = if let Some(m) = path.strip_prefix(oip::SERVICE) {
         (false, m.to_string())
     } else if let Some(m) = path.strip_prefix(oip::HEALTH) {

@@ -4,6 +4,7 @@
 
 pub mod grpc;
 pub mod health;
+pub mod reflection;
 pub mod server;
 pub mod stream;
 pub mod unary;
