@@ -45,6 +45,7 @@ def gateway_for(s: RouterSettings) -> Gateway:
     return Gateway(
         host=s.host,
         port=s.port,
+        rest_port=None if s.rest_port < 0 else s.rest_port,
         threads=s.gateway_threads,
         retries=s.retries,
         default_timeout_s=s.default_timeout_s,
@@ -139,7 +140,12 @@ class RouterApp:
             self.metrics_address = f"{s.host}:{httpd.server_port}"
 
     def banner(self) -> list[str]:
-        return [f"router: {self.address}", f"metrics: {self.metrics_address}"]
+        rest = self.gateway.rest_address
+        return [
+            f"router: {self.address}",
+            *([f"rest: {rest}"] if rest else []),
+            f"metrics: {self.metrics_address}",
+        ]
 
     async def stop(self, grace: float = 5.0) -> None:
         await asyncio.to_thread(self.gateway.stop, grace)

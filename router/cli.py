@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--rest-port", type=int, help="KServe V2 REST port (-1: off)")
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--etcd")
     p.add_argument("--data-dir")
@@ -33,6 +34,7 @@ def _run_router(ns: argparse.Namespace) -> int:
         RouterSettings,
         host=ns.host,
         port=ns.port,
+        rest_port=ns.rest_port,
         metrics_port=ns.metrics_port,
         etcd=ns.etcd,
         data_dir=ns.data_dir,

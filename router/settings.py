@@ -10,7 +10,11 @@ from shoal.settings import CommonSettings, doc
 @dataclass(frozen=True)
 class RouterSettings(CommonSettings):
     host: str = doc("address the inference endpoint binds", "127.0.0.1")
-    port: int = doc("inference endpoint port (0: a free port)", 8001)
+    port: int = doc("inference endpoint port (gRPC; 0: a free port)", 8001)
+    rest_port: int = doc(
+        "KServe V2 REST endpoint port (HTTP/JSON and binary tensors; 0: a free port, -1: off)",
+        8000,
+    )
     metrics_port: int = doc("Prometheus metrics HTTP port (0: a free port, -1: off)", 0)
     retries: int = doc("other members tried after a failed attempt (UNAVAILABLE only)", 2)
     default_timeout_s: float = doc("deadline for a forwarded call when the client sets none", 30.0)

@@ -96,6 +96,7 @@ class Gateway:
         *,
         host: str,
         port: int,
+        rest_port: int | None = None,
         threads: int = 1,
         retries: int = 2,
         default_timeout_s: float = 30.0,
@@ -121,6 +122,9 @@ class Gateway:
         """Bind and serve; returns "host:port". Raises OSError when it cannot bind."""
     @property
     def address(self) -> str | None: ...
+    @property
+    def rest_address(self) -> str | None:
+        """The REST listener's "host:port" (None without one, or before start)."""
     def apply(self, changes: Sequence[tuple[str, bytes | None]]) -> list[tuple[str, str]]:
         """Apply etcd changes; returns (key, why) for values that could not be decoded."""
     def set_view(self, ready: bool, stale: bool) -> None: ...

@@ -84,6 +84,7 @@ class LocalCluster:
         data_dir: Path,
         workers: int = 2,
         router_port: int = 0,
+        rest_port: int = 0,
         control_port: int = 0,
         shard_size: int = 2,
         env: Mapping[str, str] | None = None,
@@ -95,6 +96,7 @@ class LocalCluster:
         self.data_dir = data_dir.resolve()
         self.n_workers = workers
         self.router_port = router_port
+        self.rest_port = rest_port
         self.control_port = control_port
         self.shard_size = shard_size
         self.env = dict(env or {})
@@ -204,9 +206,15 @@ class LocalCluster:
         return role
 
     def start_router(self, timeout: float = 60.0) -> Role:
-        env = self._env(SHOAL_PORT=str(self.router_port), SHOAL_DATA_DIR=str(self.data_dir))
+        env = self._env(
+            SHOAL_PORT=str(self.router_port),
+            SHOAL_REST_PORT=str(self.rest_port),
+            SHOAL_DATA_DIR=str(self.data_dir),
+        )
         proc = self._spawn("router", _shoal_cmd("router"), env)
         self.router = Role("router", proc, wait_for_banner(proc, "router", timeout))
+        if self.rest_port >= 0:
+            self.router.extra["rest"] = wait_for_banner(proc, "rest", timeout)
         self.router.extra["metrics"] = wait_for_banner(proc, "metrics", timeout)
         return self.router
 
@@ -236,6 +244,7 @@ class LocalCluster:
     def info(self) -> dict[str, object]:
         return {
             "router": self.router.address if self.router else "",
+            "rest": self.router.extra.get("rest", "") if self.router else "",
             "control": self.placement.address if self.placement else "",
             "etcd": self.etcd_url,
             "store": self.store,

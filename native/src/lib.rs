@@ -15,6 +15,7 @@ pub mod gateway;
 mod py;
 pub mod pyfmt;
 pub mod resolve;
+pub mod rest;
 pub mod rpc;
 pub mod runtime;
 pub mod shard;

@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--data-dir", type=Path, default=Path(".shoal"), help="state and logs")
-    p.add_argument("--router-port", type=int, default=8001)
+    p.add_argument("--router-port", type=int, default=8001, help="gRPC (default 8001)")
+    p.add_argument("--rest-port", type=int, default=8000, help="KServe V2 REST (default 8000)")
     p.add_argument("--control-port", type=int, default=8002)
     p.add_argument("--shard-size", type=int, default=2)
     p.add_argument("--demo", action="store_true", help="register demo tenants' models")
@@ -45,7 +46,11 @@ def _wait_for_signal() -> None:
 
 
 def _up(ns: argparse.Namespace) -> int:
-    for port, what in ((ns.router_port, "--router-port"), (ns.control_port, "--control-port")):
+    for port, what in (
+        (ns.router_port, "--router-port"),
+        (ns.rest_port, "--rest-port"),
+        (ns.control_port, "--control-port"),
+    ):
         if port and port_open("127.0.0.1", port):
             raise CliError(
                 f"port {port} is already in use ({what}); is another `shoal up` running?"
@@ -54,6 +59,7 @@ def _up(ns: argparse.Namespace) -> int:
         ns.data_dir,
         workers=ns.workers,
         router_port=ns.router_port,
+        rest_port=ns.rest_port,
         control_port=ns.control_port,
         shard_size=ns.shard_size,
         auth=not ns.no_auth,
@@ -68,6 +74,7 @@ def _up(ns: argparse.Namespace) -> int:
         if ns.demo:
             example = _demo(cluster, ns.data_dir, ns.demo_tenants)
         print(f"router: {info['router']}")
+        print(f"rest: {info['rest']}")
         print(f"control: {info['control']}")
         print(f"etcd: {info['etcd']}")
         print(f"cluster: {cluster.write_info()}")

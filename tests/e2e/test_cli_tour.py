@@ -43,12 +43,13 @@ class Up:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.router_port, self.control_port = free_port(), free_port()
+        self.rest_port = free_port()
         self.data_dir = tmp_path / "data"
         self.out = tmp_path / "up.out"
         with open(self.out, "w") as f:
             self.proc = subprocess.Popen(
                 [SHOAL, "up", *args, "--workers", "1", "--data-dir", str(self.data_dir),
-                 "--router-port", str(self.router_port),
+                 "--router-port", str(self.router_port), "--rest-port", str(self.rest_port),
                  "--control-port", str(self.control_port)],
                 stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, env=_env(),
                 start_new_session=True,

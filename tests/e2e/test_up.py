@@ -30,14 +30,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_shoal_up_demo_then_predict(tmp_path: Path) -> None:
-    router_port, control_port = free_port(), free_port()
+    router_port, control_port, rest_port = free_port(), free_port(), free_port()
     out = tmp_path / "up.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     with open(out, "w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shoal.cli", "up", "--demo", "--demo-tenants", "9",
              "--data-dir", str(tmp_path / "data"), "--router-port", str(router_port),
-             "--control-port", str(control_port)],
+             "--control-port", str(control_port), "--rest-port", str(rest_port)],
             stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True,
         )  # fmt: skip
     try:
@@ -50,9 +50,11 @@ def test_shoal_up_demo_then_predict(tmp_path: Path) -> None:
         assert proc.poll() is None, text
         assert f"router: 127.0.0.1:{router_port}" in text
         assert f"control: 127.0.0.1:{control_port}" in text
+        assert f"rest: 127.0.0.1:{rest_port}" in text
         assert "etcd: http://127.0.0.1:" in text
         assert "demo: 9 registered, 0 unchanged, 0 failed" in text
         info = json.loads((tmp_path / "data" / "cluster.json").read_text())
+        assert info["rest"] == f"127.0.0.1:{rest_port}"
         pids = list(info["pids"].values())
         assert len(pids) == 1 + 1 + 2 + 1  # etcd, placement, 2 workers, router
         assert "admin key: shoal._admin." in text

@@ -126,7 +126,13 @@ async def cluster(
     rec = ModelRecord("acme", "churn", {1: _version(1), 2: _version(2)}, **record_kw)  # type: ignore[arg-type]
     await store.put(model_key("acme", "churn"), rec.encode())
     settings = RouterSettings(
-        port=0, metrics_port=-1, retries=2, eject_s=30.0, data_dir=tmp_path, auth=auth
+        port=0,
+        rest_port=0,
+        metrics_port=-1,
+        retries=2,
+        eject_s=30.0,
+        data_dir=tmp_path,
+        auth=auth,
     )
     app = RouterApp(settings, store=store)
     await app.start()

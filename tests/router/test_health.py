@@ -53,7 +53,9 @@ async def test_not_serving_and_not_ready_until_the_view_is_read(tmp_path: Path) 
     health NOT_SERVING and ServerReady false, and still answers ServerLive."""
     store = MemoryStore()
     store.available = False  # every call raises StateUnavailable until it is back
-    app = RouterApp(RouterSettings(port=0, metrics_port=-1, data_dir=tmp_path), store=store)
+    app = RouterApp(
+        RouterSettings(port=0, rest_port=0, metrics_port=-1, data_dir=tmp_path), store=store
+    )
     starting = asyncio.ensure_future(app.start())
     try:
         await _until(lambda: app.gateway.address is not None)

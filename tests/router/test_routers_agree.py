@@ -134,7 +134,7 @@ async def routers(
         for i in range(n_routers):
             # Different seeds: nothing random may decide where a model version goes.
             settings = RouterSettings(
-                port=0, metrics_port=-1, data_dir=tmp_path / f"router{i}", seed=i + 1
+                port=0, rest_port=0, metrics_port=-1, data_dir=tmp_path / f"router{i}", seed=i + 1
             )
             app = RouterApp(settings, store=store)
             await app.start()

@@ -42,6 +42,8 @@ use quota::{QuotaSettings, Quotas};
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// The REST port (KServe V2 over HTTP/1.1); None: no REST listener.
+    pub rest_port: Option<u16>,
     /// Runtime threads: 1 runs everything on one thread (no cross-thread wake-ups).
     pub threads: usize,
     pub retries: usize,
@@ -151,6 +153,8 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     running: Mutex<Option<server::Serving>>,
     address: Mutex<Option<SocketAddr>>,
+    rest_address: Mutex<Option<SocketAddr>>,
+    rest_connections: Arc<crate::rest::Connections>,
 }
 
 impl Gateway {
@@ -159,6 +163,8 @@ impl Gateway {
             shared: Arc::new(Shared::new(config, Arc::new(TokioClock::new()))?),
             running: Mutex::new(None),
             address: Mutex::new(None),
+            rest_address: Mutex::new(None),
+            rest_connections: Arc::default(),
         })
     }
 
@@ -185,8 +191,37 @@ impl Gateway {
             let shared = shared.clone();
             move |req, respond| service::handle(shared.clone(), req, respond)
         };
+        let rest = match cfg.rest_port {
+            None => None,
+            Some(port) => {
+                let listener = crate::rest::bind(&cfg.host, port)?;
+                let tls = if cfg.tls_cert.is_empty() {
+                    None
+                } else {
+                    Some(server::server_tls_alpn(
+                        &cfg.tls_cert,
+                        &cfg.tls_key,
+                        &cfg.tls_ca,
+                        cfg.tls_client_auth,
+                        &[b"http/1.1"],
+                    )?)
+                };
+                *self.rest_address.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(listener.local_addr()?);
+                Some((listener, tls))
+            }
+        };
+        let rest_connections = self.rest_connections.clone();
         let (serving, local) = server::Serving::start(&listen, handler, move || {
             tokio::spawn(timer_anchor());
+            if let Some((listener, tls)) = rest {
+                tokio::spawn(crate::rest::serve(
+                    shared.clone(),
+                    listener,
+                    tls,
+                    rest_connections,
+                ));
+            }
             tokio::spawn(shadow::run(shared));
         })?;
         *running = Some(serving);
@@ -196,6 +231,11 @@ impl Gateway {
 
     pub fn address(&self) -> Option<SocketAddr> {
         *self.address.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The REST listener's bound address (None without one, or before `start`).
+    pub fn rest_address(&self) -> Option<SocketAddr> {
+        *self.rest_address.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drain and stop: health NOT_SERVING, stop accepting, GOAWAY to every connection, wait
@@ -213,7 +253,15 @@ impl Gateway {
         self.shared.health_changed();
         run.stop_accepting();
         self.shared.health.send_replace(true);
-        run.finish(grace, || {});
+        // REST connections finish the request they are answering, then close.
+        let until = std::time::Instant::now() + grace;
+        while self.rest_connections.open() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        run.finish(
+            until.saturating_duration_since(std::time::Instant::now()),
+            || {},
+        );
     }
 }
 

@@ -189,15 +189,26 @@ fn decode<M: Message + Default>(msg: &[u8], what: &str) -> Result<M, Status> {
 }
 
 impl Shared {
-    pub fn model_config(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
-        let principal = self.principal(headers)?;
-        let req: ModelRequest = decode(msg, "ModelConfigRequest")?;
-        let route = self.route(&req.name, &req.version, principal.as_ref())?;
+    /// The config of `name` `version` as the caller may see it.
+    pub fn config(
+        &self,
+        principal: Option<&Principal>,
+        name: &str,
+        version: &str,
+    ) -> Result<ModelConfig, Status> {
+        let route = self.route(name, version, principal)?;
         let Some(v) = route.spec() else {
             return Err(Status::new(Code::NotFound, "version vanished"));
         };
+        Ok(config_of(name, v))
+    }
+
+    pub fn model_config(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
+        let principal = self.principal(headers)?;
+        let req: ModelRequest = decode(msg, "ModelConfigRequest")?;
+        let config = self.config(principal.as_ref(), &req.name, &req.version)?;
         Ok(encode(&ModelConfigResponse {
-            config: Some(config_of(&req.name, v)),
+            config: Some(config),
         }))
     }
 
@@ -224,33 +235,45 @@ impl Shared {
     }
 
     /// Every model the caller may see (sorted by name).
-    fn visible_models(&self, principal: Option<&Principal>) -> Vec<Arc<Model>> {
+    pub fn visible_models(&self, principal: Option<&Principal>) -> Vec<Arc<Model>> {
         let tenant = principal.filter(|p| !p.admin()).map(|p| p.tenant.as_str());
         let mut models = self.table.models(tenant);
         models.sort_by(|a, b| a.full_name.cmp(&b.full_name));
         models
     }
 
-    pub fn model_statistics(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
-        let principal = self.principal(headers)?;
-        let req: ModelRequest = decode(msg, "ModelStatisticsRequest")?;
+    /// Statistics of every version of every model the caller may see (`name` empty), of every
+    /// version of `name` (`version` empty), or of the version `version` resolves to.
+    pub fn statistics(
+        &self,
+        principal: Option<&Principal>,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<ModelStatistics>, Status> {
         let mut out = Vec::new();
-        if req.name.is_empty() {
-            for model in self.visible_models(principal.as_ref()) {
+        if name.is_empty() {
+            for model in self.visible_models(principal) {
                 for &version in model.routes.versions.keys() {
                     out.push(self.statistics_of(&model, version));
                 }
             }
-        } else if req.version.is_empty() {
-            let model = self.visible(&req.name, principal.as_ref())?;
+        } else if version.is_empty() {
+            let model = self.visible(name, principal)?;
             for &version in model.routes.versions.keys() {
                 out.push(self.statistics_of(&model, version));
             }
         } else {
-            let route = self.route(&req.name, &req.version, principal.as_ref())?;
+            let route = self.route(name, version, principal)?;
             out.push(self.statistics_of(&route.model, route.version));
         }
-        Ok(encode(&ModelStatisticsResponse { model_stats: out }))
+        Ok(out)
+    }
+
+    pub fn model_statistics(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
+        let principal = self.principal(headers)?;
+        let req: ModelRequest = decode(msg, "ModelStatisticsRequest")?;
+        let model_stats = self.statistics(principal.as_ref(), &req.name, &req.version)?;
+        Ok(encode(&ModelStatisticsResponse { model_stats }))
     }
 
     /// READY when a live member of its shard can serve the version, else why not.
@@ -262,35 +285,23 @@ impl Shared {
         }
     }
 
-    pub fn repository_index(
+    /// One page of the index: at most `size` models after `after` (by name), and the token of
+    /// the next page when more remain.
+    pub fn index(
         &self,
-        headers: &HeaderMap,
-        msg: &[u8],
-    ) -> Result<(Bytes, HeaderMap), Status> {
-        let principal = self.principal(headers)?;
-        let req: RepositoryIndexRequest = decode(msg, "RepositoryIndexRequest")?;
-        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-        let size = match text(&PAGE_SIZE) {
-            None => DEFAULT_PAGE,
-            Some(s) => match s.trim().parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(Status::new(
-                        Code::InvalidArgument,
-                        format!("shoal-page-size must be a positive integer, not {s:?}"),
-                    ))
-                }
-            },
-        };
-        let after = text(&PAGE_TOKEN).unwrap_or("");
-        let models = self.visible_models(principal.as_ref());
+        principal: Option<&Principal>,
+        ready_only: bool,
+        size: usize,
+        after: &str,
+    ) -> (Vec<ModelIndex>, Option<String>) {
+        let models = self.visible_models(principal);
         let start = models.partition_point(|m| m.full_name.as_str() <= after);
         let page = &models[start..models.len().min(start.saturating_add(size))];
         let mut out = Vec::new();
         for model in page {
             for (&version, v) in &model.routes.versions {
                 let (ready, reason) = self.state_of(model, version, v);
-                if req.ready && !ready {
+                if ready_only && !ready {
                     continue;
                 }
                 out.push(ModelIndex {
@@ -301,16 +312,43 @@ impl Shared {
                 });
             }
         }
+        let next = (start + page.len() < models.len())
+            .then(|| page.last().map(|m| m.full_name.clone()))
+            .flatten();
+        (out, next)
+    }
+
+    pub fn repository_index(
+        &self,
+        headers: &HeaderMap,
+        msg: &[u8],
+    ) -> Result<(Bytes, HeaderMap), Status> {
+        let principal = self.principal(headers)?;
+        let req: RepositoryIndexRequest = decode(msg, "RepositoryIndexRequest")?;
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let size = page_size(text(&PAGE_SIZE))?;
+        let after = text(&PAGE_TOKEN).unwrap_or("");
+        let (models, next) = self.index(principal.as_ref(), req.ready, size, after);
         let mut trailers = HeaderMap::new();
-        if start + page.len() < models.len() {
-            if let Some(last) = page.last() {
-                // Model names are checked identifiers: always a valid header value.
-                if let Ok(v) = HeaderValue::from_str(&last.full_name) {
-                    trailers.insert(NEXT_PAGE_TOKEN, v);
-                }
-            }
+        // Model names are checked identifiers: always a valid header value.
+        if let Some(v) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            trailers.insert(NEXT_PAGE_TOKEN, v);
         }
-        Ok((encode(&RepositoryIndexResponse { models: out }), trailers))
+        Ok((encode(&RepositoryIndexResponse { models }), trailers))
+    }
+}
+
+/// A page size as asked for (`DEFAULT_PAGE` when not).
+pub fn page_size(asked: Option<&str>) -> Result<usize, Status> {
+    match asked {
+        None => Ok(DEFAULT_PAGE),
+        Some(s) => match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Status::new(
+                Code::InvalidArgument,
+                format!("the page size must be a positive integer, not {s:?}"),
+            )),
+        },
     }
 }
 

@@ -88,7 +88,7 @@ fn check_ident(kind: &str, value: &str) -> Result<(), String> {
 
 impl Shared {
     /// The caller, when keys are required (None when they are not).
-    pub(super) fn principal(&self, headers: &HeaderMap) -> Result<Option<Principal>, Status> {
+    pub fn principal(&self, headers: &HeaderMap) -> Result<Option<Principal>, Status> {
         if !self.config.auth {
             return Ok(None);
         }
@@ -248,7 +248,7 @@ impl Shared {
             .unwrap_or(self.config.default_timeout)
     }
 
-    pub(super) async fn infer(&self, headers: &HeaderMap, msg: Bytes) -> Result<Bytes, Status> {
+    pub async fn infer(&self, headers: &HeaderMap, msg: Bytes) -> Result<Bytes, Status> {
         let principal = self.principal(headers)?;
         let header = RoutingHeader::decode(&msg[..])
             .map_err(|_| Status::new(Code::InvalidArgument, "malformed ModelInferRequest"))?;
@@ -332,16 +332,21 @@ impl Shared {
         let principal = self.principal(headers)?;
         let req = oip::ModelRequest::decode(msg)
             .map_err(|_| Status::new(Code::InvalidArgument, "malformed ModelReadyRequest"))?;
-        let ready = self
-            .route(&req.name, &req.version, principal.as_ref())
+        let ready = self.is_ready(&req.name, &req.version, principal.as_ref());
+        Ok(encode(&oip::ModelReadyResponse { ready }))
+    }
+
+    /// A live member of the shard can serve the version `version` resolves to (false for
+    /// what the caller may not see).
+    pub fn is_ready(&self, name: &str, version: &str, principal: Option<&Principal>) -> bool {
+        self.route(name, version, principal)
             .ok()
             .and_then(|r| {
                 let spec = r.spec()?;
                 let (pool, order) = self.candidates(&r.model, r.version, spec).ok()?;
                 Some(order.iter().any(|&m| pool.live[m]))
             })
-            .unwrap_or(false);
-        Ok(encode(&oip::ModelReadyResponse { ready }))
+            .unwrap_or(false)
     }
 
     fn model_metadata(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {

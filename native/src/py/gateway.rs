@@ -42,7 +42,7 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 impl PyGateway {
     #[new]
     #[pyo3(signature = (
-        *, host, port, threads=1, retries=2, default_timeout_s=30.0, spill_at=8, eject_s=5.0,
+        *, host, port, rest_port=None, threads=1, retries=2, default_timeout_s=30.0, spill_at=8, eject_s=5.0,
         worker_ping_s=0.5, shadow_queue=256, max_message_bytes=64 << 20, seed=0, tenant_rate_limit=0.0,
         tenant_max_in_flight=0, tenant_queue_s=0.5, tenant_max_queued=256, auth=false,
         tls_cert=String::new(), tls_key=String::new(), tls_ca=String::new(),
@@ -52,6 +52,7 @@ impl PyGateway {
     fn new(
         host: String,
         port: u16,
+        rest_port: Option<u16>,
         threads: usize,
         retries: usize,
         default_timeout_s: f64,
@@ -87,6 +88,7 @@ impl PyGateway {
         let config = Config {
             host,
             port,
+            rest_port,
             threads: threads.max(1),
             retries,
             default_timeout: seconds("default_timeout_s", default_timeout_s)?,
@@ -127,6 +129,12 @@ impl PyGateway {
     #[getter]
     fn address(&self) -> Option<String> {
         self.inner.address().map(|a| a.to_string())
+    }
+
+    /// The REST listener's bound "host:port", or None (no REST port, or before `start`).
+    #[getter]
+    fn rest_address(&self) -> Option<String> {
+        self.inner.rest_address().map(|a| a.to_string())
     }
 
     /// Apply etcd changes `(key, value or None)`; returns `(key, why)` for values that could

@@ -187,6 +187,17 @@ pub fn server_tls(
     ca: &str,
     client_auth: bool,
 ) -> io::Result<TlsAcceptor> {
+    server_tls_alpn(cert, key_path, ca, client_auth, &[b"h2"])
+}
+
+/// `server_tls` offering the `alpn` protocols (`http/1.1` for the REST listener).
+pub fn server_tls_alpn(
+    cert: &str,
+    key_path: &str,
+    ca: &str,
+    client_auth: bool,
+    alpn: &[&[u8]],
+) -> io::Result<TlsAcceptor> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?;
@@ -204,7 +215,7 @@ pub fn server_tls(
     let mut config = builder
         .with_single_cert(certs(cert)?, key(key_path)?)
         .map_err(io::Error::other)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
