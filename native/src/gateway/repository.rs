@@ -342,6 +342,17 @@ impl Shared {
 pub fn page_size(asked: Option<&str>) -> Result<usize, Status> {
     match asked {
         None => Ok(DEFAULT_PAGE),
+        // A bound, not a count: a size past what fits is as good as "all".
+        Some(s) if !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit()) => {
+            match s.trim().parse::<usize>() {
+                Ok(0) => Err(Status::new(
+                    Code::InvalidArgument,
+                    format!("the page size must be a positive integer, not {s:?}"),
+                )),
+                Ok(n) => Ok(n),
+                Err(_) => Ok(usize::MAX),
+            }
+        }
         Some(s) => match s.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(Status::new(

@@ -2,10 +2,10 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /v2/health/live`, `/v2/health/ready` | 200, or 400 when not ready (Triton's) |
+//! | `GET /v2/health/live`, `/v2/health/ready` | 200, or 503 when not ready (KServe's) |
 //! | `GET /v2` | server metadata |
 //! | `GET /v2/models/{tenant}/{name}[/versions/{v}]` | model metadata |
-//! | `GET .../ready` | 200 when a live worker can serve it, else 400 |
+//! | `GET .../ready` | 200 when a live worker can serve it, else 503 |
 //! | `POST .../infer` | inference (JSON, or JSON + binary tensors) |
 //! | `GET .../config` | the model config |
 //! | `GET .../stats`, `GET /v2/models/stats` | statistics |
@@ -304,7 +304,7 @@ async fn answer(
             let ready = matches!(shared.serving(""), oip::Serving::Serving);
             let mut resp = ok_json(&json!({ "ready": ready }));
             if !ready {
-                *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             Ok(resp)
         }
@@ -429,7 +429,7 @@ async fn model(
             let ready = shared.is_ready(name, version, p.as_ref());
             let mut resp = ok_json(&json!({"name": name, "ready": ready}));
             if !ready {
-                *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             return Ok(resp);
         }
@@ -477,8 +477,10 @@ async fn infer(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response<Full<Bytes>>, Status> {
-    // The key first: an unauthenticated caller learns nothing from the body's errors.
-    principal(shared, headers)?;
+    // The key first: an unauthenticated caller learns nothing from the body's errors; then
+    // the model, so a missing one answers 404 whatever the body (as over gRPC).
+    let p = principal(shared, headers)?;
+    shared.visible(name, p.as_ref())?;
     let json_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
