@@ -112,13 +112,33 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+@dataclass(frozen=True)
+class Http:
+    """What h2load sends: gRPC (HTTP/2, framed body) by default, or a REST call (HTTP/1.1)."""
+
+    path: str = INFER_PATH
+    headers: tuple[str, ...] = GRPC_HEADERS
+    h1: bool = False
+    grpc_framed: bool = True
+
+
+GRPC = Http()
+
+
 def _h2load_cmd(
-    h2load: str, address: str, body_file: Path, concurrency: int, extra: Sequence[str]
+    h2load: str,
+    address: str,
+    body_file: Path,
+    concurrency: int,
+    extra: Sequence[str],
+    http: Http = GRPC,
 ) -> list[str]:
     cmd = [h2load, "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body_file)]
-    for h in GRPC_HEADERS:
+    if http.h1:
+        cmd.append("--h1")
+    for h in http.headers:
         cmd += ["-H", h]
-    return [*cmd, *extra, f"http://{address}{INFER_PATH}"]
+    return [*cmd, *extra, f"http://{address}{http.path}"]
 
 
 _DATA = re.compile(r"traffic: .*?\((\d+)\) data")
@@ -184,17 +204,22 @@ def _sample_at(
     out.append(_cpu_sample(servers, clients))
 
 
-def _run_h2load(
-    h2load: str, address: str, body: bytes, load: Load, servers: Mapping[str, int]
+def run_h2load(
+    h2load: str,
+    address: str,
+    body: bytes,
+    load: Load,
+    servers: Mapping[str, int],
+    http: Http = GRPC,
 ) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="shoal-h2load-") as tmp:
         body_file = Path(tmp) / "body.bin"
-        body_file.write_bytes(grpc_frame(body))
+        body_file.write_bytes(grpc_frame(body) if http.grpc_framed else body)
         log_file = Path(tmp) / "requests.log"
         extra = ["-D", _duration(load.duration_s), "--log-file", str(log_file)]
         if load.warmup_s > 0:
             extra += ["--warm-up-time", _duration(load.warmup_s)]
-        cmd = _h2load_cmd(h2load, address, body_file, load.concurrency, extra)
+        cmd = _h2load_cmd(h2load, address, body_file, load.concurrency, extra, http)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         t0 = time.monotonic()
         start: list[dict[str, float]] = []
@@ -363,7 +388,7 @@ def run_load(
     checks: dict[str, Any] = {"response_bytes": before.response_bytes}
     if h2load:
         checks.update(_probe(h2load, address, body, before.response_bytes))
-        result = _run_h2load(h2load, address, body, load, servers)
+        result = run_h2load(h2load, address, body, load, servers)
     else:
         result = _run_python(address, body, load, servers, processes)
     try:
