@@ -57,29 +57,40 @@ def test_statistics_follow_the_requests_just_made(served: Served) -> None:
     client = triton.InferenceServerClient(served.router)
     try:
 
-        def stats(model: str) -> tuple[int, int, int, int]:
+        def stats(model: str) -> tuple[int, int, int, int, int, int]:
             (s,) = client.get_inference_statistics(model, headers=served.auth()).model_stats
             assert s.name == model and s.version == "1"
             st = s.inference_stats
-            return s.inference_count, st.success.count, st.fail.count, s.last_inference
+            # Requests as the gateway counts them; executions and rows as the workers do.
+            return (
+                st.success.count,
+                st.fail.count,
+                s.execution_count,
+                s.inference_count,
+                st.compute_infer.count,
+                s.last_inference,
+            )
 
+        for m in MODELS:  # resident: the request that loads a model is the loader's, not a
+            _infer(client, served, m, 1)  # runtime call of the worker's (see the README)
         before = {m: stats(m) for m in MODELS}
         for _ in range(3):
             _infer(client, served, "acme/lgbm", 2)
-        # A failure (wrong width) counts as a failed request of that version.
+        # A failure (wrong width) counts as a failed request of that version, never runs.
         bad = triton.InferInput("input__0", [1, 2], "FP32")
         bad.set_data_from_numpy(np.zeros((1, 2), np.float32))
         with pytest.raises(InferenceServerException):
             client.infer("acme/lgbm", [bad], headers=served.auth())
         after = {m: stats(m) for m in MODELS}
-        n0, ok0, fail0, _ = before["acme/lgbm"]
-        n1, ok1, fail1, last = after["acme/lgbm"]
-        assert (n1 - n0, ok1 - ok0, fail1 - fail0) == (4, 3, 1)
-        assert last > 0
+        delta = [
+            a - b for a, b in zip(after["acme/lgbm"][:5], before["acme/lgbm"][:5], strict=True)
+        ]
+        assert delta == [3, 1, 3, 6, 3]  # ok, failed, executions, rows, compute calls
+        assert after["acme/lgbm"][5] > 0
         (s,) = client.get_inference_statistics("acme/lgbm", headers=served.auth()).model_stats
-        assert s.inference_stats.success.ns > 0
+        assert s.inference_stats.success.ns > s.inference_stats.compute_infer.ns > 0
         for m in ("acme/xgb", "acme/onnx"):  # untouched models did not move
-            assert after[m][:3] == before[m][:3]
+            assert after[m][:5] == before[m][:5]
         # No name: every model of the caller's tenant, and only those.
         every = client.get_inference_statistics(headers=served.auth()).model_stats
         assert sorted(s.name for s in every) == sorted(MODELS)

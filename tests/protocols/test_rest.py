@@ -114,6 +114,8 @@ def test_rest_server_and_repository_calls(served: Served) -> None:
         client.infer("acme/onnx", [inp], headers=served.auth())
         after = client.get_inference_statistics("acme/onnx", headers=served.auth())
         assert after["model_stats"][0]["inference_stats"]["success"]["count"] == n0 + 1
+        assert after["model_stats"][0]["inference_stats"]["compute_infer"]["count"] >= 1
+        assert after["model_stats"][0]["inference_count"] >= 1
         every = client.get_inference_statistics(headers=served.auth())["model_stats"]
         assert sorted(s["name"] for s in every) == sorted(MODELS)
     finally:

@@ -23,6 +23,14 @@ use tokio::net::TcpStream;
 use super::grpc::{self, format_timeout, Code, Status};
 
 const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+const STATISTICS: &str = "/inference.GRPCInferenceService/ModelStatistics";
+
+/// Which worker method a call is to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Infer,
+    Statistics,
+}
 
 /// Trailing metadata of a worker refusal that another member may not give (a model's
 /// concurrency line full on that worker): the next member is tried, nothing is ejected.
@@ -81,6 +89,8 @@ struct Upstream {
     authority: Authority,
     /// `http://<address>/inference.GRPCInferenceService/ModelInfer`, built once.
     infer_uri: Uri,
+    /// The same for ModelStatistics.
+    statistics_uri: Uri,
     host: String,
     conn: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
@@ -134,14 +144,18 @@ impl Upstreams {
         let authority: Authority = address
             .parse()
             .map_err(|_| CallError::Unreachable(format!("bad worker address {address:?}")))?;
-        let infer_uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority.clone())
-            .path_and_query(PathAndQuery::from_static(INFER))
-            .build()
-            .map_err(|e| CallError::Unreachable(format!("bad worker address {address:?}: {e}")))?;
+        let uri = |path: &'static str| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority.clone())
+                .path_and_query(PathAndQuery::from_static(path))
+                .build()
+                .map_err(|e| CallError::Unreachable(format!("bad worker address {address:?}: {e}")))
+        };
+        let (infer_uri, statistics_uri) = (uri(INFER)?, uri(STATISTICS)?);
         let u = Arc::new(Upstream {
             infer_uri,
+            statistics_uri,
             host: authority
                 .host()
                 .trim_matches(|c| c == '[' || c == ']')
@@ -201,6 +215,17 @@ impl Upstreams {
         payload: Payload,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
+        self.call(address, Call::Infer, payload, timeout).await
+    }
+
+    /// `infer` for any of the worker methods the gateway calls.
+    pub async fn call(
+        &self,
+        address: &str,
+        method: Call,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
         let u = self.upstream(address)?;
         let work = async {
             let conn = self.conn(&u).await?;
@@ -216,7 +241,10 @@ impl Upstreams {
             };
             let mut req = Request::new(());
             *req.method_mut() = Method::POST;
-            *req.uri_mut() = u.infer_uri.clone();
+            *req.uri_mut() = match method {
+                Call::Infer => u.infer_uri.clone(),
+                Call::Statistics => u.statistics_uri.clone(),
+            };
             let h = req.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,

@@ -8,23 +8,28 @@
 //! `shoal-page-token` (request metadata); when more remain, the answer's trailers carry
 //! `shoal-next-page-token`. Field numbers are Triton's (grpc_service.proto, model_config.proto).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message;
 
 use super::auth::Principal;
+use super::forward;
 use super::oip::{self, ModelRequest};
 use super::table::{Model, Tensor, Version};
 use super::Shared;
-use crate::rpc::grpc::{Code, Status};
+use crate::rpc::grpc::{self, Code, Status};
 use crate::rpc::unary::encode;
 
 pub const PAGE_SIZE: HeaderName = HeaderName::from_static("shoal-page-size");
 pub const PAGE_TOKEN: HeaderName = HeaderName::from_static("shoal-page-token");
 pub const NEXT_PAGE_TOKEN: HeaderName = HeaderName::from_static("shoal-next-page-token");
 pub const DEFAULT_PAGE: usize = 10_000;
+/// How long ModelStatistics waits for each worker's counters.
+pub const WORKER_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ModelInput {
@@ -82,6 +87,9 @@ pub struct InferStatistics {
     pub success: Option<StatisticDuration>,
     #[prost(message, optional, tag = "2")]
     pub fail: Option<StatisticDuration>,
+    /// The workers' runtime calls and their time (summed over the shard's workers).
+    #[prost(message, optional, tag = "5")]
+    pub compute_infer: Option<StatisticDuration>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -214,13 +222,13 @@ impl Shared {
 
     fn statistics_of(&self, model: &Model, version: u64) -> ModelStatistics {
         let s = self.stats.model_stat(&model.full_name, version);
-        let n = s.success.0 + s.fail.0;
+        // The counts of rows and executions are the workers' (`statistics` fills them in).
         ModelStatistics {
             name: model.full_name.clone(),
             version: version.to_string(),
             last_inference: s.last_ms,
-            inference_count: n,
-            execution_count: n,
+            inference_count: 0,
+            execution_count: 0,
             inference_stats: Some(InferStatistics {
                 success: Some(StatisticDuration {
                     count: s.success.0,
@@ -230,6 +238,7 @@ impl Shared {
                     count: s.fail.0,
                     ns: s.fail.1,
                 }),
+                compute_infer: None,
             }),
         }
     }
@@ -243,14 +252,18 @@ impl Shared {
     }
 
     /// Statistics of every version of every model the caller may see (`name` empty), of every
-    /// version of `name` (`version` empty), or of the version `version` resolves to.
-    pub fn statistics(
+    /// version of `name` (`version` empty), or of the version `version` resolves to: the
+    /// gateway's request counts and durations, with the workers' executions, rows and
+    /// compute time summed over every live worker (each asked once, `WORKER_WAIT` at most;
+    /// one that does not answer adds nothing).
+    pub async fn statistics(
         &self,
         principal: Option<&Principal>,
         name: &str,
         version: &str,
     ) -> Result<Vec<ModelStatistics>, Status> {
         let mut out = Vec::new();
+        let mut ask = ModelRequest::default();
         if name.is_empty() {
             for model in self.visible_models(principal) {
                 for &version in model.routes.versions.keys() {
@@ -262,17 +275,81 @@ impl Shared {
             for &version in model.routes.versions.keys() {
                 out.push(self.statistics_of(&model, version));
             }
+            ask.name = model.full_name.clone();
         } else {
             let route = self.route(name, version, principal)?;
             out.push(self.statistics_of(&route.model, route.version));
+            ask.name = route.model.full_name.clone();
+            ask.version = route.version.to_string();
+        }
+        let counted = self.worker_counts(&ask).await;
+        for s in &mut out {
+            let key = (s.name.clone(), s.version.clone());
+            let (rows, executions, ns) = counted.get(&key).copied().unwrap_or_default();
+            s.inference_count = rows;
+            s.execution_count = executions;
+            if let Some(st) = s.inference_stats.as_mut() {
+                st.compute_infer = Some(StatisticDuration {
+                    count: executions,
+                    ns,
+                });
+            }
         }
         Ok(out)
     }
 
-    pub fn model_statistics(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
+    /// (model, version) -> (rows, executions, compute ns), summed over the live workers.
+    async fn worker_counts(
+        &self,
+        ask: &ModelRequest,
+    ) -> HashMap<(String, String), (u64, u64, u64)> {
+        let msg = Bytes::from(ask.encode_to_vec());
+        let mut addresses = BTreeSet::new();
+        for pool in self.table.pools() {
+            for (m, live) in pool.members.iter().zip(&pool.live) {
+                if *live {
+                    addresses.insert(m.address.clone());
+                }
+            }
+        }
+        let calls = addresses.iter().map(|address| {
+            let payload =
+                forward::payload(&[grpc::frame_header(msg.len()), msg.clone(), Bytes::new()]);
+            self.upstreams
+                .call(address, forward::Call::Statistics, payload, WORKER_WAIT)
+        });
+        let mut sums: HashMap<(String, String), (u64, u64, u64)> = HashMap::new();
+        for reply in futures_util::future::join_all(calls).await {
+            let Ok(reply) = reply else { continue };
+            if reply.status.code != Code::Ok {
+                continue;
+            }
+            let Ok(inner) = grpc::unary_message(&reply.body, None, 64 << 20) else {
+                continue;
+            };
+            let Ok(resp) = ModelStatisticsResponse::decode(&inner[..]) else {
+                continue;
+            };
+            for s in resp.model_stats {
+                let compute = s
+                    .inference_stats
+                    .and_then(|st| st.compute_infer)
+                    .unwrap_or_default();
+                let e = sums.entry((s.name, s.version)).or_default();
+                e.0 = e.0.saturating_add(s.inference_count);
+                e.1 = e.1.saturating_add(s.execution_count);
+                e.2 = e.2.saturating_add(compute.ns);
+            }
+        }
+        sums
+    }
+
+    pub async fn model_statistics(&self, headers: &HeaderMap, msg: &[u8]) -> Result<Bytes, Status> {
         let principal = self.principal(headers)?;
         let req: ModelRequest = decode(msg, "ModelStatisticsRequest")?;
-        let model_stats = self.statistics(principal.as_ref(), &req.name, &req.version)?;
+        let model_stats = self
+            .statistics(principal.as_ref(), &req.name, &req.version)
+            .await?;
         Ok(encode(&ModelStatisticsResponse { model_stats }))
     }
 

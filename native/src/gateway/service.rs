@@ -486,7 +486,7 @@ async fn answer(shared: &Shared, method: (bool, String), req: Request<RecvStream
         (false, "ModelReady") => shared.model_ready(&headers, &msg).into(),
         (false, "ModelMetadata") => shared.model_metadata(&headers, &msg).into(),
         (false, "ModelConfig") => shared.model_config(&headers, &msg).into(),
-        (false, "ModelStatistics") => shared.model_statistics(&headers, &msg).into(),
+        (false, "ModelStatistics") => shared.model_statistics(&headers, &msg).await.into(),
         (false, "RepositoryIndex") => match shared.repository_index(&headers, &msg) {
             Ok((framed, trailers)) => Answer::MessageWithTrailers(framed, trailers),
             Err(s) => Answer::Failure(s),

@@ -307,6 +307,11 @@ impl Table {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Every pool's view.
+    pub fn pools(&self) -> Vec<Arc<PoolView>> {
+        self.pools.load().values().cloned().collect()
+    }
+
     pub fn pool(&self, pool: &str) -> Option<Arc<PoolView>> {
         self.pools.load().get(pool).cloned()
     }

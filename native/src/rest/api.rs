@@ -316,7 +316,7 @@ async fn answer(
         Route::OpenApi => Ok(reply(200, JSON, Bytes::from_static(OPENAPI.as_bytes()))),
         Route::AllStats => {
             let p = principal(shared, headers)?;
-            let stats = shared.statistics(p.as_ref(), "", "")?;
+            let stats = shared.statistics(p.as_ref(), "", "").await?;
             Ok(ok_json(
                 &json!({ "model_stats": stats.iter().map(stats_json).collect::<Vec<_>>() }),
             ))
@@ -375,7 +375,8 @@ fn stats_json(s: &ModelStatistics) -> Value {
     json!({
         "name": s.name, "version": s.version, "last_inference": s.last_inference,
         "inference_count": s.inference_count, "execution_count": s.execution_count,
-        "inference_stats": {"success": d(st.success), "fail": d(st.fail)},
+        "inference_stats": {"success": d(st.success), "fail": d(st.fail),
+                            "compute_infer": d(st.compute_infer)},
     })
 }
 
@@ -443,7 +444,7 @@ async fn model(
             version,
         )?))),
         Tail::Stats => {
-            let stats = shared.statistics(p.as_ref(), name, version)?;
+            let stats = shared.statistics(p.as_ref(), name, version).await?;
             Ok(ok_json(
                 &json!({ "model_stats": stats.iter().map(stats_json).collect::<Vec<_>>() }),
             ))

@@ -126,6 +126,11 @@ pub struct Resident {
     /// Whether a call's running time is bounded by its input's size (tree ensembles, ONNX
     /// graphs without loops): only such models may run inline.
     pub bounded: bool,
+    /// Successful runtime calls (a merged batch is one), the rows they predicted, and their
+    /// cumulative running time: Triton's execution_count, inference_count and compute_infer.
+    pub executions: AtomicU64,
+    pub rows: AtomicU64,
+    pub compute_ns: AtomicU64,
 }
 
 /// Calls measured and their moving average, seconds.
@@ -170,6 +175,9 @@ impl Resident {
             limiter: Slots::new(concurrency, max_waiting),
             queue: Mutex::new(Queue::default()),
             failures: AtomicU64::new(0),
+            executions: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            compute_ns: AtomicU64::new(0),
             touched: std::sync::atomic::AtomicBool::new(false),
             speed: Mutex::new(Speed::default()),
             bounded: true,
@@ -185,6 +193,14 @@ impl Resident {
                 avg_s: seconds,
             };
         }
+    }
+
+    /// A call predicted `rows` rows in `seconds` (the statistics' counters).
+    pub fn count(&self, rows: usize, seconds: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.executions.fetch_add(1, Relaxed);
+        self.rows.fetch_add(rows as u64, Relaxed);
+        self.compute_ns.fetch_add((seconds * 1e9) as u64, Relaxed);
     }
 
     /// A call succeeded in `seconds`.

@@ -136,6 +136,7 @@ impl Execute for Shared {
                 Ok(outs) => {
                     model.failures.store(0, Ordering::Release);
                     model.observe(took, &policy);
+                    model.count(nrows, took);
                     Ok(outs)
                 }
                 Err(why) => Err(self.failed(&model, why)),
@@ -156,6 +157,7 @@ impl Execute for Shared {
             .map(|(out, took)| {
                 if out.is_ok() {
                     model.observe(took, &policy);
+                    model.count(nrows, took);
                 }
                 out
             });
@@ -494,6 +496,7 @@ async fn route(
                 }),
                 None,
             ),
+            "ModelStatistics" => statistics(&shared.table, &msg).into(),
             "ModelReady" | "ModelMetadata" => {
                 let reply = shared.delegate.call(m, msg, deadline(headers)).await;
                 answer_of(reply)
@@ -528,6 +531,49 @@ async fn route(
         Code::Unimplemented,
         format!("Method not found: {path}"),
     ))
+}
+
+/// ModelStatistics as this worker counts it: the resident versions of the model asked for
+/// (every resident version when no name is given; a version, when given, must be a number),
+/// with their executions, rows and compute time. The gateway sums these over the workers.
+fn statistics(table: &super::table::Table, msg: &[u8]) -> Result<Bytes, Status> {
+    use crate::gateway::repository::{
+        InferStatistics, ModelStatistics, ModelStatisticsResponse, StatisticDuration,
+    };
+    let req = oip::ModelRequest::decode(msg)
+        .map_err(|_| Status::new(Code::InvalidArgument, "malformed ModelStatisticsRequest"))?;
+    let version = if req.version.is_empty() {
+        None
+    } else {
+        Some(req.version.parse::<u64>().map_err(|_| {
+            Status::new(
+                Code::InvalidArgument,
+                format!("a worker counts numbered versions, not {:?}", req.version),
+            )
+        })?)
+    };
+    let model_stats = table
+        .residents(&req.name, version)
+        .iter()
+        .map(|r| {
+            let executions = r.executions.load(Ordering::Relaxed);
+            ModelStatistics {
+                name: r.name.clone(),
+                version: r.version.to_string(),
+                last_inference: 0,
+                inference_count: r.rows.load(Ordering::Relaxed),
+                execution_count: executions,
+                inference_stats: Some(InferStatistics {
+                    compute_infer: Some(StatisticDuration {
+                        count: executions,
+                        ns: r.compute_ns.load(Ordering::Relaxed),
+                    }),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect();
+    Ok(encode(&ModelStatisticsResponse { model_stats }))
 }
 
 #[cfg(test)]

@@ -101,6 +101,20 @@ impl Table {
         models.get(&key).cloned()
     }
 
+    /// The resident versions of `model` (every model when empty; one version when given).
+    pub fn residents(&self, model: &str, version: Option<u64>) -> Vec<Arc<Resident>> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Arc<Resident>> = models
+            .iter()
+            .filter(|((m, v), _)| {
+                (model.is_empty() || m == model) && version.map_or(true, |want| *v == want)
+            })
+            .map(|(_, r)| r.clone())
+            .collect();
+        out.sort_by(|a, b| a.label.cmp(&b.label));
+        out
+    }
+
     /// Python answered a miss for this version and did not make it native.
     pub fn served_by_python(&self, model: &str, version: u64) {
         if self.get_fast(model, version).is_some() {
