@@ -127,6 +127,16 @@ def _demo(cluster: Any, data_dir: Path, tenants: int) -> str:
             + (f" --key {key}" if key else "")
             + f" --input '[{row}]'"
         )
+    # The same over REST (tenant-0000's model is XGBoost: its input is input__0).
+    tenant = demo.demo_tenant(0)
+    body = json.dumps(
+        {"inputs": [{"name": "input__0", "shape": [1, 30], "datatype": "FP32",
+                     "data": [demo.sample_row()]}]}
+    )  # fmt: skip
+    auth = f"-H 'Authorization: Bearer {keys[tenant]}' " if keys else ""
+    rest = cluster.router.extra.get("rest", "")
+    if rest:
+        lines.append(f"  curl -s {auth}-d '{body}' http://{rest}/v2/models/{tenant}/churn/infer")
     if keys:
         path = data_dir / "demo" / "keys.json"
         path.write_text(json.dumps(keys, indent=2) + "\n")

@@ -78,6 +78,15 @@ def test_shoal_up_demo_then_predict(tmp_path: Path) -> None:
             assert out.model_version == "1"
             value = float(np.asarray(result.as_numpy(out.outputs[0].name)).reshape(-1)[0])
             assert 0.0 <= value <= 1.0  # a probability from a real model
+        # The printed REST example answers as printed.
+        (curl,) = [line.strip() for line in text.splitlines() if line.strip().startswith("curl")]
+        assert f"http://127.0.0.1:{rest_port}/v2/models/tenant-0000/churn/infer" in curl
+        done = subprocess.run(["bash", "-c", curl.replace("curl -s", "curl -s --fail-with-body")],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, (curl, done.stdout, done.stderr)
+        answer = json.loads(done.stdout)
+        assert answer["model_name"] == "tenant-0000/churn" and answer["model_version"] == "1"
+        assert 0.0 <= answer["outputs"][0]["data"][0] <= 1.0
         # Auth is on by default: no key is refused, another tenant's key sees nothing.
         inp = triton.InferInput("input__0", [1, 30], "FP32")
         inp.set_data_from_numpy(row)
