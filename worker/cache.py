@@ -5,9 +5,10 @@ needs no locks. Tiers, fastest first: ``gpu`` -> ``host``; below them sits the d
 artifact bytes (``worker.diskcache``), which is where a model dropped from host memory
 "demotes" to when its artifact is still on disk.
 
-Algorithm. Each memory tier keeps its entries in recency order (an ``OrderedDict``, least
-recently used first) and a byte total. To fit ``n`` bytes in a tier, the eviction policy picks
-victims among the tier's *unpinned, admitted* entries until ``used + n <= budget``; a victim
+Algorithm. Each memory tier keeps its entries and a byte total, and a policy of its own
+(``worker.policy``: W-TinyLFU by default, or LRU) that is told of every insertion, hit and
+removal. To fit ``n`` bytes in a tier, the policy picks victims among the tier's *unpinned,
+admitted* entries until ``used + n <= budget``; a victim
 in ``gpu`` is demoted to ``host`` (through the injected ``demote`` function, which may
 re-create the model for the CPU and report its new size) when that is possible, otherwise
 dropped; a victim in ``host`` is dropped (it remains on disk if the disk tier has it).
@@ -30,10 +31,12 @@ the disk tier and the record cache, which need neither, do use it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
+
+from worker.policy import CachePolicy, Lru, Victim, make_policy
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -74,33 +77,19 @@ class CacheEvent:
     nbytes: int
 
 
-class EvictionPolicy(Protocol):
-    """Chooses the next entry to displace from a tier."""
-
-    def choose_victim(self, lru_first: Iterable[Entry[Any, Any]]) -> Entry[Any, Any] | None:
-        """``lru_first``: the tier's entries, least recently used first; None when none fits."""
-        ...
-
-
-class LruPolicy:
-    """Least recently used among unpinned, admitted entries."""
-
-    def choose_victim(self, lru_first: Iterable[Entry[Any, Any]]) -> Entry[Any, Any] | None:
-        for e in lru_first:
-            if e.pins == 0 and e.value is not None:
-                return e
-        return None
-
-
-class LargestFirstPolicy:
+class LargestFirstPolicy(Lru):
     """Largest unpinned entry first (frees the most with the fewest reloads); O(n) a pick."""
 
-    def choose_victim(self, lru_first: Iterable[Entry[Any, Any]]) -> Entry[Any, Any] | None:
-        best: Entry[Any, Any] | None = None
-        for e in lru_first:
-            if e.pins == 0 and e.value is not None and (best is None or e.nbytes > best.nbytes):
+    def victim(self) -> Victim | None:
+        best: Victim | None = None
+        for e in self._order.values():
+            if e.pins == 0 and not e.reserved and (best is None or e.nbytes > best.nbytes):
                 best = e
         return best
+
+
+#: A tier's budget -> its policy (``worker.policy.make_policy`` by name).
+PolicyFactory = Callable[[int], CachePolicy]
 
 
 #: gpu value -> (host value, host bytes), or None when it cannot move to host memory.
@@ -113,13 +102,16 @@ class TieredCache(Generic[K, V]):
     def __init__(
         self,
         budgets: Mapping[Tier, int],
-        policy: EvictionPolicy | None = None,
+        policy: str | PolicyFactory = "lru",
         demote: Demoter | None = None,
         on_disk: Callable[[K], bool] | None = None,
         listener: Callable[[CacheEvent], None] | None = None,
     ) -> None:
         self._budget = {t: int(budgets.get(t, 0)) for t in MEMORY_TIERS}
-        self._policy = policy or LruPolicy()
+        factory: PolicyFactory = (
+            (lambda budget: make_policy(policy, budget)) if isinstance(policy, str) else policy
+        )
+        self._policy = {t: factory(self._budget[t]) for t in MEMORY_TIERS}
         self._demote = demote
         self._on_disk = on_disk or (lambda _k: False)
         self._listener = listener or (lambda _e: None)
@@ -166,6 +158,9 @@ class TieredCache(Generic[K, V]):
         e = self._index.get(key)
         return e if e is not None and e.value is not None else None
 
+    def policy(self, tier: Tier) -> CachePolicy:
+        return self._policy[tier]
+
     def fits(self, tier: Tier, nbytes: int) -> bool:
         """Whether ``nbytes`` could be made to fit in ``tier`` by displacing unpinned entries."""
         movable = sum(e.nbytes for e in self._lru[tier].values() if e.pins == 0 and e.value)
@@ -181,6 +176,7 @@ class TieredCache(Generic[K, V]):
         e = self.peek(key)
         if e is not None:
             self._lru[e.tier].move_to_end(key)
+            self._policy[e.tier].hit(e)
         return e
 
     def acquire(self, key: K) -> Entry[K, V] | None:
@@ -253,6 +249,7 @@ class TieredCache(Generic[K, V]):
         if e.value is not None:
             self._resident[e.tier] += e.nbytes
             self._count[e.tier] += 1
+            self._policy[e.tier].inserted(e)
 
     def _unlink(self, e: Entry[K, V]) -> None:
         del self._lru[e.tier][e.key]
@@ -261,14 +258,15 @@ class TieredCache(Generic[K, V]):
         if e.value is not None:
             self._resident[e.tier] -= e.nbytes
             self._count[e.tier] -= 1
+            self._policy[e.tier].removed(e)
 
     def _make_room(self, tier: Tier, nbytes: int) -> bool:
         budget = self._budget[tier]
         while self._used[tier] + nbytes > budget:
-            victim = self._policy.choose_victim(self._lru[tier].values())
+            victim = self._policy[tier].victim()
             if victim is None:
                 return False
-            self._displace(victim)
+            self._displace(self._index[victim.key])
         return True
 
     def _displace(self, victim: Entry[K, V]) -> None:

@@ -104,6 +104,7 @@ class WorkerServer:
         digests = self._digests
         cache: TieredCache[ModelId, Model] = TieredCache(
             {Tier.GPU: self.budgets["gpu"], Tier.HOST: self.budgets["host"]},
+            policy=s.cache_policy,
             demote=_demote,
             on_disk=lambda mid: digests.get(mid, "") in disk,
             listener=self._cache_event,

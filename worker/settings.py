@@ -35,6 +35,11 @@ class WorkerSettings(CommonSettings):
     disk_budget: str = doc(
         "local disk cache for artifacts: bytes or a fraction of the disk", "2GiB"
     )
+    cache_policy: str = doc(
+        "memory tiers' cache policy: tinylfu (scan-resistant: a model asked for once does not "
+        "displace ones asked for often) or lru (least recently used first)",
+        "tinylfu",
+    )
     lease_ttl: int = doc("etcd lease TTL in seconds (a dead worker vanishes after this)", 5)
     drain_grace_s: float = doc("on SIGTERM, seconds in-flight requests get to finish", 20.0)
     predict_threads: int = doc("prediction threads (0: one per core)", 0)

@@ -22,6 +22,7 @@ from worker.catalog import Catalog, parse_version
 from worker.convert import infer_request_from_proto, infer_response_to_proto, output_tensor
 from worker.diskcache import DiskCache
 from worker.errors import Code, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from worker.policy import POLICIES
 from worker.quarantine import FailureMemory
 from worker.types import InferResult, ModelId, Tensor
 from worker.validate import check_inputs, select_outputs
@@ -96,7 +97,9 @@ def test_gpu_victims_are_demoted_to_host_through_the_demoter() -> None:
 
 
 def test_largest_first_policy_is_swappable() -> None:
-    c: TieredCache[str, str] = TieredCache({Tier.HOST: 30}, policy=LargestFirstPolicy())
+    c: TieredCache[str, str] = TieredCache(
+        {Tier.HOST: 30}, policy=lambda _budget: LargestFirstPolicy()
+    )
     c.admit("small", "s", 5, Tier.HOST)
     c.admit("big", "b", 20, Tier.HOST)
     c.admit("mid", "m", 5, Tier.HOST)
@@ -116,10 +119,10 @@ _ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(_ops, st.integers(20, 100), st.integers(0, 60))
-def test_cache_accounting_invariants(ops: list[Any], host: int, gpu: int) -> None:
+@given(_ops, st.integers(20, 100), st.integers(0, 60), st.sampled_from(POLICIES))
+def test_cache_accounting_invariants(ops: list[Any], host: int, gpu: int, policy: str) -> None:
     c: TieredCache[int, str] = TieredCache(
-        {Tier.HOST: host, Tier.GPU: gpu}, demote=lambda k, v: (v, 5)
+        {Tier.HOST: host, Tier.GPU: gpu}, policy=policy, demote=lambda k, v: (v, 5)
     )
     pins: list[Any] = []
     reserved: set[int] = set()
@@ -152,6 +155,7 @@ def test_cache_accounting_invariants(ops: list[Any], host: int, gpu: int) -> Non
             assert c.used(t) == sum(e.nbytes for e in entries)
             assert c.resident_bytes(t) == sum(e.nbytes for e in entries if not e.reserved)
             assert c.count(t) == sum(1 for e in entries if not e.reserved)
+            assert c.policy(t).tracked() == (c.count(t), c.resident_bytes(t))
             if c.used(t) > c.budget(t):
                 movable = [e for e in entries if e.pins == 0 and not e.reserved]
                 assert all(e.key == last_admitted.get(t) for e in movable), (t, entries)
