@@ -301,23 +301,30 @@ def cache_figures(
     seg = worker[order]
     items = requests[order]
     progress(0.1)
-    dist = stack_distances(items, seg, sizes[items])
-    progress(0.8)
     measured = order >= math.ceil(config.warmup * r)
     w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
+    m_total = int(measured.sum())
+    bounds = np.searchsorted(seg, np.arange(n + 1))
+    lo = max(1, int(sizes.min()))
+    routed = np.bincount(primary[traffic.popularity > 0], weights=sizes[traffic.popularity > 0],
+                         minlength=n)  # fmt: skip
+    if config.policy == "tinylfu":
+        return _tinylfu_figures(
+            traffic, primary, sizes, n, config, progress, items, seg, measured, bounds, lo, routed
+        )
+    if config.policy != "lru":
+        raise ValueError(f"unknown cache policy {config.policy!r}: expected tinylfu or lru")
+    dist = stack_distances(items, seg, sizes[items])
+    progress(0.8)
     hit = measured & (dist != COLD) & (dist <= config.budget_bytes)
     w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
-    m_total = int(measured.sum())
     finite = np.sort(dist[measured & (dist != COLD)])
     hit_rate = float(hit.sum() / m_total) if m_total else math.nan
     max_hit = len(finite) / m_total if m_total else math.nan
 
     # The curve spans one model to the budget where only first requests miss; the configured
     # budget is added as a point of its own.
-    lo = max(1, int(sizes.min()))
     hi = max(int(finite[-1]) if len(finite) else lo, lo)
-    routed = np.bincount(primary[traffic.popularity > 0], weights=sizes[traffic.popularity > 0],
-                         minlength=n)  # fmt: skip
     hi = max(hi, int(routed.max()))  # where the steady state holds everything it is asked for
     budgets = np.unique(
         np.append(np.geomspace(lo, hi, config.curve_points).astype(np.int64), config.budget_bytes)
@@ -328,7 +335,6 @@ def cache_figures(
         for b, h in zip(budgets.tolist(), curve_hits.tolist(), strict=True)
     ]
 
-    bounds = np.searchsorted(seg, np.arange(n + 1))
     budget_for = []
     for target in config.targets:
         overall = _quantile_budget(finite, m_total, target)
@@ -343,18 +349,6 @@ def cache_figures(
             worst = None if need is None or worst is None else max(worst, need)
         budget_for.append(BudgetFor(target, overall, worst))
     progress(0.95)
-    che = CheTable(primary, traffic.popularity, sizes, n)
-    steady_targets = []
-    for target in config.targets:
-        overall_b, every_b = che.budget_for(target)
-        steady_targets.append(BudgetFor(target, _ceil_or_none(overall_b), _ceil_or_none(every_b)))
-    steady = SteadyState(
-        hit_rate=che.hit_rate_at(config.budget_bytes),
-        worker_hit_rate=Spread.of(che.worker_hit_rates(config.budget_bytes)),
-        curve=[CurvePoint(p.budget_bytes, che.hit_rate_at(p.budget_bytes)) for p in curve],
-        budget_for=steady_targets,
-    )
-    progress(1.0)
     figures = CacheFigures(
         budget_bytes=config.budget_bytes,
         requests=r,
@@ -364,8 +358,94 @@ def cache_figures(
         max_hit_rate=max_hit,
         curve=curve,
         budget_for=budget_for,
-        steady_state=steady,
+        steady_state=_steady(primary, traffic, sizes, n, config, curve),
     )
+    progress(1.0)
+    return figures, w_hit, w_measured
+
+
+def _steady(
+    primary: np.ndarray, traffic: Traffic, sizes: np.ndarray, n: int, config: SimConfig,
+    curve: list[CurvePoint],
+) -> SteadyState:  # fmt: skip
+    """The long-run LRU view (Che's approximation) at the curve's budgets."""
+    che = CheTable(primary, traffic.popularity, sizes, n)
+    steady_targets = []
+    for target in config.targets:
+        overall_b, every_b = che.budget_for(target)
+        steady_targets.append(BudgetFor(target, _ceil_or_none(overall_b), _ceil_or_none(every_b)))
+    return SteadyState(
+        hit_rate=che.hit_rate_at(config.budget_bytes),
+        worker_hit_rate=Spread.of(che.worker_hit_rates(config.budget_bytes)),
+        curve=[CurvePoint(p.budget_bytes, che.hit_rate_at(p.budget_bytes)) for p in curve],
+        budget_for=steady_targets,
+    )
+
+
+def _tinylfu_figures(
+    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
+    progress: Callable[[float], None], items: np.ndarray, seg: np.ndarray, measured: np.ndarray,
+    bounds: np.ndarray, lo: int, routed: np.ndarray,
+) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
+    """W-TinyLFU has no stack property: each budget is a replay of every stream (the worker's
+    policy, natively; ``shoal._native.tinylfu_replay``). The curve is replayed at
+    ``tinylfu_curve_points`` budgets; a budget for a target is the smallest curve budget that
+    reaches it (an upper bound at the curve's resolution)."""
+    from shoal._native import tinylfu_replay
+
+    m_total = int(measured.sum())
+    req_sizes = sizes[items].astype(np.uint64)
+    item_ids = items.astype(np.uint64)
+    b64 = bounds.astype(np.int64)
+    # Unbounded memory: only each stream's first request for an item misses.
+    first = np.ones(len(items), dtype=bool)
+    key = seg.astype(np.int64) * (int(items.max()) + 1 if len(items) else 1) + items
+    _, first_idx = np.unique(key, return_index=True)
+    first[:] = False
+    first[first_idx] = True
+    max_hit = float((measured & ~first).sum() / m_total) if m_total else math.nan
+    hi = max(lo, int(routed.max()))
+    budgets = np.unique(
+        np.append(
+            np.geomspace(lo, hi, max(2, config.tinylfu_curve_points)).astype(np.int64),
+            config.budget_bytes,
+        )
+    )
+    per_budget: dict[int, np.ndarray] = {}
+    for i, b in enumerate(budgets.tolist()):
+        per_budget[b] = np.asarray(tinylfu_replay(item_ids, req_sizes, b64, b)) & measured
+        progress(0.1 + 0.8 * (i + 1) / len(budgets))
+    hit = per_budget[config.budget_bytes]
+    w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
+    w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
+    hit_rate = float(hit.sum() / m_total) if m_total else math.nan
+    curve = [
+        CurvePoint(int(b), float(h.sum() / m_total) if m_total else math.nan)
+        for b, h in per_budget.items()
+    ]
+    budget_for = []
+    for target in config.targets:
+        overall = next((p.budget_bytes for p in curve if p.hit_rate >= target), None)
+        every: int | None = None
+        for b, h in per_budget.items():
+            rates = np.bincount(seg[h], minlength=n) / np.maximum(w_measured, 1)
+            if np.all((rates >= target) | (w_measured == 0)):
+                every = int(b)
+                break
+        budget_for.append(BudgetFor(target, overall, every))
+    figures = CacheFigures(
+        budget_bytes=config.budget_bytes,
+        requests=len(items),
+        measured=m_total,
+        warmup=config.warmup,
+        hit_rate=hit_rate,
+        max_hit_rate=max_hit,
+        curve=curve,
+        budget_for=budget_for,
+        steady_state=_steady(primary, traffic, sizes, n, config, curve),
+        method="exact W-TinyLFU replay per worker (the worker's policy, native)",
+    )
+    progress(1.0)
     return figures, w_hit, w_measured
 
 

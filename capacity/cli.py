@@ -22,6 +22,7 @@ from capacity.inputs import (
     Registry,
     SizeModel,
     Traffic,
+    add_scans,
     read_registry,
     read_trace,
     synthetic_fleet,
@@ -102,7 +103,19 @@ def register(sub: Any) -> None:
     traffic.add_argument(
         "--rps", type=float, help="total requests/s (default 10000, or the trace's own rate)"
     )
-    traffic.add_argument("--budget-bytes", default="8GiB", help="LRU budget per worker")
+    traffic.add_argument("--budget-bytes", default="8GiB", help="cache budget per worker")
+    traffic.add_argument(
+        "--policy",
+        choices=("tinylfu", "lru"),
+        default="tinylfu",
+        help="the workers' cache policy replayed (default tinylfu, the worker's default)",
+    )
+    traffic.add_argument(
+        "--scan-every", type=int, help="a batch job every N requests (with --scan-models)"
+    )
+    traffic.add_argument(
+        "--scan-models", type=int, help="models the batch job touches once each (M)"
+    )
     traffic.add_argument(
         "--target",
         type=float,
@@ -205,6 +218,8 @@ def build(ns: argparse.Namespace) -> tuple[Fleet, Traffic, SimConfig]:
         if n_req is None:
             n_req = min(MAX_REQUESTS, max(MIN_REQUESTS, REQUESTS_PER_MODEL * fleet.n_models))
         traffic = zipf_traffic(fleet, ns.zipf, n_req, ns.rps or 10_000.0, rng)
+    if ns.scan_every is not None or ns.scan_models is not None:
+        traffic = add_scans(traffic, fleet.n_models, ns.scan_every or 0, ns.scan_models or 0, rng)
     snapshot = registry.snapshot if registry is not None else None
     members = snapshot.members if snapshot is not None and ns.workers is None else None
     shard_size = ns.shard_size or (
@@ -223,6 +238,7 @@ def build(ns: argparse.Namespace) -> tuple[Fleet, Traffic, SimConfig]:
         salt=salt,
         members=members,
         pairs=ns.pairs,
+        policy=ns.policy,
     )
     return fleet, traffic, config
 

@@ -174,6 +174,27 @@ def zipf_traffic(
     return Traffic(pop, np.minimum(reqs, fleet.n_models - 1), rps, f"zipf(s={s:g})")
 
 
+def add_scans(
+    traffic: Traffic, n_models: int, every: int, count: int, rng: np.random.Generator
+) -> Traffic:
+    """A batch job on top of ``traffic``: after every ``every`` requests, ``count`` models
+    requested once each, in turn through a random permutation of all models (a job scoring
+    every tenant), so each scan touches models the previous ones did not. The popularity (the
+    steady state's input) stays the tenants' own."""
+    if every <= 0 or count <= 0:
+        raise InputError("--scan-every and --scan-models must both be positive")
+    base = traffic.requests
+    n_scans = len(base) // every
+    if n_scans == 0 or n_models == 0:
+        return traffic
+    order = rng.permutation(n_models)
+    scan_items = order[np.arange(n_scans * count) % n_models].astype(np.int64)
+    at = np.repeat(np.arange(1, n_scans + 1) * every, count)
+    requests = np.insert(base, at, scan_items)
+    source = f"{traffic.source} + scans of {count} models every {every} requests"
+    return Traffic(traffic.popularity, requests, traffic.rps, source)
+
+
 # --- traces --------------------------------------------------------------------------------
 
 

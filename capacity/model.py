@@ -51,6 +51,10 @@ class SimConfig:
     pairs: int = 1_000_000
     victims: int = 32
     curve_points: int = 41
+    #: The workers' cache policy replayed: "tinylfu" (the worker's default) or "lru".
+    policy: str = "tinylfu"
+    #: Budgets replayed for the W-TinyLFU curve (each is one replay of every stream).
+    tinylfu_curve_points: int = 9
 
     def pool_salt(self) -> bytes:
         if self.salt is not None:
@@ -178,6 +182,7 @@ class Inputs:
     budget_bytes: int
     seed: int
     routing: str
+    policy: str = "tinylfu"
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def render_table(report: Report) -> str:
         _spread_row("models (primary)", w.primary_models),
         _spread_row("bytes (primary)", w.primary_bytes, human_bytes),
         _spread_row("load (req/s)", w.load_rps),
-        _spread_row("LRU hit rate", w.hit_rate, _pct),
+        _spread_row(f"{i.policy} hit rate", w.hit_rate, _pct),
         _spread_row("misses (loads/s)", w.misses_per_s),
         f"  workers whose assigned models exceed the budget: {w.over_budget} of {i.workers}",
     ]
@@ -138,7 +138,7 @@ def render_table(report: Report) -> str:
         )
     ss = c.steady_state
     lines += [
-        f"  steady state ({ss.method}): hit rate {_pct(ss.hit_rate)} with "
+        f"  LRU steady state ({ss.method}): hit rate {_pct(ss.hit_rate)} with "
         f"{human_bytes(c.budget_bytes)} per worker (worst worker {_pct(ss.worker_hit_rate.min)})",
     ]
     for t in ss.budget_for:
@@ -191,16 +191,16 @@ def write_plot(report: Report, path: Path) -> None:
     ax1.legend()
     c = report.cache
     ax2.plot([p.budget_bytes for p in c.curve], [p.hit_rate for p in c.curve], marker=".",
-             label="replay (exact LRU)")  # fmt: skip
+             label=f"replay (exact, {report.inputs.policy})")  # fmt: skip
     ss = c.steady_state.curve
     ax2.plot([p.budget_bytes for p in ss], [p.hit_rate for p in ss], linestyle=":",
-             label="steady state (Che)")  # fmt: skip
+             label="steady state (Che, LRU)")  # fmt: skip
     ax2.set_xscale("log")
     ax2.axvline(c.budget_bytes, color="tab:red", linestyle="--", label="budget")
     for t in c.budget_for:
         ax2.axhline(t.target, color="0.6", linewidth=0.8)
     ax2.set_xlabel("cache budget per worker (bytes)")
-    ax2.set_ylabel("LRU hit rate")
+    ax2.set_ylabel("hit rate")
     ax2.set_ylim(0, 1)
     ax2.set_title("Hit rate vs budget per worker")
     ax2.legend()

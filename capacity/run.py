@@ -177,6 +177,7 @@ def simulate(
         rps=traffic.rps,
         budget_bytes=config.budget_bytes,
         seed=config.seed,
+        policy=config.policy,
         routing="primary = shard[blake2b('tenant/name:version') mod k], as the router's "
         "member policy without spill",
     )

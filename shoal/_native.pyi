@@ -64,6 +64,19 @@ def primary_indices(keys: Sequence[str], k: NDArray[np.int64]) -> NDArray[np.int
     """``primary_index(keys[m], k[m])`` for every m (without the GIL); ``ZeroDivisionError``
     when any k is 0, ``ValueError`` when the lengths differ."""
 
+def tinylfu_replay(
+    items: NDArray[np.uint64],
+    sizes: NDArray[np.uint64],
+    bounds: NDArray[np.int64],
+    budget: int,
+    window: float = 0.01,
+    protected: float = 0.8,
+    width: int = 4096,
+) -> NDArray[np.bool_]:
+    """Hits of every request replayed through ``worker.policy.TinyLfu`` (one cache of ``budget``
+    bytes per stream ``bounds[i]:bounds[i + 1]``), natively and exactly; ``ValueError`` on
+    mismatched lengths or bad bounds."""
+
 def member_order(
     ranked: Sequence[int],
     k: int,

@@ -11,6 +11,7 @@
 //! * `runtime`: XGBoost and LightGBM predictions through their C APIs, handles owned here;
 //! * `worker`: the worker's inference front (decode, validate, batch, predict).
 
+pub mod cachesim;
 pub mod gateway;
 mod py;
 pub mod pyfmt;

@@ -31,6 +31,24 @@ def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.err == ""  # no progress bar without a TTY or --progress
 
 
+def test_simulate_policies_under_batch_scans(capsys: pytest.CaptureFixture[str]) -> None:
+    """Scans through a Zipf load: the default policy (the worker's W-TinyLFU) keeps more hits
+    than LRU in the simulator, as it does in the worker."""
+    rates = {}
+    for policy in ("tinylfu", "lru"):
+        args = ["simulate", "--models", "4000", "--workers", "4", "--shard-size", "2",
+                "--requests", "60000", "--budget-bytes", "20MiB", "--model-bytes", "100KiB",
+                "--zipf", "1.1", "--scan-every", "300", "--scan-models", "400",
+                "--policy", policy, "--json"]  # fmt: skip
+        assert main(args) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["inputs"]["policy"] == policy
+        assert "scans of 400 models every 300 requests" in doc["inputs"]["traffic"]
+        assert doc["inputs"]["requests"] == 60000 + 400 * (60000 // 300)
+        rates[policy] = doc["cache"]["hit_rate"]
+    assert rates["tinylfu"] > rates["lru"] + 0.05, rates
+
+
 def test_simulate_table_plot_and_progress(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -71,6 +89,7 @@ def test_simulate_replays_a_trace(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["--trace", "/nonexistent.csv"], "cannot read trace"),
         (["--models", "10", "--trace", "x.csv"], "--models"),
         (["--models", "100", "--budget-bytes", "lots"], "lots"),
+        (["--models", "100", "--scan-every", "100"], "--scan-models"),
     ],
 )
 def test_simulate_fails_with_one_line(

@@ -368,7 +368,9 @@ def test_steady_state_che_agrees_with_the_exact_replay_of_a_long_trace() -> None
     rng = np.random.default_rng(5)
     fleet = synthetic_fleet(2000, SizeModel(100_000, 0.8), rng)
     traffic = zipf_traffic(fleet, 0.9, 400_000, 1000.0, rng)
-    config = SimConfig(workers=4, shard_size=2, budget_bytes=8 << 20, warmup=0.5, pairs=100)
+    config = SimConfig(
+        workers=4, shard_size=2, budget_bytes=8 << 20, warmup=0.5, pairs=100, policy="lru"
+    )
     cache = simulate(fleet, traffic, config).cache
     assert cache.steady_state.hit_rate == pytest.approx(cache.hit_rate, abs=0.015)
     for exact, che in zip(cache.curve, cache.steady_state.curve, strict=True):

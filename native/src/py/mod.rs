@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod cachesim;
 mod codec;
 mod gateway;
 mod resolve;
@@ -14,6 +15,7 @@ mod worker;
 pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     shard::register(m)?;
+    cachesim::register(m)?;
     resolve::register(m)?;
     gateway::register(m)?;
     runtime::register(m)?;
