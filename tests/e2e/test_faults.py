@@ -55,6 +55,13 @@ class Steady:
         self._stop.set()
         self._thread.join(30)
 
+    def failures(self) -> list[str]:
+        """The errors as their status and message (what an assertion should show)."""
+        return [
+            f"{getattr(e, 'status', lambda: '')()}: {getattr(e, 'message', lambda: str(e))()}"
+            for e in self.errors
+        ]
+
 
 @pytest.fixture
 def small_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
@@ -99,7 +106,7 @@ def test_etcd_down_serving_continues_and_registration_fails_then_recovers(
 
         wait_until(registered, 60, 0.5, "registration after etcd returns")
         load.wait_more(50)
-    assert load.errors == []
+    assert load.errors == [], load.failures()
     client = triton.InferenceServerClient(small_cluster.router.address)
     inp = triton.InferInput("input__0", [1, 30], "FP32")
     inp.set_data_from_numpy(x[:1].astype(np.float32))
@@ -142,7 +149,7 @@ def test_object_store_down_warm_models_answer_cold_loads_unavailable(
             assert err.value.status() == "StatusCode.UNAVAILABLE", err.value
             s3.start()
             wait_until(lambda: _answers(client, "cold/m", inp), 90, 0.5, "cold load after recovery")
-        assert load.errors == []
+        assert load.errors == [], load.failures()
         control.close()
     finally:
         cluster.stop()
@@ -172,7 +179,7 @@ def test_placement_leader_killed_standby_takes_over(
         after = c.snapshot()
         assert after is not None and after.epoch > before.epoch
         load.wait_more(50)
-    assert load.errors == []
+    assert load.errors == [], load.failures()
     # The standby's control plane serves writes too.
     ctl = Control(standby.address)
     assert ctl.register("lead", "m2", modelgen.train_xgboost(x, y, n_trees=4)) == 1
