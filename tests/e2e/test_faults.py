@@ -57,10 +57,13 @@ class Steady:
 
     def failures(self) -> list[str]:
         """The errors as their status and message (what an assertion should show)."""
-        return [
-            f"{getattr(e, 'status', lambda: '')()}: {getattr(e, 'message', lambda: str(e))()}"
-            for e in self.errors
-        ]
+        out = []
+        for e in self.errors:
+            if isinstance(e, triton.InferenceServerException):
+                out.append(f"{e.status()}: {e.message()}")
+            else:
+                out.append(repr(e))
+        return out
 
 
 @pytest.fixture
