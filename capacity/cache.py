@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -287,33 +288,51 @@ class CheTable:
 # --- the figures of a simulation --------------------------------------------------------
 
 
-def cache_figures(
-    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
-    progress: Callable[[float], None],
-) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-worker streams (time order kept), their stack distances, and the figures; then the
-    steady state from the popularity."""
+@dataclass(frozen=True)
+class Streams:
+    """Every worker's request stream, concatenated in worker order (time order inside)."""
+
+    items: np.ndarray  # model of each request
+    seg: np.ndarray  # worker of each request, non-decreasing
+    measured: np.ndarray  # bool: past the warm-up
+    bounds: np.ndarray  # stream w is [bounds[w], bounds[w + 1])
+    lo: int  # the smallest model's bytes (where curves start)
+    routed: np.ndarray  # bytes of the models each worker is primary for (with traffic)
+
+
+def streams(
+    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig
+) -> Streams:
     requests = traffic.requests
-    r = len(requests)
     worker = primary[requests]
     # A stable sort by worker keeps each stream in time order; small ints sort by radix.
     order = np.argsort(worker.astype(np.int16) if n < 2**15 else worker, kind="stable")
     seg = worker[order]
-    items = requests[order]
+    asked = traffic.popularity > 0
+    return Streams(
+        items=requests[order],
+        seg=seg,
+        measured=order >= math.ceil(config.warmup * len(requests)),
+        bounds=np.searchsorted(seg, np.arange(n + 1)),
+        lo=max(1, int(sizes.min())),
+        routed=np.bincount(primary[asked], weights=sizes[asked], minlength=n),
+    )
+
+
+def cache_figures(
+    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
+    progress: Callable[[float], None],
+) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-worker streams (time order kept), their stack distances, and the exact LRU figures;
+    then the steady state from the popularity."""
+    st = streams(traffic, primary, sizes, n, config)
+    items, seg, measured, bounds, lo, routed = (
+        st.items, st.seg, st.measured, st.bounds, st.lo, st.routed
+    )  # fmt: skip
+    r = len(items)
     progress(0.1)
-    measured = order >= math.ceil(config.warmup * r)
     w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
     m_total = int(measured.sum())
-    bounds = np.searchsorted(seg, np.arange(n + 1))
-    lo = max(1, int(sizes.min()))
-    routed = np.bincount(primary[traffic.popularity > 0], weights=sizes[traffic.popularity > 0],
-                         minlength=n)  # fmt: skip
-    if config.policy == "tinylfu":
-        return _tinylfu_figures(
-            traffic, primary, sizes, n, config, progress, items, seg, measured, bounds, lo, routed
-        )
-    if config.policy != "lru":
-        raise ValueError(f"unknown cache policy {config.policy!r}: expected tinylfu or lru")
     dist = stack_distances(items, seg, sizes[items])
     progress(0.8)
     hit = measured & (dist != COLD) & (dist <= config.budget_bytes)
@@ -358,13 +377,13 @@ def cache_figures(
         max_hit_rate=max_hit,
         curve=curve,
         budget_for=budget_for,
-        steady_state=_steady(primary, traffic, sizes, n, config, curve),
+        steady_state=steady_state(primary, traffic, sizes, n, config, curve),
     )
     progress(1.0)
     return figures, w_hit, w_measured
 
 
-def _steady(
+def steady_state(
     primary: np.ndarray, traffic: Traffic, sizes: np.ndarray, n: int, config: SimConfig,
     curve: list[CurvePoint],
 ) -> SteadyState:  # fmt: skip
@@ -380,73 +399,6 @@ def _steady(
         curve=[CurvePoint(p.budget_bytes, che.hit_rate_at(p.budget_bytes)) for p in curve],
         budget_for=steady_targets,
     )
-
-
-def _tinylfu_figures(
-    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
-    progress: Callable[[float], None], items: np.ndarray, seg: np.ndarray, measured: np.ndarray,
-    bounds: np.ndarray, lo: int, routed: np.ndarray,
-) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
-    """W-TinyLFU has no stack property: each budget is a replay of every stream (the worker's
-    policy, natively; ``shoal._native.tinylfu_replay``). The curve is replayed at
-    ``tinylfu_curve_points`` budgets; a budget for a target is the smallest curve budget that
-    reaches it (an upper bound at the curve's resolution)."""
-    from shoal._native import tinylfu_replay
-
-    m_total = int(measured.sum())
-    req_sizes = sizes[items].astype(np.uint64)
-    item_ids = items.astype(np.uint64)
-    b64 = bounds.astype(np.int64)
-    # Unbounded memory: only each stream's first request for an item misses.
-    first = np.ones(len(items), dtype=bool)
-    key = seg.astype(np.int64) * (int(items.max()) + 1 if len(items) else 1) + items
-    _, first_idx = np.unique(key, return_index=True)
-    first[:] = False
-    first[first_idx] = True
-    max_hit = float((measured & ~first).sum() / m_total) if m_total else math.nan
-    hi = max(lo, int(routed.max()))
-    budgets = np.unique(
-        np.append(
-            np.geomspace(lo, hi, max(2, config.tinylfu_curve_points)).astype(np.int64),
-            config.budget_bytes,
-        )
-    )
-    per_budget: dict[int, np.ndarray] = {}
-    for i, b in enumerate(budgets.tolist()):
-        per_budget[b] = np.asarray(tinylfu_replay(item_ids, req_sizes, b64, b)) & measured
-        progress(0.1 + 0.8 * (i + 1) / len(budgets))
-    hit = per_budget[config.budget_bytes]
-    w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
-    w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
-    hit_rate = float(hit.sum() / m_total) if m_total else math.nan
-    curve = [
-        CurvePoint(int(b), float(h.sum() / m_total) if m_total else math.nan)
-        for b, h in per_budget.items()
-    ]
-    budget_for = []
-    for target in config.targets:
-        overall = next((p.budget_bytes for p in curve if p.hit_rate >= target), None)
-        every: int | None = None
-        for b, h in per_budget.items():
-            rates = np.bincount(seg[h], minlength=n) / np.maximum(w_measured, 1)
-            if np.all((rates >= target) | (w_measured == 0)):
-                every = int(b)
-                break
-        budget_for.append(BudgetFor(target, overall, every))
-    figures = CacheFigures(
-        budget_bytes=config.budget_bytes,
-        requests=len(items),
-        measured=m_total,
-        warmup=config.warmup,
-        hit_rate=hit_rate,
-        max_hit_rate=max_hit,
-        curve=curve,
-        budget_for=budget_for,
-        steady_state=_steady(primary, traffic, sizes, n, config, curve),
-        method="exact W-TinyLFU replay per worker (the worker's policy, native)",
-    )
-    progress(1.0)
-    return figures, w_hit, w_measured
 
 
 def _ceil_or_none(x: float) -> int | None:

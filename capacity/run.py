@@ -40,6 +40,7 @@ from capacity.cache import cache_figures
 from capacity.inputs import Fleet, InputError, Traffic, synthetic_members
 from capacity.model import Inputs, Progress, Report, SimConfig, WorkerFigures, WorkerRow
 from capacity.movement import join, leave
+from capacity.replay import tinylfu_figures
 from capacity.shards import hash_tenants, hot_overrides, tenant_shards
 from capacity.stats import Spread, blast_radius
 from shoal.shard import Pool, primary_indices
@@ -140,9 +141,10 @@ def simulate(
     leave_ = leave(pool, fleet, traffic, shards, hashes, overrides, primary, pidx, leaver)
 
     stages.start("cache")
-    cache, w_hit, w_measured = cache_figures(
-        traffic, primary, fleet.sizes, n, config, stages.update
-    )
+    if config.policy not in ("tinylfu", "lru"):
+        raise InputError(f"unknown cache policy {config.policy!r}: expected tinylfu or lru")
+    figures_of = tinylfu_figures if config.policy == "tinylfu" else cache_figures
+    cache, w_hit, w_measured = figures_of(traffic, primary, fleet.sizes, n, config, stages.update)
     with np.errstate(invalid="ignore", divide="ignore"):
         w_hitrate = np.where(w_measured > 0, w_hit / np.maximum(w_measured, 1), np.nan)
     w_miss = w_load * np.nan_to_num(1.0 - w_hitrate, nan=0.0)

@@ -97,9 +97,7 @@ def test_gpu_victims_are_demoted_to_host_through_the_demoter() -> None:
 
 
 def test_largest_first_policy_is_swappable() -> None:
-    c: TieredCache[str, str] = TieredCache(
-        {Tier.HOST: 30}, policy=lambda _budget: LargestFirstPolicy()
-    )
+    c: TieredCache[str, str] = TieredCache({Tier.HOST: 30}, policy=lambda _: LargestFirstPolicy())
     c.admit("small", "s", 5, Tier.HOST)
     c.admit("big", "b", 20, Tier.HOST)
     c.admit("mid", "m", 5, Tier.HOST)

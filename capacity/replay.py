@@ -1,0 +1,87 @@
+"""Cache figures under W-TinyLFU, the workers' default policy, by exact replay.
+
+W-TinyLFU has no stack property (``capacity.cache``'s one-pass shortcut is LRU's): each budget
+is a replay of every worker's stream through the worker's policy, natively
+(``shoal._native.tinylfu_replay``, the same steps as ``worker.policy.TinyLfu``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from capacity.cache import steady_state, streams
+from capacity.inputs import Traffic
+from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig
+from shoal._native import tinylfu_replay
+
+
+def tinylfu_figures(
+    traffic: Traffic, primary: np.ndarray, sizes: np.ndarray, n: int, config: SimConfig,
+    progress: Callable[[float], None],
+) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
+    """W-TinyLFU has no stack property: each budget is a replay of every stream (the worker's
+    policy, natively; ``shoal._native.tinylfu_replay``). The curve is replayed at
+    ``tinylfu_curve_points`` budgets; a budget for a target is the smallest curve budget that
+    reaches it (an upper bound at the curve's resolution)."""
+    st = streams(traffic, primary, sizes, n, config)
+    items, seg, measured, bounds, lo, routed = (
+        st.items, st.seg, st.measured, st.bounds, st.lo, st.routed
+    )  # fmt: skip
+    progress(0.1)
+    m_total = int(measured.sum())
+    req_sizes = sizes[items].astype(np.uint64)
+    item_ids = items.astype(np.uint64)
+    b64 = bounds.astype(np.int64)
+    # Unbounded memory: only each stream's first request for an item misses.
+    first = np.ones(len(items), dtype=bool)
+    key = seg.astype(np.int64) * (int(items.max()) + 1 if len(items) else 1) + items
+    _, first_idx = np.unique(key, return_index=True)
+    first[:] = False
+    first[first_idx] = True
+    max_hit = float((measured & ~first).sum() / m_total) if m_total else math.nan
+    hi = max(lo, int(routed.max()))
+    budgets = np.unique(
+        np.append(
+            np.geomspace(lo, hi, max(2, config.tinylfu_curve_points)).astype(np.int64),
+            config.budget_bytes,
+        )
+    )
+    per_budget: dict[int, np.ndarray] = {}
+    for i, b in enumerate(budgets.tolist()):
+        per_budget[b] = np.asarray(tinylfu_replay(item_ids, req_sizes, b64, b)) & measured
+        progress(0.1 + 0.8 * (i + 1) / len(budgets))
+    hit = per_budget[config.budget_bytes]
+    w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
+    w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
+    hit_rate = float(hit.sum() / m_total) if m_total else math.nan
+    curve = [
+        CurvePoint(int(b), float(h.sum() / m_total) if m_total else math.nan)
+        for b, h in per_budget.items()
+    ]
+    budget_for = []
+    for target in config.targets:
+        overall = next((p.budget_bytes for p in curve if p.hit_rate >= target), None)
+        every: int | None = None
+        for b, h in per_budget.items():
+            rates = np.bincount(seg[h], minlength=n) / np.maximum(w_measured, 1)
+            if np.all((rates >= target) | (w_measured == 0)):
+                every = int(b)
+                break
+        budget_for.append(BudgetFor(target, overall, every))
+    figures = CacheFigures(
+        budget_bytes=config.budget_bytes,
+        requests=len(items),
+        measured=m_total,
+        warmup=config.warmup,
+        hit_rate=hit_rate,
+        max_hit_rate=max_hit,
+        curve=curve,
+        budget_for=budget_for,
+        steady_state=steady_state(primary, traffic, sizes, n, config, curve),
+        method="exact W-TinyLFU replay per worker (the worker's policy, native)",
+    )
+    progress(1.0)
+    return figures, w_hit, w_measured
