@@ -108,27 +108,6 @@ class BlastRadius:
 
 
 #: Set bits per byte value: a popcount that needs no numpy >= 2 (``np.bitwise_count``).
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per row of a ``[T, W]`` uint64 array."""
-    bits: np.ndarray = _POPCOUNT[np.ascontiguousarray(x).view(np.uint8)]
-    out: np.ndarray = bits.reshape(len(x), -1).sum(axis=1)
-    return out
-
-
-def shard_bitsets(rows: np.ndarray, n: int) -> np.ndarray:
-    """Each shard as a set of workers: ``[T, ceil(n/64)]`` uint64 words, bit i = member i."""
-    t, k = rows.shape
-    words = np.zeros((t, -(-n // 64)), dtype=np.uint64)
-    ar = np.arange(t)
-    for j in range(k):
-        col = rows[:, j]
-        words[ar, col >> 6] |= np.left_shift(np.uint64(1), (col & 63).astype(np.uint64))
-    return words
-
-
 def blast_radius(
     rows: np.ndarray,
     n_workers: int,
@@ -142,17 +121,19 @@ def blast_radius(
     Pair sampling draws ``pairs`` ordered pairs of distinct tenants (with replacement), so the
     overlap bins carry a binomial standard error ``sqrt(p(1-p)/pairs)``. Equal shards are
     counted exactly over all tenants (sorting their bitsets), and each victim's reach exactly
-    over all tenants. Returns None with fewer than two tenants. Cost: O((pairs + victims T)
-    N/64 + T log T).
+    over all tenants. Returns None with fewer than two tenants. Cost: O(pairs k^2 +
+    victims T k + T log T).
     """
     t, k = rows.shape
     if t < 2 or k == 0:
         return None
-    sets = shard_bitsets(rows, n_workers)
+    # Shards as sorted member rows: set operations on k small ints per tenant (no bitsets of
+    # N bits per tenant, which at 10M tenants x 1,000 workers are over a GB).
+    srt = np.sort(rows, axis=1)
     a = rng.integers(0, t, pairs)
     b = rng.integers(0, t - 1, pairs)
     b += b >= a  # a uniform tenant other than a
-    shared = _popcount(sets[a] & sets[b])
+    shared = (srt[a][:, :, None] == srt[b][:, None, :]).sum(axis=(1, 2))
     freq = np.bincount(shared, minlength=k + 1)[: k + 1] / pairs
     closed = hypergeometric(n_workers, k)
     overlap = [
@@ -160,10 +141,14 @@ def blast_radius(
         for j in range(k + 1)
     ]
 
-    if sets.shape[1] == 1:
-        _, counts = np.unique(sets[:, 0], return_counts=True)
+    bits = max(1, int(n_workers - 1).bit_length())
+    if k * bits <= 63:  # each shard packed into one int: a 1-D unique
+        packed = np.zeros(t, dtype=np.int64)
+        for j in range(k):
+            packed = (packed << bits) | srt[:, j].astype(np.int64)
+        _, counts = np.unique(packed, return_counts=True)
     else:
-        _, counts = np.unique(sets, axis=0, return_counts=True)
+        _, counts = np.unique(srt, axis=0, return_counts=True)
     same_pairs = float((counts * (counts - 1)).sum())  # ordered pairs with equal shards
     p_full = full_overlap_probability(n_workers, k)
     # Under uniformly random shards, "a and b have equal shards" is pairwise independent over
@@ -174,8 +159,11 @@ def blast_radius(
     victims = min(victims, t)
     chosen = rng.choice(t, victims, replace=False)
     losing = np.empty(victims)
+    member = np.zeros(n_workers, dtype=bool)
     for i, v in enumerate(chosen.tolist()):
-        touched = ((sets & sets[v]) != 0).any(axis=1)
+        member[:] = False
+        member[rows[v]] = True
+        touched = member[rows].any(axis=1)
         losing[i] = (int(touched.sum()) - 1) / (t - 1)  # the victim itself does not count
     p_touch = touch_probability(n_workers, k)
     return BlastRadius(
