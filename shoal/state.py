@@ -193,14 +193,15 @@ async def iter_prefix(
 async def read_prefix(
     store: StateStore, prefix: str, page_size: int = 1000
 ) -> tuple[list[KV], int]:
-    """All keys under ``prefix`` and the revision they were read at (0 when empty)."""
-    kvs: list[KV] = []
-    revision = 0
-    async for kv, rev in iter_prefix(store, prefix, page_size):
-        kvs.append(kv)
-        revision = rev
-    if not kvs:
-        revision = (await store.range(prefix, limit=1)).revision
+    """All keys under ``prefix`` and the revision they were read at: one consistent read,
+    so a watch from ``revision + 1`` misses nothing (an empty prefix included: its revision is
+    the first page's, not a second read's, which a write in between would have passed)."""
+    page = await store.range(prefix, limit=page_size)
+    revision = page.revision
+    kvs = list(page.kvs)
+    while (start := page.next_start()) is not None:
+        page = await store.range(prefix, start=start, limit=page_size, revision=revision)
+        kvs.extend(page.kvs)
     return kvs, revision
 
 
