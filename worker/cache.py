@@ -158,6 +158,18 @@ class TieredCache(Generic[K, V]):
         e = self._index.get(key)
         return e if e is not None and e.value is not None else None
 
+    def hottest(self, n: int) -> list[tuple[Entry[K, V], int]]:
+        """Up to ``n`` resident entries with their policy scores, hottest first: by score,
+        then most recently used (all of them ranked: O(entries log entries))."""
+        ranked = []
+        for tier in MEMORY_TIERS:
+            policy = self._policy[tier]
+            for i, e in enumerate(self._lru[tier].values()):
+                if e.value is not None:
+                    ranked.append((policy.score(e.key), i, e))
+        ranked.sort(key=lambda r: (-r[0], -r[1]))
+        return [(e, score) for score, _i, e in ranked[: max(0, n)]]
+
     def policy(self, tier: Tier) -> CachePolicy:
         return self._policy[tier]
 
@@ -182,6 +194,14 @@ class TieredCache(Generic[K, V]):
     def acquire(self, key: K) -> Entry[K, V] | None:
         """``get`` and pin: the entry stays resident until the matching ``release``."""
         e = self.get(key)
+        if e is not None:
+            e.pins += 1
+        return e
+
+    def pin(self, key: K) -> Entry[K, V] | None:
+        """Pin the resident entry without counting a use (the load that just admitted it
+        was the use: counting it again would credit every miss twice in the policy)."""
+        e = self.peek(key)
         if e is not None:
             e.pins += 1
         return e

@@ -96,18 +96,23 @@ class Dataplane:
         _rec, mv = await self.catalog.resolve(tenant, name, version)
         return ModelId(tenant, name, mv.version), mv
 
-    async def _acquire(self, mid: ModelId, mv: ModelVersion) -> Entry[ModelId, Model]:
-        """The model pinned in the cache, loading it on a miss."""
+    async def _acquire(
+        self, mid: ModelId, mv: ModelVersion, count: bool = True
+    ) -> Entry[ModelId, Model]:
+        """The model pinned in the cache, loading it on a miss (``count``: a request's hit or
+        miss, for the metrics; a preload is not one)."""
         entry = self.cache.acquire(mid)
         if entry is not None:
-            self._metrics.child(self._metrics.hits, entry.tier.value).inc()
+            if count:
+                self._metrics.child(self._metrics.hits, entry.tier.value).inc()
             return entry
-        self._metrics.child(self._metrics.misses, "memory").inc()
+        if count:
+            self._metrics.child(self._metrics.misses, "memory").inc()
         if self.before_load is not None:
             self.before_load()
         model = await self.loader.load(mid, mv)
         self.predictor.loaded(mid, model)
-        entry = self.cache.acquire(mid)
+        entry = self.cache.pin(mid)
         if entry is None:
             # Displaced between admission and now (heavy pressure): serve from the object we
             # hold; a detached entry keeps the pin/unpin protocol uniform.
@@ -167,6 +172,14 @@ class Dataplane:
             inputs=tuple(TensorMeta(t.name, t.datatype, t.shape) for t in sig.inputs),
             outputs=tuple(TensorMeta(t.name, t.datatype, t.shape) for t in sig.outputs),
         )
+
+    async def warm(self, mid: ModelId, mv: ModelVersion) -> Entry[ModelId, Model]:
+        """Make a version resident without a request (a preload or a pin): the entry comes
+        back acquired; the caller releases it (or keeps it, to pin)."""
+        entry = await self._acquire(mid, mv, count=False)
+        if self.on_resident is not None and entry.value is not None:
+            self.on_resident(mid, mv, entry.value)
+        return entry
 
     async def load(self, model: str, version: str) -> LoadOutcome:
         """Make a version resident (promotion warm-up); reports where and how long."""

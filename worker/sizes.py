@@ -24,9 +24,12 @@ class SizeEstimator:
     that, its own measurement). The median ignores the polluted minority; the ratio scales
     with the artifact, so models of one framework but different sizes are charged fairly.
 
-    Guesses before a load follow an exponential moving average (weight ``alpha``) of the same
-    ratios with a ``margin`` (10%), so a reservation rarely falls short; until the first
-    measurement the static ``estimate_bytes`` applies. Event loop only.
+    Guesses before a load are what the load will most likely be charged: the same median
+    rule once ``min_samples`` loads are measured (a reservation larger than the charge would
+    displace a model for room nobody uses: in a full tier of like-sized models, every miss
+    would evict two); before that, an exponential moving average (weight ``alpha``) of the
+    ratios with a ``margin`` (10%), and until the first measurement the static
+    ``estimate_bytes``. Event loop only.
     """
 
     def __init__(
@@ -39,6 +42,9 @@ class SizeEstimator:
         self._recent: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
 
     def estimate(self, framework: str, artifact_size: int) -> int:
+        recent = self._recent.get(framework)
+        if recent is not None and len(recent) >= self.min_samples and artifact_size > 0:
+            return max(1, int(artifact_size * statistics.median(recent)))
         r = self._ratio.get(framework)
         if r is None:
             return estimate_bytes(framework, artifact_size)

@@ -48,7 +48,11 @@ async def test_host_budget_holds_and_lru_goes_first(
     budget = int(10 * grown / N_MODELS)
     one = max(int(3 * grown / N_MODELS), *(estimate_bytes("xgboost", len(m)) for m in models))
 
-    w = worker_factory({"SHOAL_HOST_BUDGET": str(budget), "SHOAL_BATCHING": "off"})
+    # LRU by name: the order asserted below is its order (W-TinyLFU, the default, keeps an
+    # incumbent over a newcomer asked for as rarely: tests/worker/test_policy.py).
+    w = worker_factory(
+        {"SHOAL_HOST_BUDGET": str(budget), "SHOAL_BATCHING": "off", "SHOAL_CACHE_POLICY": "lru"}
+    )
     async with Client(w.address) as c:
         for i, name in enumerate(names):
             await c.infer(name, x, "1")

@@ -431,19 +431,3 @@ async def test_catalog_resolves_numbers_aliases_and_reports_what_is_missing() ->
             await cat.resolve("t", "other", "1")
     finally:
         await cat.stop()
-
-
-def test_size_charges_follow_the_median_not_polluted_measurements() -> None:
-    from worker.sizes import SizeEstimator
-
-    sizes = SizeEstimator(min_samples=8)
-    # Until enough loads are measured, a model is charged its own measurement.
-    assert sizes.charge("xgboost", 1000, 3000) == 3000
-    clean = [3000] * 7
-    for m in clean:
-        sizes.charge("xgboost", 1000, m)
-    # Loads polluted by other threads' allocations (3x, 6x) are a minority: the charge stays
-    # at the typical ratio, scaled to each model's own artifact size.
-    assert sizes.charge("xgboost", 1000, 18_000) == 3000
-    assert sizes.charge("xgboost", 2000, 9_000) == 6000
-    assert sizes.charge("lightgbm", 1000, 5000) == 5000  # per framework
