@@ -11,7 +11,10 @@ for each pool that differs, and nothing for the others. Hence:
 * at most one epoch per pool per window, however many workers change;
 * a worker is a member only while its record says ``ready`` and not ``draining``: a new worker
   enters once it reports ready, and a worker that leaves cleanly (drains first) leaves the
-  snapshot while it is still serving the requests already routed to it.
+  snapshot while it is still serving the requests already routed to it;
+* a warm hand-off (``placement.warmth``) may hold a change back: a worker that says
+  ``leaving`` stays a member, and a new ready worker stays out, while ``keep`` says so (until
+  the members taking over hot models have loaded them).
 
 Time is injected (``clock``, monotonic seconds), so this is unit-tested without sleeping.
 """
@@ -23,12 +26,25 @@ from collections.abc import Callable, Iterable, Mapping
 from shoal.records import WORKERS, Member, PoolSnapshot, WorkerInfo
 from shoal.state import WatchEvent
 
+#: A worker's membership while a warm hand-off holds it (True: in, False: out), else None.
+Keep = Callable[[WorkerInfo], "bool | None"]
 
-def desired_members(workers: Iterable[WorkerInfo]) -> dict[str, tuple[Member, ...]]:
-    """pool -> members (ready, not draining), sorted by worker id."""
+
+def _no_hold(_w: WorkerInfo) -> bool | None:
+    return None
+
+
+def desired_members(
+    workers: Iterable[WorkerInfo], keep: Keep = _no_hold
+) -> dict[str, tuple[Member, ...]]:
+    """pool -> members (ready, not draining, not leaving; unless ``keep`` holds a leaver in
+    or a joiner out while a hand-off is under way), sorted by worker id."""
     pools: dict[str, list[Member]] = {}
     for w in workers:
-        if w.ready and not w.draining:
+        if not w.ready or w.draining:
+            continue
+        held = keep(w)
+        if held if held is not None else not w.leaving:
             pools.setdefault(w.pool, []).append(Member(w.worker_id, w.address, w.zone))
     return {p: tuple(sorted(ms, key=lambda m: m.worker_id)) for p, ms in pools.items()}
 
@@ -36,11 +52,18 @@ def desired_members(workers: Iterable[WorkerInfo]) -> dict[str, tuple[Member, ..
 class MembershipTracker:
     """Latest worker records plus a debounce deadline (see module docstring)."""
 
-    def __init__(self, debounce_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        debounce_s: float,
+        clock: Callable[[], float],
+        keep: Keep = _no_hold,
+    ) -> None:
         self.debounce_s = debounce_s
         self._clock = clock
+        self.keep = keep
         self.workers: dict[str, WorkerInfo] = {}  # etcd key -> record
         self._due: float | None = None
+        self.changes = 0  # records applied so far (a generation for derived views)
 
     def reset(self, records: Mapping[str, bytes]) -> None:
         """Replace every record (a full re-read) and arm the deadline."""
@@ -65,8 +88,14 @@ class MembershipTracker:
         self._arm()
 
     def _arm(self) -> None:
+        self.changes += 1
         if self._due is None:
             self._due = self._clock() + self.debounce_s
+
+    def wake_at(self, when: float) -> None:
+        """Look again at ``when`` (clock time) at the latest: a hand-off's hold lapses then."""
+        if self._due is None or when < self._due:
+            self._due = when
 
     def due_in(self) -> float | None:
         """Seconds until the window closes (<= 0: now), or None when nothing is pending."""
@@ -90,7 +119,7 @@ class MembershipTracker:
         A pool whose last member left gets an empty snapshot (routers then answer
         UNAVAILABLE instead of sending to workers that are gone).
         """
-        desired = desired_members(self.workers.values())
+        desired = desired_members(self.workers.values(), self.keep)
         out = []
         for pool in sorted(set(desired) | set(published)):
             members = desired.get(pool, ())

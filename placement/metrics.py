@@ -8,6 +8,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from shoal.records import PoolSnapshot, TenantConfig
+from shoal.warmth import WarmOrder
 
 
 class PlacementMetrics:
@@ -39,6 +40,17 @@ class PlacementMetrics:
             "tenant shard sizes written by the hot-tenant controller",
             registry=self.registry,
         )
+        self.warm_orders = Counter(
+            "shoal_placement_warm_orders",
+            "warm orders written to workers, by reason (hand-off, join, pins)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.preloads_ordered = Counter(
+            "shoal_placement_preloads_ordered",
+            "model versions workers were asked to preload (hand-offs and joins)",
+            registry=self.registry,
+        )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -46,6 +58,10 @@ class PlacementMetrics:
         self.published.labels(snap.pool).inc()
         self.epoch.labels(snap.pool).set(snap.epoch)
         self.members.labels(snap.pool).set(len(snap.members))
+
+    def on_order(self, worker_id: str, order: WarmOrder) -> None:
+        self.warm_orders.labels(order.reason.split(" ")[0]).inc()
+        self.preloads_ordered.inc(len(order.preload))
 
     def on_hot_change(self, cfg: TenantConfig) -> None:
         self.hot_changes.inc()

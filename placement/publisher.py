@@ -20,11 +20,15 @@ from collections.abc import Callable
 
 from placement.election import NotLeader
 from placement.membership import MembershipTracker
+from placement.warmth import WarmPlanner
 from shoal.records import PLACEMENT, WORKERS, PoolSnapshot, placement_key
 from shoal.state import Compare, Put, StateError, StateStore, WatchEvent, read_prefix
 from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+#: How often the hand-off planner looks at pins and hot lists (they change outside the watch).
+PLAN_TICK_S = 1.0
 
 
 class SnapshotPublisher:
@@ -39,6 +43,7 @@ class SnapshotPublisher:
         now: Callable[[], float] = time.time,
         on_publish: Callable[[PoolSnapshot], None] | None = None,
         retry_s: float = 0.5,
+        planner: WarmPlanner | None = None,
     ) -> None:
         self._store = store
         self._fence = fence
@@ -46,8 +51,12 @@ class SnapshotPublisher:
         self._now = now
         self._on_publish = on_publish
         self._retry_s = retry_s
+        self.planner = planner
         self.tracker = MembershipTracker(debounce_s, time.monotonic)
+        if planner is not None:
+            self.tracker.keep = planner.keep
         self.published: dict[str, PoolSnapshot] = {}
+        self._planned: object = None
 
     async def run(self) -> None:
         """Run until cancelled; raises ``NotLeader`` when the fence no longer holds."""
@@ -78,8 +87,11 @@ class SnapshotPublisher:
 
         pump_task = asyncio.create_task(pump())
         try:
+            await self._plan()
             while True:
                 due = self.tracker.due_in()
+                if self.planner is not None:  # pins and hot lists change outside this watch
+                    due = PLAN_TICK_S if due is None else min(due, PLAN_TICK_S)
                 item: WatchEvent | BaseException | None = None
                 if due is None or due > 0:
                     with contextlib.suppress(TimeoutError):
@@ -88,11 +100,28 @@ class SnapshotPublisher:
                     raise item
                 if item is not None:
                     self.tracker.apply(item)
+                await self._plan()  # before publishing: a leaving worker's hold starts here
                 if self.tracker.take_due():
                     await self._publish()
         finally:
             await watch.cancel()
             await cancel_and_wait(pump_task)
+
+    async def _plan(self) -> None:
+        """Let the hand-off planner see the records (when anything it reads changed)."""
+        p = self.planner
+        if p is None:
+            return
+        epochs = tuple(s.epoch for s in self.published.values())
+        state = (self.tracker.changes, p.generation(), epochs)
+        if state == self._planned and not p.holding():
+            return
+        self._planned = state
+        if await p.step(self.tracker.workers, self.published):
+            self.tracker.wake_at(time.monotonic())  # a hold ended: publish without the leaver
+        deadline = p.deadline()
+        if deadline is not None:
+            self.tracker.wake_at(deadline)
 
     async def _publish(self) -> None:
         for snap in self.tracker.changed_snapshots(self.published, self._shard_size, self._now()):

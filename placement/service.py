@@ -34,6 +34,7 @@ from placement.hot import HotPolicy, HotTenantController, HotTenantLoop
 from placement.metrics import PlacementMetrics
 from placement.publisher import SnapshotPublisher
 from placement.settings import PlacementSettings
+from placement.warmth import WarmPlanner, warm_mirrors
 from registry.control import ControlService
 from registry.facade import Registry
 from registry.gc import ArtifactGC
@@ -170,6 +171,19 @@ class PlacementService:
         election, store, cluster = self.election, self._store, self.cluster
         assert store is not None and cluster is not None and election.fence is not None
         s = self.settings
+        mirrors = warm_mirrors(store)
+        for mirror in mirrors:
+            await mirror.start()
+        planner = WarmPlanner(
+            store,
+            election.fence,
+            bytes.fromhex(cluster.salt),
+            cluster.default_shard_size,
+            *mirrors,
+            wait_s=s.handoff_wait_s,
+            preload_fraction=s.preload_fraction,
+            on_order=self.metrics.on_order,
+        )
         publisher = SnapshotPublisher(
             store,
             election.fence,
@@ -177,6 +191,7 @@ class PlacementService:
             s.debounce_s,
             now=self._now,
             on_publish=self.metrics.on_publish,
+            planner=planner,
         )
         policy = HotPolicy(
             s.hot_rate, cluster.default_shard_size, s.hot_max_shard, s.hot_cooldown_s, s.hot_drain_s
@@ -197,6 +212,8 @@ class PlacementService:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait_all(tasks)
+            for mirror in mirrors:
+                await mirror.stop()
         for t in done:
             if not t.cancelled() and (exc := t.exception()) is not None:
                 raise exc

@@ -49,6 +49,14 @@ class PlacementSettings(CommonSettings):
     hot_cooldown_s: float = doc("a hot tenant must stay below the rate this long to shrink", 60.0)
     hot_drain_s: float = doc("announced delay between deciding to shrink and shrinking", 30.0)
     hot_interval_s: float = doc("how often the leader sums load reports", 2.0)
+    handoff_wait_s: float = doc(
+        "longest a leaving worker stays in the snapshot while the members taking over its hot "
+        "models preload them",
+        10.0,
+    )
+    preload_fraction: float = doc(
+        "share of a worker's host budget that one hand-off or join may ask it to preload", 0.5
+    )
 
     def default_pools(self) -> dict[str, str]:
         """framework -> the pool its versions join when registration names none

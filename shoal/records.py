@@ -198,6 +198,8 @@ class WorkerInfo:
     ready: bool = False
     draining: bool = False
     metrics_address: str = ""
+    leaving: bool = False  # handing its hot models over; a member until the leader drops it
+    warmed: int = 0  # id of the last WarmOrder applied (shoal.warmth)
 
     def encode(self) -> bytes:
         return _dumps(asdict(self))

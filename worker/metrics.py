@@ -80,6 +80,23 @@ class WorkerMetrics:
         self.misses = Counter(
             "shoal_worker_cache_misses", "lookups a tier could not serve", ["tier"], registry=r
         )
+        self.preloads = Counter(
+            "shoal_worker_preloads",
+            "warm hand-off preloads by outcome (loaded, resident already, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.pinned_models = Gauge(
+            "shoal_worker_pinned_models", "pinned model versions held resident", registry=r
+        )
+        self.pinned_bytes = Gauge(
+            "shoal_worker_pinned_bytes", "bytes of the pinned model versions", registry=r
+        )
+        self.pinned_refused = Counter(
+            "shoal_worker_pinned_refused",
+            "pins refused because pinned bytes would pass max_pinned_fraction of the budget",
+            registry=r,
+        )
         self.evictions = Counter(
             "shoal_worker_cache_evictions", "models dropped from a tier", ["tier"], registry=r
         )

@@ -55,6 +55,17 @@ class CachePolicy(Protocol):
         """(entries, bytes) the policy holds: the tier's resident ones, exactly."""
         ...
 
+    def score(self, key: Any) -> int:
+        """How often ``key`` was asked for recently, as far as the policy counts (0: it does
+        not; recency alone then ranks)."""
+        ...
+
+    def seed(self, key: Any, count: int) -> None:
+        """Credit ``key`` with ``count`` recent requests seen elsewhere (a warm hand-off: the
+        model's previous worker counted them), so admission treats a preloaded model as the
+        hot model it is."""
+        ...
+
 
 def _movable(e: Victim) -> bool:
     return e.pins == 0 and not e.reserved
@@ -91,6 +102,12 @@ class Lru:
 
     def tracked(self) -> tuple[int, int]:
         return len(self._order), sum(e.nbytes for e in self._order.values())
+
+    def score(self, key: Any) -> int:
+        return 0
+
+    def seed(self, key: Any, count: int) -> None:
+        return None
 
 
 class FrequencySketch:
@@ -192,6 +209,13 @@ class TinyLfu:
         region = self._where.get(e.key)
         if region is not None:
             self._bytes[region] += e.nbytes - old_nbytes
+
+    def score(self, key: Any) -> int:
+        return self.sketch.estimate(key)
+
+    def seed(self, key: Any, count: int) -> None:
+        for _ in range(max(0, min(count, FrequencySketch.MAX) - self.sketch.estimate(key))):
+            self.sketch.add(key)
 
     def region(self, key: Any) -> str | None:
         return self._where.get(key)

@@ -47,6 +47,7 @@ from worker.quarantine import FailureMemory
 from worker.registration import Registration
 from worker.settings import WorkerSettings, host_memory_bytes, resolve_budget
 from worker.types import ModelId, Stats
+from worker.warmth import WarmKeeper
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class WorkerServer:
         self._rate_mark = (0.0, 0)
         self._digests: dict[ModelId, str] = {}
         self._disk: DiskCache | None = None
+        self._warmth: WarmKeeper | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -224,10 +226,24 @@ class WorkerServer:
             self._http, _thread = start_http_server(s.metrics_port, s.host, m.registry)
             self.metrics_address = f"{s.host}:{self._http.server_port}"
 
+        self._warmth = WarmKeeper(
+            self._etcd,
+            s.pool,
+            self.worker_id,
+            dp,
+            m,
+            self.budgets["host"],
+            hot_list_size=s.hot_list_size,
+            hot_list_s=s.hot_list_s,
+            handoff_wait_s=s.handoff_wait_s,
+            max_pinned_fraction=s.max_pinned_fraction,
+        )
+        await self._warmth.prepare()  # a pool to join: registered not ready until warm
         self._registration = Registration(
             self._etcd, worker_key(s.pool, self.worker_id), self.info, s.lease_ttl
         )
         await self._registration.start()
+        self._warmth.start(self._registration)
         front.set_ready(True)
         log.info(
             "worker %s (%s, pool %s) serving on %s, metrics on %s",
@@ -245,8 +261,12 @@ class WorkerServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain (in-flight RPCs get ``grace`` seconds, default ``drain_grace_s``) and shut
         down; safe to call once after ``start`` (or a failed start)."""
-        self.draining = True
         t0 = time.monotonic()
+        if self._warmth is not None and self._registration is not None and not self.draining:
+            # Keep serving while the members taking over preload this worker's hot models.
+            await self._warmth.leave()
+            log.info("handed over in %.3fs", time.monotonic() - t0)
+        self.draining = True
         if self._front is not None:
             self._front.front.set_ready(False)
         if self._registration is not None:
@@ -259,6 +279,8 @@ class WorkerServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        if self._warmth is not None:
+            await self._warmth.stop()
         if self._catalog is not None:
             await self._catalog.stop()
         if self._loader is not None:
@@ -293,6 +315,7 @@ class WorkerServer:
         return self._registration is not None and not self.draining
 
     def info(self) -> WorkerInfo:
+        w = self._warmth
         return WorkerInfo(
             worker_id=self.worker_id,
             pool=self.settings.pool,
@@ -303,9 +326,11 @@ class WorkerServer:
             gpu_budget=self.budgets["gpu"],
             disk_budget=self.budgets["disk"],
             started_at=self.started_at,
-            ready=not self.draining,
+            ready=not self.draining and not (w is not None and w.warming),
             draining=self.draining,
             metrics_address=self.metrics_address,
+            leaving=w is not None and w.leaving,
+            warmed=w.warmed if w is not None else 0,
         )
 
     def stats(self) -> Stats:

@@ -40,6 +40,16 @@ class WorkerSettings(CommonSettings):
         "displace ones asked for often) or lru (least recently used first)",
         "tinylfu",
     )
+    hot_list_size: int = doc("hottest resident models published for warm hand-offs", 256)
+    hot_list_s: float = doc("how often the hot list is published (when it changed)", 10.0)
+    handoff_wait_s: float = doc(
+        "longest a leaving worker waits for its takers to preload, and a joining one for its "
+        "warm-up order, before it leaves or says ready anyway",
+        15.0,
+    )
+    max_pinned_fraction: float = doc(
+        "pinned models may take at most this share of the host budget (more is refused)", 0.8
+    )
     lease_ttl: int = doc("etcd lease TTL in seconds (a dead worker vanishes after this)", 5)
     drain_grace_s: float = doc("on SIGTERM, seconds in-flight requests get to finish", 20.0)
     predict_threads: int = doc("prediction threads (0: one per core)", 0)

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from shoal.cli.control import ControlClient, client_args
+from shoal.cli.pins import register_drain_actions
 from shoal.pb import shoal_control_pb2 as pb
 
 
@@ -21,6 +22,7 @@ def register(sub: Any) -> None:
     p.add_argument("--pool", default="", help="only this pool")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_workers)
+    register_drain_actions(p.add_subparsers(dest="action", metavar="ACTION"))
 
 
 def register_placement_actions(actions: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from shoal.cli.control import ControlClient, client_args, model_arg
 from shoal.cli.errors import CliError
+from shoal.cli.pins import register_pin_actions
 from shoal.pb import shoal_control_pb2 as pb
 from shoal.pb import shoal_control_pb2_grpc as pb_grpc
 from shoal.records import ModelRecord
@@ -39,6 +40,7 @@ def register(sub: Any) -> None:
     a.add_argument("--keep", type=int, required=True, metavar="N", help="versions to keep (>= 1)")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.set_defaults(func=_prune)
+    register_pin_actions(acts)
 
 
 def _record_dict(msg: pb.ModelRecord) -> dict[str, Any]:

@@ -124,3 +124,39 @@ def test_the_sketch_forgets_old_popularity() -> None:
 def test_unknown_policies_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown cache policy 'mru'"):
         make_policy("mru", 10)
+
+
+def test_a_seeded_model_is_admitted_over_a_rarely_asked_one() -> None:
+    """A warm hand-off credits a preloaded model with its old worker's count: when it leaves
+    the window and competes with main's victim (models asked for twice), the seeded one stays
+    and the unseeded one (asked for once, here) is the one dropped."""
+    for seeded in (True, False):
+        c: TieredCache[str, str] = TieredCache({Tier.HOST: 1000}, policy="tinylfu")
+        for i in range(100):  # a full tier of models asked for twice
+            c.admit(f"m{i}", "v", 10, Tier.HOST)
+            c.get(f"m{i}")
+        c.admit("preloaded", "v", 20, Tier.HOST)
+        if seeded:
+            c.policy(Tier.HOST).seed("preloaded", 12)
+        assert c.policy(Tier.HOST).score("preloaded") == (12 if seeded else 1)
+        for i in range(5):  # newcomers push "preloaded" out of the window: it competes
+            c.admit(f"new{i}", "v", 10, Tier.HOST)
+        assert ("preloaded" in c) is seeded
+
+
+def test_hottest_ranks_by_score_then_recency() -> None:
+    for policy in POLICIES:
+        c: TieredCache[str, str] = TieredCache({Tier.HOST: 10_000}, policy=policy)
+        for k in ("a", "b", "c", "d"):
+            c.admit(k, "v", 10, Tier.HOST)
+        for _ in range(5):
+            c.get("b")
+        c.get("c")
+        ranked = [e.key for e, _score in c.hottest(3)]
+        if policy == "tinylfu":
+            assert ranked == ["b", "c", "d"]  # b asked 6 times, c twice; d newer than a
+        else:
+            assert ranked == ["c", "b", "d"]  # recency only
+        assert [s for _e, s in c.hottest(10)] == sorted(
+            (s for _e, s in c.hottest(10)), reverse=True
+        )
