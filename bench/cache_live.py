@@ -9,6 +9,7 @@ therefore attributes every hit and miss to the block of requests it falls in, ex
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import shutil
 import signal
@@ -28,6 +29,7 @@ from bench.tenants_traffic import Bodies, Counters, scrape
 from bench.wire import INFER_PATH, infer_request
 from capacity.inputs import Fleet
 from shoal import modelgen
+from shoal.procs import wait_until
 
 FEATURES = 8  # the tiny models' input width (bench_register.tiny_models)
 ONNX_INPUT = "input"  # shoal.modelgen.train_onnx_mlp's input name
@@ -230,6 +232,13 @@ class RestartWindow:
     errors: int
 
 
+def _listed(sb: ShoalBench, worker_id: str, address: str) -> bool:
+    snap = sb.c.snapshot()
+    return snap is not None and any(
+        m.worker_id == worker_id and m.address == address for m in snap.members
+    )
+
+
 def rolling_restart(
     sb: ShoalBench, bodies: Callable[[int], bytes], stream: np.ndarray, warm: int, steady: int,
     tail: int,
@@ -266,7 +275,11 @@ def rolling_restart(
                 time.sleep(0.05)
             role.proc.stop(1)  # reaps the process group
             window = window + (last - at_start[wid])
-            c.add_worker(worker_id=wid)  # waits until the snapshot holds it again
+            new = c.add_worker(worker_id=wid, wait_in_snapshot=False)
+            # Back means the published snapshot names it at its new address (the old member
+            # may still be listed while its lease runs out).
+            listed = functools.partial(_listed, sb, wid, new.address)
+            wait_until(listed, 60.0, 0.05, f"{wid} at {new.address} in the snapshot")
             took.append(time.perf_counter() - t0)
         n_back = driver.done
         driver.wait_done(n_back + tail)
