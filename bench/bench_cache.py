@@ -74,6 +74,7 @@ from bench.cache_live import (
     ModelBodies,
     Sequential,
     artifacts,
+    restart_figures,
     restart_workers,
     rolling_restart,
     send_sequential,
@@ -323,23 +324,6 @@ def policy_figures(runs: dict[tuple[str, str], PolicyRun]) -> list[dict[str, Any
         if stream == "scan":
             figs.append(figure(f"{policy} scan: batch jobs' hit rate", pct * r.scan_hit_rate, "%"))
     return figs
-
-
-def restart_figures(w: Any) -> list[dict[str, Any]]:
-    steady_rate = w.steady_misses / max(w.steady_requests, 1)
-    extra = w.window_misses - steady_rate * w.window_requests
-    share = 100.0 * extra / max(w.window_requests, 1)
-    return [
-        figure("rolling restart: misses beyond steady state, share of the window's requests",
-               share, "%", "<= 1", share <= 1),
-        figure("rolling restart: misses beyond steady state", extra, "misses"),
-        figure("rolling restart: window requests", w.window_requests, "requests"),
-        figure("rolling restart: window miss rate", 100.0 * w.window_misses
-               / max(w.window_requests, 1), "%"),
-        figure("rolling restart: steady miss rate", 100.0 * steady_rate, "%"),
-        figure("rolling restart: SIGTERM to back in the snapshot, mean",
-               float(np.mean(w.restart_s)), "s"),
-    ]  # fmt: skip
 
 
 def note(cfg: CacheConfig, extra: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from bench.bench_register import tiny_models, variant
+from bench.common import figure
 from bench.shoal_harness import ShoalBench
 from bench.tenants_traffic import Bodies, Counters, scrape
 from bench.wire import INFER_PATH, infer_request
@@ -230,6 +231,9 @@ class RestartWindow:
     window_misses: float
     restart_s: list[float]  # SIGTERM to back in the snapshot, per worker
     errors: int
+    #: (what, requests answered, misses counted) at each SIGTERM, exit, back, and the end:
+    #: where in the window the misses fall (a worker away, or the one back warming up).
+    marks: list[tuple[str, int, float]] = field(default_factory=list)
 
 
 def _listed(sb: ShoalBench, worker_id: str, address: str) -> bool:
@@ -264,10 +268,21 @@ def rolling_restart(
             s1 = s1 + v
         window = Counters(0.0, 0.0, 0.0, {})
         took = []
+        live = {wid: (a, at_start[wid]) for wid, a in metrics.items()}  # base per process
+        marks: list[tuple[str, int, float]] = []
+
+        def mark(what: str) -> None:
+            total = window.misses
+            for a, base in live.values():
+                with contextlib.suppress(OSError, urllib.error.URLError):
+                    total += (scrape(a) - base).misses
+            marks.append((what, driver.done, total))
+
         for wid in [w.extra["worker_id"] for w in c.workers]:
             role = next(w for w in c.workers if w.extra["worker_id"] == wid)
             last = scrape(metrics[wid])
             t0 = time.perf_counter()
+            mark(f"{wid} SIGTERM")
             role.proc.signal(signal.SIGTERM)  # drain, then exit
             while role.proc.alive():
                 with contextlib.suppress(OSError, urllib.error.URLError):
@@ -275,18 +290,23 @@ def rolling_restart(
                 time.sleep(0.05)
             role.proc.stop(1)  # reaps the process group
             window = window + (last - at_start[wid])
+            del live[wid]
+            mark(f"{wid} exited")
             new = c.add_worker(worker_id=wid, wait_in_snapshot=False)
             # Back means the published snapshot names it at its new address (the old member
             # may still be listed while its lease runs out).
             listed = functools.partial(_listed, sb, wid, new.address)
             wait_until(listed, 60.0, 0.05, f"{wid} at {new.address} in the snapshot")
             took.append(time.perf_counter() - t0)
+            live[wid] = (metrics_addresses(sb)[wid], Counters(0.0, 0.0, 0.0, {}))
+            mark(f"{wid} back")
         n_back = driver.done
         driver.wait_done(n_back + tail)
         metrics = metrics_addresses(sb)
         for a in metrics.values():
             window = window + scrape(a)
         n2 = driver.done
+        marks.append(("end", n2, window.misses))
     finally:
         driver.halt.set()
         driver.join(60)
@@ -299,4 +319,47 @@ def rolling_restart(
         window_misses=window.misses,
         restart_s=took,
         errors=driver.errors[0],
+        marks=marks,
     )
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def restart_figures(w: Any) -> list[dict[str, Any]]:
+    steady_rate = w.steady_misses / max(w.steady_requests, 1)
+    extra = w.window_misses - steady_rate * w.window_requests
+    share = 100.0 * extra / max(w.window_requests, 1)
+    return [
+        figure("rolling restart: misses beyond steady state, share of the window's requests",
+               share, "%", "<= 1", share <= 1),
+        figure("rolling restart: misses beyond steady state", extra, "misses"),
+        figure("rolling restart: window requests", w.window_requests, "requests"),
+        figure("rolling restart: window miss rate", 100.0 * w.window_misses
+               / max(w.window_requests, 1), "%"),
+        figure("rolling restart: steady miss rate", 100.0 * steady_rate, "%"),
+        figure("rolling restart: SIGTERM to back in the snapshot, mean",
+               float(np.mean(w.restart_s)), "s"),
+        *_where(w.marks, steady_rate),
+    ]  # fmt: skip
+
+
+def _where(marks: list[tuple[str, int, float]], steady_rate: float) -> list[dict[str, Any]]:
+    """Misses beyond the steady rate split by where they fall: while a worker is away
+    (SIGTERM to back in the snapshot: the pool is one worker short) and after (the one back,
+    and its takers, settling), as shares of the window's requests."""
+    if not marks:
+        return []
+    total = marks[-1][1] - marks[0][1]
+    away = after = 0.0
+    for (what, n0, m0), (_next, n1, m1) in itertools.pairwise(marks):
+        extra = (m1 - m0) - steady_rate * (n1 - n0)
+        if what.endswith("back") or what == "end":
+            after += extra
+        else:
+            away += extra
+    return [
+        figure("  of which while a worker was away (SIGTERM to back)",
+               100.0 * away / max(total, 1), "%"),
+        figure("  of which after it was back", 100.0 * after / max(total, 1), "%"),
+    ]  # fmt: skip

@@ -10,7 +10,8 @@ Planning (``plan_moves``, pure): for a membership change ``old -> new`` of a poo
 model of every hot list whose primary (``shoal.shard``: member ``hash(key) mod k`` of the
 tenant's shard) is a different worker under ``new`` than under ``old``, and is not already on
 the new primary's own hot list, is ordered to that new primary; each worker's orders are
-hottest first and cut at ``preload_fraction`` of its host budget. Pinned models go to every
+hottest first and cut at ``preload_fraction`` of its host budget (a joiner, empty, at all of
+it: what it preloads displaces nothing). Pinned models go to every
 member of their tenant's shard under ``new``.
 
 Events:
@@ -58,8 +59,10 @@ def plan_moves(
     hot_lists: Iterable[HotList],
     budgets: Mapping[str, int],
     preload_fraction: float = 0.5,
+    empty: str = "",
 ) -> dict[str, list[HotModel]]:
-    """worker id -> hot models to preload, hottest first (see the module docstring)."""
+    """worker id -> hot models to preload, hottest first (see the module docstring). The
+    ``empty`` worker (a joiner: nothing resident to displace) may fill its whole budget."""
     lists = list(hot_lists)
     holding = {hl.worker_id: {m.ref for m in hl.models} for hl in lists}
     best: dict[tuple[str, tuple[str, str, int]], HotModel] = {}
@@ -79,7 +82,7 @@ def plan_moves(
     out: dict[str, list[HotModel]] = {}
     for to, models in per.items():
         models.sort(key=lambda m: (-m.score, m.tenant, m.name, m.version))
-        room = int(budgets.get(to, 0) * preload_fraction)
+        room = int(budgets.get(to, 0) * (1.0 if to == empty else preload_fraction))
         kept, used = [], 0
         for m in models:
             if used + m.nbytes > room:
@@ -235,7 +238,7 @@ class WarmPlanner:
                 member = Member(wid, info.address, info.zone)
                 grown = self._placement(pool, [*members.values(), member])
                 moves = plan_moves(current, grown, self._pool_hot(pool), budgets,
-                                   self.preload_fraction)  # fmt: skip
+                                   self.preload_fraction, empty=wid)  # fmt: skip
                 moves.setdefault(wid, [])  # the joiner always gets an order: it waits for one
                 self._hold(key, "join", moves, preload, reason, f"join of {wid}")
                 reason[wid] = "join"

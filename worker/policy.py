@@ -66,6 +66,12 @@ class CachePolicy(Protocol):
         hot model it is."""
         ...
 
+    def admitted(self, e: Victim) -> None:
+        """``e`` was admitted on evidence from elsewhere (a hand-off's preload of a model hot
+        on its previous worker): it skips the window's contest, whose tie rule keeps the
+        incumbent when both counts are saturated, as hot models' are."""
+        ...
+
 
 def _movable(e: Victim) -> bool:
     return e.pins == 0 and not e.reserved
@@ -107,6 +113,9 @@ class Lru:
         return 0
 
     def seed(self, key: Any, count: int) -> None:
+        return None
+
+    def admitted(self, e: Victim) -> None:
         return None
 
 
@@ -216,6 +225,11 @@ class TinyLfu:
     def seed(self, key: Any, count: int) -> None:
         for _ in range(max(0, min(count, FrequencySketch.MAX) - self.sketch.estimate(key))):
             self.sketch.add(key)
+
+    def admitted(self, e: Victim) -> None:
+        if self._where.get(e.key) == "window":
+            self._take(e)
+            self._put(e, "probation")  # most recent end: probation's oldest go before it
 
     def region(self, key: Any) -> str | None:
         return self._where.get(key)

@@ -312,7 +312,9 @@ class WarmKeeper:
                 self._m.preloads.labels("resident").inc()
             entry_now = cache.peek(mid)
             if entry_now is not None:
-                cache.policy(entry_now.tier).seed(mid, m.score)
+                policy = cache.policy(entry_now.tier)
+                policy.seed(mid, m.score)
+                policy.admitted(entry_now)
         if order.preload:
             log.info("order %d (%s): preloaded %d of %d models", order.id, order.reason, done,
                      len(order.preload))  # fmt: skip
