@@ -237,6 +237,7 @@ class WorkerServer:
             hot_list_s=s.hot_list_s,
             handoff_wait_s=s.handoff_wait_s,
             max_pinned_fraction=s.max_pinned_fraction,
+            saved=s.data_dir / "hot.json",
         )
         await self._warmth.prepare()  # a pool to join: registered not ready until warm
         self._registration = Registration(

@@ -17,6 +17,9 @@
   ``handoff_wait_s``) until the snapshot no longer lists it: the leader publishes that once
   the takers have preloaded. A drained worker stays out, restarts included, until
   ``shoal workers undrain`` deletes the key; it then joins again.
+* **Restarting**: a leaving worker keeps its hot list beside its disk tier; back under the
+  same id it preloads those models too (from disk), into the room the leader's order left,
+  before it says ready (within the same bound).
 
 A pin is refused (logged, ``shoal_worker_pinned_refused``) when it would take pinned bytes
 past ``max_pinned_fraction`` of the host budget; ``shoal models pin`` checks the same bound
@@ -26,8 +29,10 @@ from the artifact sizes before it writes the pin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.frameworks import Model
@@ -41,7 +46,7 @@ from shoal.records import (
 from shoal.state import StateError, StateStore, read_prefix
 from shoal.tasks import cancel_and_wait_all
 from shoal.warmth import HotList, HotModel, WarmOrder, drain_key, hot_key, warm_key
-from worker.cache import Entry
+from worker.cache import Entry, Tier
 from worker.errors import WorkerError
 from worker.types import ModelId
 
@@ -99,6 +104,7 @@ class WarmKeeper:
         hot_list_s: float = 10.0,
         handoff_wait_s: float = 15.0,
         max_pinned_fraction: float = 0.8,
+        saved: Path | None = None,
     ) -> None:
         self._store = store
         self.pool = pool
@@ -110,6 +116,9 @@ class WarmKeeper:
         self.hot_list_s = hot_list_s
         self.handoff_wait_s = handoff_wait_s
         self.max_pinned_fraction = max_pinned_fraction
+        #: The hot list as it was when this worker last left, kept beside its disk tier: back
+        #: under the same id, it preloads those models too (their artifacts are on disk).
+        self.saved = saved
         self.warming = False
         self.leaving = False
         self.drained = False
@@ -153,6 +162,8 @@ class WarmKeeper:
         ]
         if self.warming:
             self._tasks.append(loop.create_task(self._join(self.warmed), name="warm-join"))
+        elif not self.drained:
+            self._tasks.append(loop.create_task(self._preload_saved(), name="warm-saved"))
 
     async def stop(self) -> None:
         await cancel_and_wait_all(self._tasks)
@@ -166,11 +177,16 @@ class WarmKeeper:
     async def _join(self, before: int) -> None:
         """Wait (bounded) until an order newer than ``before`` (the last order applied when
         the not-ready record went out) is applied; then say ready."""
+        deadline = asyncio.get_running_loop().time() + self.handoff_wait_s
         try:
             await asyncio.wait_for(self._warmed_past(before), self.handoff_wait_s)
             log.info("joining pool %s warm (order %d)", self.pool, self.warmed)
         except TimeoutError:
             log.warning("no warm-up order within %.1fs: ready without one", self.handoff_wait_s)
+        left = deadline - asyncio.get_running_loop().time()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._preload_saved(), left)
         self.warming = False
         await self._publish_record()
 
@@ -183,6 +199,7 @@ class WarmKeeper:
         """Hand over and leave the snapshot (bounded); True when the snapshot dropped it."""
         wait = self.handoff_wait_s if wait_s is None else wait_s
         self.leaving, self.warming = True, False
+        self._save()
         await self._publish_hot(draining=True)
         await self._publish_record()
         try:
@@ -236,6 +253,40 @@ class WarmKeeper:
     async def _publish_record(self) -> None:
         if self._registration is not None:
             await self._registration.publish()
+
+    # --- this worker's own hot list, across a restart ---------------------------------------
+
+    def _save(self) -> None:
+        if self.saved is None:
+            return
+        try:
+            tmp = self.saved.with_suffix(".tmp")
+            tmp.write_bytes(self.hot_list(draining=True).encode())
+            tmp.replace(self.saved)
+        except OSError as exc:
+            log.warning("cannot keep the hot list in %s: %s", self.saved, exc)
+
+    async def _preload_saved(self) -> None:
+        """Preload what this worker held hot when it last left (once; into free room only:
+        the leader's order and requests already placed come first)."""
+        if self.saved is None or not self.saved.exists():
+            return
+        try:
+            hot = HotList.decode(self.saved.read_bytes())
+            self.saved.unlink()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the kept hot list %s: %s", self.saved, exc)
+            return
+        cache = self._dp.cache
+        room = cache.budget(Tier.HOST) - cache.used(Tier.HOST)
+        fits = []
+        for m in hot.models:
+            if ModelId(m.tenant, m.name, m.version) not in cache and m.nbytes <= room:
+                fits.append(m)
+                room -= m.nbytes
+        done = await self._preload(fits)
+        log.info("preloaded %d of the %d models hot here when this worker last left", done,
+                 len(hot.models))  # fmt: skip
 
     # --- hot list -------------------------------------------------------------------------
 
@@ -293,9 +344,17 @@ class WarmKeeper:
     async def apply(self, order: WarmOrder) -> None:
         """Pins first (they are the guarantee), then preloads hottest first."""
         await self._pin(order.pinned)
+        done = await self._preload(order.preload)
+        if order.preload:
+            log.info("order %d (%s): preloaded %d of %d models", order.id, order.reason, done,
+                     len(order.preload))  # fmt: skip
+
+    async def _preload(self, models: tuple[HotModel, ...] | list[HotModel]) -> int:
+        """Load ``models`` in order, each admitted as the hot model it was elsewhere; the
+        number loaded (resident ones and failures are counted, not loaded)."""
         cache = self._dp.cache
         done = 0
-        for m in order.preload:
+        for m in models:
             mid = ModelId(m.tenant, m.name, m.version)
             if mid not in cache:
                 try:
@@ -315,9 +374,7 @@ class WarmKeeper:
                 policy = cache.policy(entry_now.tier)
                 policy.seed(mid, m.score)
                 policy.admitted(entry_now)
-        if order.preload:
-            log.info("order %d (%s): preloaded %d of %d models", order.id, order.reason, done,
-                     len(order.preload))  # fmt: skip
+        return done
 
     # --- pins -----------------------------------------------------------------------------
 

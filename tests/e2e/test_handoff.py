@@ -198,3 +198,23 @@ def test_a_pinned_model_is_held_by_its_shard_and_pins_past_the_budget_are_refuse
     _wait(lambda: not any(
         _metrics(cluster, w).get("shoal_worker_pinned_models{}", 0) for w in shard
     ), 30, "the pin released")  # fmt: skip
+
+
+def test_a_worker_restarted_under_its_id_comes_back_with_its_hot_models(
+    cluster: LocalCluster, rows: np.ndarray
+) -> None:
+    _ask_all(cluster, rows, rounds=2)
+    role = next(w for w in cluster.workers if w.proc.alive())
+    wid = role.extra["worker_id"]
+    assert role.proc.stop(30) == 0  # SIGTERM: hand-off, then exit
+    kept = cluster.data_dir / "workers" / wid / "hot.json"
+    hot = HotList.decode(kept.read_bytes())
+    assert hot.models, "the worker kept no hot list when it left"
+    back = cluster.add_worker(60, worker_id=wid)  # back in the snapshot: warm by then
+    assert not kept.exists()
+    client = triton.InferenceServerClient(back.address)
+    try:
+        held = [client.is_model_ready(f"{m.tenant}/{m.name}", str(m.version)) for m in hot.models]
+    finally:
+        client.close()
+    assert all(held), f"not resident again: {[m.ref for m, h in zip(hot.models, held) if not h]}"
