@@ -77,6 +77,21 @@ def tinylfu_replay(
     bytes per stream ``bounds[i]:bounds[i + 1]``), natively and exactly; ``ValueError`` on
     mismatched lengths or bad bounds."""
 
+def tinylfu_hit_counts(
+    items: NDArray[np.uint64],
+    sizes: NDArray[np.uint64],
+    bounds: NDArray[np.int64],
+    measured: NDArray[np.bool_],
+    budgets: NDArray[np.uint64],
+    window: float = 0.01,
+    protected: float = 0.8,
+    width: int = 4096,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The streams of ``tinylfu_replay`` replayed at every budget, on all cores without the
+    GIL: ``(hits, repeats)``, ``hits[b, s]`` the ``measured`` requests of stream ``s`` that hit
+    under ``budgets[b]`` bytes, ``repeats[s]`` those for an item the stream asked for before
+    (the hits of an unbounded cache). ``ValueError`` as ``tinylfu_replay``."""
+
 def member_order(
     ranked: Sequence[int],
     k: int,
