@@ -44,6 +44,8 @@ const M2: u64 = 0x94D0_49BB_1331_11EB;
 /// `k` at or below which [`Pool::shard_matrix_into`] selects by `k` masked-argmax passes over
 /// the scores (O(N k) per row) instead of sorting the row (O(N log N)); both give the same rows.
 const ARGMAX_MAX_K: usize = 8;
+/// Scores (tenants x members) above which [`Pool::shard_matrix`] uses every core.
+pub const PARALLEL_SCORES: usize = 1 << 22;
 
 /// BLAKE2b-64 keyed by a salt, built once to hash many inputs.
 ///
@@ -473,11 +475,23 @@ impl Pool {
 
     /// Shards of many tenants: row `t` of the row-major `[T, min(k, N)]` result is the first
     /// `min(k, N)` of the selection order of `tenant_hashes[t]`. O(T N k) for small `k`,
-    /// O(T N log N) otherwise; memory O(N) besides the result.
+    /// O(T N log N) otherwise; memory O(N) per thread besides the result. Rows are independent:
+    /// a large matrix (over [`PARALLEL_SCORES`] scores) is computed in contiguous blocks of
+    /// rows on every core, the same rows as one thread would give.
     pub fn shard_matrix(&self, tenant_hashes: &[u64], k: usize) -> Vec<u32> {
         let k = k.min(self.len());
         let mut out = vec![0; tenant_hashes.len() * k];
-        self.shard_matrix_into(tenant_hashes, k, &mut out);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if k == 0 || threads < 2 || tenant_hashes.len() * self.len() < PARALLEL_SCORES {
+            self.shard_matrix_into(tenant_hashes, k, &mut out);
+            return out;
+        }
+        let rows = tenant_hashes.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            for (hashes, block) in tenant_hashes.chunks(rows).zip(out.chunks_mut(rows * k)) {
+                scope.spawn(move || self.shard_matrix_into(hashes, k, block));
+            }
+        });
         out
     }
 
