@@ -64,6 +64,24 @@ def primary_indices(keys: Sequence[str], k: NDArray[np.int64]) -> NDArray[np.int
     """``primary_index(keys[m], k[m])`` for every m (without the GIL); ``ZeroDivisionError``
     when any k is 0, ``ValueError`` when the lengths differ."""
 
+def model_primary_indices(
+    tenants: Sequence[str],
+    model_tenant: NDArray[np.int64],
+    names: Sequence[str],
+    versions: NDArray[np.int64],
+    k: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """``primary_indices(keys, k)`` for the keys ``f"{tenants[model_tenant[m]]}/{names[m]}:"
+    f"{versions[m]}"``, built natively, on all cores without the GIL; ``ZeroDivisionError``
+    when any k is 0, ``ValueError`` when the lengths differ or a tenant index is out of range."""
+
+def searchsorted_right(
+    sorted: NDArray[np.float64], values: NDArray[np.float64]
+) -> NDArray[np.int64]:
+    """``np.searchsorted(sorted, values, side="right")``, exactly, on all cores without the GIL
+    (a bucket table narrows the search for values in [0, 1)); ``ValueError`` when ``sorted``
+    is not sorted or either holds NaN."""
+
 def tinylfu_replay(
     items: NDArray[np.uint64],
     sizes: NDArray[np.uint64],

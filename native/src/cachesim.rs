@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Mutex, PoisonError};
 
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
+
+use crate::par;
 
 const NIL: u32 = u32::MAX;
 const MAX_COUNT: u8 = 15;
@@ -384,44 +385,6 @@ pub struct Prepared<'a> {
     params: Params,
 }
 
-/// Run `work` over `tasks` on every core (a shared queue: a slow stream delays no other),
-/// each thread with its own `scratch`; results in no particular order.
-fn parallel<T: Send, R: Send, S>(
-    tasks: Vec<T>,
-    scratch: impl Fn() -> S + Sync,
-    work: impl Fn(&mut S, T) -> R + Sync,
-) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(tasks.len())
-        .max(1);
-    let queue = Mutex::new(tasks.into_iter());
-    let mut out = Vec::new();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut s = scratch();
-                    let mut mine = Vec::new();
-                    loop {
-                        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                        let Some(task) = next else { break };
-                        mine.push(work(&mut s, task));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        for h in handles {
-            // A thread that panicked makes `scope` panic on return; its results are lost.
-            if let Ok(mine) = h.join() {
-                out.extend(mine);
-            }
-        }
-    });
-    out
-}
-
 /// Stream `s` of `bounds` is requests `bounds[s]..bounds[s + 1]`.
 fn streams_of(bounds: &[usize], n: usize) -> Result<Vec<(usize, usize)>, ReplayError> {
     let mut last = 0;
@@ -466,7 +429,7 @@ impl<'a> Prepared<'a> {
             at = end;
             tasks.push((s, start, mine));
         }
-        let done = parallel(
+        let done = par::queue(
             tasks,
             DenseMap::default,
             |map, (s, start, out): (usize, usize, &mut [u32])| {
@@ -536,7 +499,7 @@ impl<'a> Prepared<'a> {
             at = end;
             tasks.push((s, start, mine));
         }
-        parallel(
+        par::queue(
             tasks,
             || self.scratch(),
             |scratch, (s, start, out): (usize, usize, &mut [bool])| {
@@ -564,7 +527,7 @@ impl<'a> Prepared<'a> {
             .iter()
             .flat_map(|&s| (0..budgets.len()).map(move |b| (b, s)))
             .collect();
-        let done = parallel(
+        let done = par::queue(
             tasks,
             || self.scratch(),
             |scratch, (b, s)| {

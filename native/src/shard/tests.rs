@@ -268,8 +268,8 @@ fn a_large_matrix_on_every_core_equals_one_thread() {
         (0..1000).map(|i| ["a", "b", "c"][i % 3]).collect(),
     ] {
         let pool = Pool::new(&ids, &zones, b"salt", 4).expect("pool");
-        let hashes: Vec<u64> = (0..5003u64).map(|t| t.wrapping_mul(GOLDEN)).collect();
-        assert!(hashes.len() * pool.len() >= PARALLEL_SCORES);
+        let hashes: Vec<u64> = (0..9001u64).map(|t| t.wrapping_mul(GOLDEN)).collect();
+        assert!(hashes.len() * pool.len() >= 2 * PARALLEL_SCORES);
         for k in [1, 4, 9] {
             let mut one = vec![0; hashes.len() * k];
             pool.shard_matrix_into(&hashes, k, &mut one);
