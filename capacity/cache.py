@@ -34,7 +34,9 @@ O(R log R) sort to find ``prev``/``next``; memory O(R) (about 100 bytes per requ
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,10 +216,12 @@ class CheTable:
         # Per-worker extreme rates by sorting (ufunc.at is slow on millions of models).
         hi_rate = np.zeros(n_workers)
         lo_rate = np.full(n_workers, np.inf)
-        wp, lp = w[pos], lam[pos]
+        wp = w[pos]
+        # One stable sort by worker for both passes (small ints sort by radix).
+        by_worker = np.argsort(wp.astype(np.int16) if n_workers < 2**15 else wp, kind="stable")
+        idx = np.flatnonzero(pos)[by_worker]
+        wp, lp = wp[by_worker], lam[idx]
         if len(wp):
-            order = np.argsort(wp, kind="stable")
-            wp, lp = wp[order], lp[order]
             starts = np.flatnonzero(np.r_[True, wp[1:] != wp[:-1]])
             hi_rate[wp[starts]] = np.maximum.reduceat(lp, starts)
             lo_rate[wp[starts]] = np.minimum.reduceat(lp, starts)
@@ -232,10 +236,9 @@ class CheTable:
         s = np.asarray(sizes, dtype=np.float64)
         # Per worker, a (models x points) matrix of residency probabilities reduced by two
         # matrix-vector products; models in chunks to bound memory.
-        by_worker = np.argsort(w[pos], kind="stable")
-        idx = np.flatnonzero(pos)[by_worker]
-        bounds = np.searchsorted(w[idx], np.arange(n_workers + 1))
-        for i in np.flatnonzero(busy).tolist():
+        bounds = np.searchsorted(wp, np.arange(n_workers + 1))
+
+        def fill(i: int) -> None:
             for lo in range(bounds[i], bounds[i + 1], chunk):
                 sel = idx[lo : min(lo + chunk, bounds[i + 1])]
                 # float32: residency needs no more digits, and halves the exponential's cost.
@@ -244,6 +247,11 @@ class CheTable:
                 # einsum, not BLAS: a threaded BLAS spins both cores for these small products.
                 self.bytes[i] += np.einsum("m,mp->p", s[sel].astype(np.float32), resident)
                 hits[i] += np.einsum("m,mp->p", lam[sel].astype(np.float32), resident)
+
+        # Workers on every core: numpy releases the GIL inside these operations, and each
+        # worker's row is its own (the same figures as one thread).
+        with ThreadPoolExecutor(_cores()) as threads:
+            list(threads.map(fill, np.flatnonzero(busy).tolist()))
         self.load = np.bincount(w, weights=lam, minlength=n_workers)
         self.full = np.bincount(w[pos], weights=s[pos], minlength=n_workers)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -283,6 +291,13 @@ class CheTable:
             else:
                 lo = mid
         return hi, every
+
+
+def _cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # --- the figures of a simulation --------------------------------------------------------
