@@ -382,6 +382,9 @@ pub struct Prepared<'a> {
     local: Vec<u32>,
     /// Per stream: its items' slots, by dense id.
     slots: Vec<Vec<[u32; 4]>>,
+    /// Per stream: the bytes of its items (each at its first request): under a budget of at
+    /// least this, nothing is ever evicted and every repeated request hits.
+    footprint: Vec<u64>,
     params: Params,
 }
 
@@ -435,26 +438,32 @@ impl<'a> Prepared<'a> {
             |map, (s, start, out): (usize, usize, &mut [u32])| {
                 map.clear();
                 let mut slots = Vec::new();
-                for (o, &item) in out.iter_mut().zip(&items[start..]) {
+                let mut footprint = 0u64;
+                for ((o, &item), &size) in out.iter_mut().zip(&items[start..]).zip(&sizes[start..])
+                {
                     let next = slots.len() as u32; // < NIL: streams are shorter (checked)
                     let id = *map.entry(item).or_insert(next);
                     if id == next {
                         slots.push(slots_of(item, mask));
+                        footprint = footprint.saturating_add(size);
                     }
                     *o = id;
                 }
-                (s, slots)
+                (s, slots, footprint)
             },
         );
         let mut slots = vec![Vec::new(); streams.len()];
-        for (s, v) in done {
+        let mut footprint = vec![0; streams.len()];
+        for (s, v, f) in done {
             slots[s] = v;
+            footprint[s] = f;
         }
         Ok(Prepared {
             sizes,
             streams,
             local,
             slots,
+            footprint,
             params,
         })
     }
@@ -510,23 +519,29 @@ impl<'a> Prepared<'a> {
     }
 
     /// Per budget and stream, the hits among the `measured` requests: `out[b][s]`, every
-    /// (budget, stream) replay a task of its own.
+    /// (budget, stream) replay a task of its own; a budget that holds the whole stream needs
+    /// no replay (its hits are the repeats).
     pub fn measured_hits(
         &self,
         measured: &[bool],
         budgets: &[u64],
     ) -> Result<Vec<Vec<u64>>, ReplayError> {
-        if measured.len() != self.local.len() {
-            return Err(ReplayError::Measured(self.local.len(), measured.len()));
-        }
+        let repeats = self.measured_repeats(measured)?;
         let n = self.streams.len();
         // The longest streams first, so no long one is left for last.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&s| std::cmp::Reverse(self.streams[s].1 - self.streams[s].0));
-        let tasks: Vec<(usize, usize)> = order
-            .iter()
-            .flat_map(|&s| (0..budgets.len()).map(move |b| (b, s)))
-            .collect();
+        let mut out = vec![vec![0u64; n]; budgets.len()];
+        let mut tasks = Vec::with_capacity(n * budgets.len());
+        for &s in &order {
+            for (b, &budget) in budgets.iter().enumerate() {
+                if budget >= self.footprint[s] {
+                    out[b][s] = repeats[s];
+                } else {
+                    tasks.push((b, s));
+                }
+            }
+        }
         let done = par::queue(
             tasks,
             || self.scratch(),
@@ -538,7 +553,6 @@ impl<'a> Prepared<'a> {
                 (b, s, count)
             },
         );
-        let mut out = vec![vec![0u64; n]; budgets.len()];
         for (b, s, count) in done {
             out[b][s] = count;
         }
@@ -654,8 +668,10 @@ mod tests {
         let sizes: Vec<u64> = items.iter().map(|i| 1 + i % 13).collect();
         let bounds = [0, 3000, 3000, 11_000, 20_000];
         let measured: Vec<bool> = (0..items.len()).map(|i| i % 3 != 0).collect();
-        let budgets = [50u64, 400, 3000];
+        // The last budget holds every stream whole: counted without a replay.
+        let budgets = [50u64, 400, 3000, 10_000];
         let p = Prepared::new(&items, &sizes, &bounds, PARAMS).unwrap();
+        assert!(p.footprint.iter().all(|&f| f <= 10_000));
         let counts = p.measured_hits(&measured, &budgets).unwrap();
         for (b, &budget) in budgets.iter().enumerate() {
             let hits = p.hits(budget);
