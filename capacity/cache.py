@@ -29,6 +29,10 @@ requests in its segment (``next`` = the segment's end when there is none):
 bits of ``next`` (a wavelet-tree sweep: each level is a stable partition, ~20 numpy passes over
 the array). Cost: O(R log L) time for R requests and segments of at most L requests, plus one
 O(R log R) sort to find ``prev``/``next``; memory O(R) (about 100 bytes per request).
+
+``cache_figures`` takes the same numbers from ``shoal._native.lru_stack_distances`` (a Fenwick
+tree over each stream, O(R log L), on every core; tested equal to ``stack_distances``), which
+at 30M requests is tens of times faster and needs no GBs of temporaries.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import numpy as np
 from capacity.inputs import Traffic
 from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig, SteadyState
 from capacity.stats import Spread
+from shoal._native import lru_stack_distances
 
 #: Stack distance of a request with no earlier request for its item in its stream (cold miss).
 COLD = -1
@@ -348,7 +353,10 @@ def cache_figures(
     progress(0.1)
     w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
     m_total = int(measured.sum())
-    dist = stack_distances(items, seg, sizes[items])
+    # stack_distances' numbers, natively: one Fenwick-tree pass per stream, on every core.
+    dist = lru_stack_distances(
+        items.astype(np.uint64), sizes[items].astype(np.uint64), bounds.astype(np.int64)
+    )
     progress(0.8)
     hit = measured & (dist != COLD) & (dist <= config.budget_bytes)
     w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)

@@ -110,6 +110,13 @@ def tinylfu_hit_counts(
     under ``budgets[b]`` bytes, ``repeats[s]`` those for an item the stream asked for before
     (the hits of an unbounded cache). ``ValueError`` as ``tinylfu_replay``."""
 
+def lru_stack_distances(
+    items: NDArray[np.uint64], sizes: NDArray[np.uint64], bounds: NDArray[np.int64]
+) -> NDArray[np.int64]:
+    """LRU byte stack distances (``capacity.cache.stack_distances``, the same numbers) of the
+    streams of ``tinylfu_replay``, one pass per stream on all cores without the GIL; -1 for a
+    stream's first request for an item. ``ValueError`` as ``tinylfu_replay``."""
+
 def member_order(
     ranked: Sequence[int],
     k: int,

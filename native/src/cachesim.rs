@@ -353,7 +353,7 @@ impl<'a> TinyLfu<'a> {
 
 /// A multiply-xorshift hasher for the dense-id maps (integer keys, no adversary).
 #[derive(Default)]
-struct MixHasher(u64);
+pub(crate) struct MixHasher(u64);
 
 impl Hasher for MixHasher {
     fn finish(&self) -> u64 {
@@ -372,7 +372,7 @@ impl Hasher for MixHasher {
     }
 }
 
-type DenseMap = HashMap<u64, u32, BuildHasherDefault<MixHasher>>;
+pub(crate) type DenseMap = HashMap<u64, u32, BuildHasherDefault<MixHasher>>;
 
 /// Streams rewritten for replay (see the module doc).
 pub struct Prepared<'a> {
@@ -389,7 +389,7 @@ pub struct Prepared<'a> {
 }
 
 /// Stream `s` of `bounds` is requests `bounds[s]..bounds[s + 1]`.
-fn streams_of(bounds: &[usize], n: usize) -> Result<Vec<(usize, usize)>, ReplayError> {
+pub(crate) fn streams_of(bounds: &[usize], n: usize) -> Result<Vec<(usize, usize)>, ReplayError> {
     let mut last = 0;
     for &b in bounds {
         if b < last || b > n {

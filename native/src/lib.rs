@@ -5,7 +5,8 @@
 //! Rust, unit-tested with `cargo test`.
 //!
 //! * `shard`: the shard function (rendezvous hashing, zones, overrides, the vectorised form);
-//! * `cachesim`, `draw`: the capacity simulator's bulk work (cache replay, inverse-CDF draws),
+//! * `cachesim`, `lru`, `draw`: the capacity simulator's bulk work (W-TinyLFU replay, LRU
+//!   stack distances, inverse-CDF draws),
 //!   spread over the cores by `par`;
 //! * `resolve`: which version of a model answers a request;
 //! * `rpc`: gRPC over HTTP/2 as both fronts serve it (framing, statuses, the accept loop);
@@ -16,6 +17,7 @@
 pub mod cachesim;
 pub mod draw;
 pub mod gateway;
+pub mod lru;
 pub mod par;
 mod py;
 pub mod pyfmt;

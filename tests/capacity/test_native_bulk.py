@@ -1,6 +1,7 @@
 """The simulator's native bulk helpers equal what they replace: ``Fleet.primary_indices`` (keys
-built natively) equals ``primary_indices`` on the keys Python builds, and
-``searchsorted_right`` equals ``np.searchsorted(..., side="right")``."""
+built natively) equals ``primary_indices`` on the keys Python builds, ``searchsorted_right``
+equals ``np.searchsorted(..., side="right")``, and ``lru_stack_distances`` equals
+``capacity.cache.stack_distances``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capacity.cache import stack_distances
 from capacity.inputs import Fleet, SizeModel, synthetic_fleet
-from shoal._native import model_primary_indices, searchsorted_right
+from shoal._native import lru_stack_distances, model_primary_indices, searchsorted_right
 from shoal.shard import primary_indices
 
 
@@ -76,3 +78,22 @@ def test_searchsorted_right_rejects_unsorted_and_nan() -> None:
         searchsorted_right(np.array([0.5, 0.1]), np.array([0.2]))
     with pytest.raises(ValueError):
         searchsorted_right(np.array([0.1]), np.array([np.nan]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), min_size=1, max_size=300),
+    st.lists(st.integers(0, 300), max_size=4),
+    st.dictionaries(st.integers(0, 30), st.integers(0, 50)),
+)
+def test_native_stack_distances_equal_the_numpy_ones(
+    items: list[int], cuts: list[int], size_of: dict[int, int]
+) -> None:
+    r = len(items)
+    segments = np.searchsorted(np.sort(np.minimum(cuts, r)), np.arange(r), side="right")
+    sizes = np.array([size_of.get(i, 9) for i in items], dtype=np.int64)
+    arr = np.array(items, dtype=np.int64)
+    want = stack_distances(arr, segments, sizes)
+    bounds = np.searchsorted(segments, np.arange(int(segments[-1]) + 2)).astype(np.int64)
+    got = lru_stack_distances(arr.astype(np.uint64), sizes.astype(np.uint64), bounds)
+    assert got.tolist() == want.tolist()

@@ -7,10 +7,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::cachesim::{self, Params, Prepared, ReplayError};
+use crate::lru;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tinylfu_replay, m)?)?;
     m.add_function(wrap_pyfunction!(tinylfu_hit_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(lru_stack_distances, m)?)?;
     Ok(())
 }
 
@@ -105,4 +107,20 @@ fn tinylfu_hit_counts<'py>(
         .map(|c| i64::try_from(c).unwrap_or(i64::MAX))
         .collect();
     Ok((hits.into_pyarray(py), repeats.into_pyarray(py)))
+}
+
+/// LRU byte stack distance of every request (-1: a stream's first request for its item, or a
+/// request outside every stream); streams as in `tinylfu_replay`.
+#[pyfunction]
+fn lru_stack_distances<'py>(
+    py: Python<'py>,
+    items: PyReadonlyArray1<'py, u64>,
+    sizes: PyReadonlyArray1<'py, u64>,
+    bounds: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (items, sizes, bounds) = (copied(&items), copied(&sizes), positions(&bounds)?);
+    let out = py
+        .detach(|| lru::stack_distances(&items, &sizes, &bounds))
+        .map_err(value_error)?;
+    Ok(out.into_pyarray(py))
 }
