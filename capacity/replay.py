@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from capacity.cache import steady_state, streams
+from capacity.cache import streams
 from capacity.inputs import Traffic
 from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig
+from capacity.steady import steady_state
 from shoal._native import tinylfu_hit_counts
 
 

@@ -123,12 +123,16 @@ pub fn h64(data: &[u8], salt: &[u8]) -> u64 {
     Hasher::new(salt).hash(data)
 }
 
-/// Keyed hashes of many ids (tenants or workers), in order.
-pub fn tenant_hashes<S: AsRef<str>>(ids: &[S], salt: &[u8]) -> Vec<u64> {
+/// Keyed hashes of many ids (tenants or workers), in order; many ids are split over the cores.
+pub fn tenant_hashes<S: AsRef<str> + Sync>(ids: &[S], salt: &[u8]) -> Vec<u64> {
     let hasher = Hasher::new(salt);
-    ids.iter()
-        .map(|t| hasher.hash(t.as_ref().as_bytes()))
-        .collect()
+    let mut out = vec![0; ids.len()];
+    par::blocks(ids.len(), &mut out, 1, 1 << 15, |range, part| {
+        for (o, t) in part.iter_mut().zip(&ids[range]) {
+            *o = hasher.hash(t.as_ref().as_bytes());
+        }
+    });
+    out
 }
 
 /// The rendezvous score of a tenant hash against a worker hash: splitmix64's finalizer of
