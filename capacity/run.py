@@ -26,9 +26,11 @@ would warm extra copies of the hottest models and move some of their load; it is
 
 Failure modes: ``InputError`` for an unusable configuration (k > N, a tenant pinned to no worker
 of the pool). Memory is about 100 bytes per request plus ~200 bytes per model; 1M models and
-3M requests fit in ~1 GiB. Time is dominated by hashing tenant ids (~3 s per 1M), two shard
-matrices (now and after a join, ~3.5 s per 1M tenants each with 64 workers, more with zones) and
-the stack distances (~1.5 us per request).
+3M requests fit in ~0.5 GiB, 10M models and 30M requests in ~4 GiB. Time, on 2 cores: the shard
+matrix (N scores per tenant, ~0.75 s per 1M tenants with 1,000 workers; native, every core)
+dominates, then the cache replays (W-TinyLFU at every curve budget, or LRU's stack distances,
+native: ~0.1 us per request and budget) and the steady state; 10M x 1,000 with 30M requests
+runs in ~40 s end to end (bench/bench_simulate.py).
 """
 
 from __future__ import annotations
