@@ -29,6 +29,10 @@ requests in its segment (``next`` = the segment's end when there is none):
 bits of ``next`` (a wavelet-tree sweep: each level is a stable partition, ~20 numpy passes over
 the array). Cost: O(R log L) time for R requests and segments of at most L requests, plus one
 O(R log R) sort to find ``prev``/``next``; memory O(R) (about 100 bytes per request).
+
+``cache_figures`` takes the same numbers from ``shoal._native.lru_stack_distances`` (a Fenwick
+tree over each stream, O(R log L), on every core; tested equal to ``stack_distances``), which
+at 30M requests is tens of times faster and needs no GBs of temporaries.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from capacity.inputs import Traffic
-from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig, SteadyState
-from capacity.stats import Spread
+from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig
+from capacity.steady import steady_state
+from shoal._native import lru_stack_distances
 
 #: Stack distance of a request with no earlier request for its item in its stream (cold miss).
 COLD = -1
@@ -181,110 +186,6 @@ def hits_at(distances: np.ndarray, budget: int) -> np.ndarray:
     return (distances >= 0) & (distances <= budget)
 
 
-# --- steady state under independent requests (Che's approximation) ---------------------------
-
-
-class CheTable:
-    """Steady-state LRU hit rates per worker under independent requests, by Che's approximation.
-
-    Each worker's cache sees its models' requests as independent Poisson streams of rates
-    ``rate[m]``; an LRU cache of ``B`` bytes then behaves as if every model stayed for a
-    characteristic time ``T`` after its last request, with ``sum_m size[m] (1 - exp(-rate[m] T))
-    = B`` and hit rate ``sum_m rate[m] (1 - exp(-rate[m] T)) / sum_m rate[m]``. Both sides are
-    increasing in ``T``, so one sweep of ``points`` log-spaced ``T`` values per worker tabulates
-    (bytes, hit rate) pairs, and any budget is answered by interpolation. Che's approximation is
-    known to be accurate for LRU under independent requests (within a percent or two for
-    Zipf-like popularity; tests/placement/test_simulate.py checks it against the exact replay);
-    it ignores temporal locality, which a replayed trace may have. Cost: O(points x models)
-    exponentials; memory O(points x chunk).
-    """
-
-    def __init__(
-        self,
-        worker: np.ndarray,
-        rate: np.ndarray,
-        sizes: np.ndarray,
-        n_workers: int,
-        points: int = 48,
-        chunk: int = 32768,
-    ) -> None:
-        lam = np.asarray(rate, dtype=np.float64)
-        pos = lam > 0
-        w = np.asarray(worker)
-        # Per-worker extreme rates by sorting (ufunc.at is slow on millions of models).
-        hi_rate = np.zeros(n_workers)
-        lo_rate = np.full(n_workers, np.inf)
-        wp, lp = w[pos], lam[pos]
-        if len(wp):
-            order = np.argsort(wp, kind="stable")
-            wp, lp = wp[order], lp[order]
-            starts = np.flatnonzero(np.r_[True, wp[1:] != wp[:-1]])
-            hi_rate[wp[starts]] = np.maximum.reduceat(lp, starts)
-            lo_rate[wp[starts]] = np.minimum.reduceat(lp, starts)
-        busy = hi_rate > 0
-        # From "the hottest model is rarely resident" to "every model is almost always resident".
-        t_lo = np.where(busy, 1e-3 / np.where(busy, hi_rate, 1.0), 1.0)
-        t_hi = np.where(busy, 50.0 / np.where(busy, lo_rate, 1.0), 1.0)
-        steps = np.linspace(0.0, 1.0, points)[None, :]
-        self.times = np.exp(np.log(t_lo)[:, None] + np.log(t_hi / t_lo)[:, None] * steps)
-        self.bytes = np.zeros((n_workers, points))
-        hits = np.zeros((n_workers, points))
-        s = np.asarray(sizes, dtype=np.float64)
-        # Per worker, a (models x points) matrix of residency probabilities reduced by two
-        # matrix-vector products; models in chunks to bound memory.
-        by_worker = np.argsort(w[pos], kind="stable")
-        idx = np.flatnonzero(pos)[by_worker]
-        bounds = np.searchsorted(w[idx], np.arange(n_workers + 1))
-        for i in np.flatnonzero(busy).tolist():
-            for lo in range(bounds[i], bounds[i + 1], chunk):
-                sel = idx[lo : min(lo + chunk, bounds[i + 1])]
-                # float32: residency needs no more digits, and halves the exponential's cost.
-                x = np.multiply.outer(lam[sel], self.times[i]).astype(np.float32)
-                resident = -np.expm1(-x)
-                # einsum, not BLAS: a threaded BLAS spins both cores for these small products.
-                self.bytes[i] += np.einsum("m,mp->p", s[sel].astype(np.float32), resident)
-                hits[i] += np.einsum("m,mp->p", lam[sel].astype(np.float32), resident)
-        self.load = np.bincount(w, weights=lam, minlength=n_workers)
-        self.full = np.bincount(w[pos], weights=s[pos], minlength=n_workers)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.hit_rate = np.where(self.load[:, None] > 0, hits / self.load[:, None], np.nan)
-
-    def worker_hit_rates(self, budget: float) -> np.ndarray:
-        """Hit rate of each worker with ``budget`` bytes (NaN for a worker with no requests)."""
-        out = np.full(len(self.load), np.nan)
-        for i in np.flatnonzero(self.load > 0).tolist():
-            if budget >= self.full[i]:
-                out[i] = 1.0  # everything it is asked for fits: only first requests miss
-            else:
-                out[i] = np.interp(budget, self.bytes[i], self.hit_rate[i], left=0.0)
-        return out
-
-    def hit_rate_at(self, budget: float) -> float:
-        """Pool-wide hit rate (each worker weighted by its request rate)."""
-        h = self.worker_hit_rates(budget)
-        busy = self.load > 0
-        return float((h[busy] * self.load[busy]).sum() / self.load[busy].sum())
-
-    def budget_for(self, target: float) -> tuple[float, float]:
-        """(pool-wide, every-worker) budgets reaching ``target`` (inf when target > 1)."""
-        if target > 1:
-            return math.inf, math.inf
-        busy = np.flatnonzero(self.load > 0)
-        every = 0.0
-        for i in busy.tolist():
-            h = self.hit_rate[i]
-            need = self.full[i] if target >= h[-1] else np.interp(target, h, self.bytes[i])
-            every = max(every, float(need))
-        lo, hi = 0.0, float(self.full.max())
-        for _ in range(60):  # bisection: the pool-wide rate is increasing in the budget
-            mid = (lo + hi) / 2
-            if self.hit_rate_at(mid) >= target:
-                hi = mid
-            else:
-                lo = mid
-        return hi, every
-
-
 # --- the figures of a simulation --------------------------------------------------------
 
 
@@ -333,7 +234,10 @@ def cache_figures(
     progress(0.1)
     w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
     m_total = int(measured.sum())
-    dist = stack_distances(items, seg, sizes[items])
+    # stack_distances' numbers, natively: one Fenwick-tree pass per stream, on every core.
+    dist = lru_stack_distances(
+        items.astype(np.uint64), sizes[items].astype(np.uint64), bounds.astype(np.int64)
+    )
     progress(0.8)
     hit = measured & (dist != COLD) & (dist <= config.budget_bytes)
     w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
@@ -354,19 +258,21 @@ def cache_figures(
         for b, h in zip(budgets.tolist(), curve_hits.tolist(), strict=True)
     ]
 
-    budget_for = []
-    for target in config.targets:
-        overall = _quantile_budget(finite, m_total, target)
-        worst: int | None = 0
-        for w in range(n):
-            s, e = bounds[w], bounds[w + 1]
-            mw = measured[s:e]
-            if not mw.any():
-                continue
-            dw = dist[s:e][mw]
-            need = _quantile_budget(dw[dw != COLD], len(dw), target, presorted=False)
-            worst = None if need is None or worst is None else max(worst, need)
-        budget_for.append(BudgetFor(target, overall, worst))
+    worst: list[int | None] = [0] * len(config.targets)
+    for w in range(n):
+        s, e = bounds[w], bounds[w + 1]
+        mw = measured[s:e]
+        if not mw.any():
+            continue
+        dw = dist[s:e][mw]
+        needs = _quantile_budgets(dw[dw != COLD], len(dw), config.targets)
+        worst = [
+            None if a is None or b is None else max(a, b) for a, b in zip(worst, needs, strict=True)
+        ]
+    budget_for = [
+        BudgetFor(target, _quantile_budget(finite, m_total, target), every)
+        for target, every in zip(config.targets, worst, strict=True)
+    ]
     progress(0.95)
     figures = CacheFigures(
         budget_bytes=config.budget_bytes,
@@ -383,38 +289,25 @@ def cache_figures(
     return figures, w_hit, w_measured
 
 
-def steady_state(
-    primary: np.ndarray, traffic: Traffic, sizes: np.ndarray, n: int, config: SimConfig,
-    curve: list[CurvePoint],
-) -> SteadyState:  # fmt: skip
-    """The long-run LRU view (Che's approximation) at the curve's budgets."""
-    che = CheTable(primary, traffic.popularity, sizes, n)
-    steady_targets = []
-    for target in config.targets:
-        overall_b, every_b = che.budget_for(target)
-        steady_targets.append(BudgetFor(target, _ceil_or_none(overall_b), _ceil_or_none(every_b)))
-    return SteadyState(
-        hit_rate=che.hit_rate_at(config.budget_bytes),
-        worker_hit_rate=Spread.of(che.worker_hit_rates(config.budget_bytes)),
-        curve=[CurvePoint(p.budget_bytes, che.hit_rate_at(p.budget_bytes)) for p in curve],
-        budget_for=steady_targets,
-    )
-
-
-def _ceil_or_none(x: float) -> int | None:
-    return None if math.isinf(x) or math.isnan(x) else math.ceil(x)
-
-
-def _quantile_budget(
-    finite: np.ndarray, total: int, target: float, presorted: bool = True
-) -> int | None:
+def _quantile_budget(finite: np.ndarray, total: int, target: float) -> int | None:
     """Smallest budget under which at least ``target`` of ``total`` requests hit, given the
-    finite stack distances; None when even an unbounded cache falls short."""
+    finite stack distances, sorted; None when even an unbounded cache falls short."""
     need = math.ceil(target * total - 1e-9)
     if total == 0 or need > len(finite):
         return None
     if need <= 0:
         return 0
-    if presorted:
-        return int(finite[need - 1])
-    return int(np.partition(finite, need - 1)[need - 1])
+    return int(finite[need - 1])
+
+
+def _quantile_budgets(
+    finite: np.ndarray, total: int, targets: tuple[float, ...]
+) -> list[int | None]:
+    """``_quantile_budget`` for every target, ``finite`` unsorted: one partition at all the
+    ranks the targets need."""
+    needs = [math.ceil(t * total - 1e-9) for t in targets]
+    ranks = sorted({k - 1 for k in needs if 0 < k <= len(finite)})
+    part = np.partition(finite, ranks) if ranks else finite
+    return [
+        None if total == 0 or k > len(finite) else 0 if k <= 0 else int(part[k - 1]) for k in needs
+    ]

@@ -136,7 +136,7 @@ class CurvePoint:
 @dataclass(frozen=True)
 class SteadyState:
     """Long-run LRU figures under independent requests with the simulated popularity (Che's
-    approximation, ``capacity.cache.CheTable``): what a long-running fleet converges to, free
+    approximation, ``capacity.steady.CheTable``): what a long-running fleet converges to, free
     of the first-request misses that cap a finite trace. Same curve budgets as the replay."""
 
     hit_rate: float

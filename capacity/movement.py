@@ -22,19 +22,18 @@ from shoal.shard import Pool, shard_matrix
 
 
 def _moved(
-    before: np.ndarray, after: np.ndarray, fleet: Fleet, traffic: Traffic,
-    p_before: np.ndarray, p_after: np.ndarray,
+    before: np.ndarray, after: np.ndarray, changed: np.ndarray | None, t_bytes: np.ndarray,
+    traffic: Traffic, p_before: np.ndarray, p_after: np.ndarray,
 ) -> tuple[np.ndarray, int, float]:  # fmt: skip
-    """(moved tenants mask, bytes to load on new members, traffic share rerouted)."""
-    fresh = new_members(before, after)
-    moved = fresh > 0
-    moved_bytes = int((fleet.tenant_bytes() * fresh).sum())
+    """(moved tenants mask, bytes to load on new members, traffic share rerouted). Only rows
+    ``changed`` (all when None) can differ between ``before`` and ``after``."""
+    sel = slice(None) if changed is None else changed
+    fresh = new_members(before[sel], after[sel])
+    moved = np.zeros(len(before), dtype=bool)
+    moved[sel] = fresh > 0
+    moved_bytes = int((t_bytes[sel] * fresh).sum())
     rerouted = float(traffic.popularity[p_before != p_after].sum())
     return moved, moved_bytes, rerouted
-
-
-def _placed_bytes(fleet: Fleet, shards: Shards) -> int:
-    return int((fleet.tenant_bytes() * shards.k).sum())
 
 
 def join(
@@ -54,12 +53,14 @@ def join(
     new_id = next(f"joining-{i}" for i in range(n + 1) if f"joining-{i}" not in ids)
     newcomer = Member(new_id, "", zone)
     joined = Pool((*pool.members, newcomer), pool.salt, pool.shard_size)
+    hit: np.ndarray | None = None
     if pool.n_zones > 1:
         after_rows = tenant_shards(joined, fleet.tenants, hashes, overrides, progress).rows
     else:
         free = np.flatnonzero(~shards.pinned)  # pinned shards ignore newcomers
         weakest = shards.rows[free, shards.k[free] - 1]
-        by_weakest = np.argsort(weakest, kind="stable")
+        # A stable sort by member (small ints sort by radix).
+        by_weakest = np.argsort(weakest.astype(np.int16) if n < 2**15 else weakest, kind="stable")
         bounds = np.searchsorted(weakest[by_weakest], np.arange(n + 1))
         entered: list[np.ndarray] = []
         for w in range(n):
@@ -75,9 +76,12 @@ def join(
         part = tenant_shards(joined, names, hashes[hit], sub)
         after_rows[hit, : part.rows.shape[1]] = part.rows
     p_after = after_rows[fleet.model_tenant, pidx]
-    moved, moved_bytes, rerouted = _moved(shards.rows, after_rows, fleet, traffic, primary, p_after)
+    t_bytes = fleet.tenant_bytes()
+    moved, moved_bytes, rerouted = _moved(
+        shards.rows, after_rows, hit, t_bytes, traffic, primary, p_after
+    )
     expect = float((shards.k / (n + 1)).mean())
-    return _movement("join", new_id, moved, moved_bytes, rerouted, expect, 1 / (n + 1), fleet,
+    return _movement("join", new_id, moved, moved_bytes, rerouted, expect, 1 / (n + 1), t_bytes,
                      shards)  # fmt: skip
 
 
@@ -91,12 +95,22 @@ def leave(
     n = len(pool)
     rest = tuple(m for i, m in enumerate(pool.members) if i != leaver)
     left = Pool(rest, pool.salt, pool.shard_size)
-    remap = np.arange(n, dtype=np.int64) - (np.arange(n) > leaver)
-    remap[leaver] = -2  # matches nothing after the leave
-    before = np.where(shards.rows >= 0, remap[np.maximum(shards.rows, 0)], -1)
+
+    def renumber(idx: np.ndarray) -> np.ndarray:
+        """Member indices after the leave: those above the leaver shift down, the leaver
+        becomes -2 (matches nothing after the leave), -1 pads stay."""
+        out = idx - (idx > leaver)
+        out[idx == leaver] = -2
+        return out
+
+    before = renumber(shards.rows)
+    hit: np.ndarray | None = None
     if left.n_zones == pool.n_zones:
         after_rows = before.copy()
-        hit = np.flatnonzero((shards.rows == leaver).any(axis=1))
+        holds = np.zeros(len(shards.rows), dtype=bool)
+        for col in shards.rows.T:
+            holds |= col == leaver
+        hit = np.flatnonzero(holds)
         names = [fleet.tenants[i] for i in hit.tolist()]
         sub = {t: overrides[t] for t in names if t in overrides}
         part = tenant_shards(left, names, hashes[hit], sub)
@@ -104,25 +118,29 @@ def leave(
         after_rows[hit, : part.rows.shape[1]] = part.rows
     else:
         after_rows = tenant_shards(left, fleet.tenants, hashes, overrides).rows
-    p_before = before[fleet.model_tenant, pidx]
+    p_before = renumber(primary)
     p_after = after_rows[fleet.model_tenant, pidx]
-    moved, moved_bytes, rerouted = _moved(before, after_rows, fleet, traffic, p_before, p_after)
+    t_bytes = fleet.tenant_bytes()
+    moved, moved_bytes, rerouted = _moved(
+        before, after_rows, hit, t_bytes, traffic, p_before, p_after
+    )
     expect = float((shards.k / n).mean())
     return _movement("leave", pool.members[leaver].worker_id, moved, moved_bytes, rerouted,
-                     expect, 1 / n, fleet, shards)  # fmt: skip
+                     expect, 1 / n, t_bytes, shards)  # fmt: skip
 
 
 def _movement(
     event: str, worker_id: str, moved: np.ndarray, moved_bytes: int, rerouted: float,
-    expect_tenants: float, expect_bytes: float, fleet: Fleet, shards: Shards,
+    expect_tenants: float, expect_bytes: float, t_bytes: np.ndarray, shards: Shards,
 ) -> Movement:  # fmt: skip
     t = len(moved)
     share = float(moved.mean())
+    placed = int((t_bytes * shards.k).sum())
     return Movement(
         event=event,
         worker_id=worker_id,
         tenants=Versus(share, expect_tenants, math.sqrt(share * (1 - share) / t)),
         bytes_moved=moved_bytes,
-        bytes_share=Versus(moved_bytes / max(1, _placed_bytes(fleet, shards)), expect_bytes),
+        bytes_share=Versus(moved_bytes / max(1, placed), expect_bytes),
         traffic=rerouted,
     )

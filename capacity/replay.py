@@ -2,7 +2,8 @@
 
 W-TinyLFU has no stack property (``capacity.cache``'s one-pass shortcut is LRU's): each budget
 is a replay of every worker's stream through the worker's policy, natively
-(``shoal._native.tinylfu_replay``, the same steps as ``worker.policy.TinyLfu``).
+(``shoal._native.tinylfu_hit_counts``: the same steps as ``worker.policy.TinyLfu``, tested hit
+for hit against it through ``tinylfu_replay``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from capacity.cache import steady_state, streams
+from capacity.cache import streams
 from capacity.inputs import Traffic
 from capacity.model import BudgetFor, CacheFigures, CurvePoint, SimConfig
-from shoal._native import tinylfu_replay
+from capacity.steady import steady_state
+from shoal._native import tinylfu_hit_counts
 
 
 def tinylfu_figures(
@@ -23,25 +25,13 @@ def tinylfu_figures(
     progress: Callable[[float], None],
 ) -> tuple[CacheFigures, np.ndarray, np.ndarray]:  # fmt: skip
     """W-TinyLFU has no stack property: each budget is a replay of every stream (the worker's
-    policy, natively; ``shoal._native.tinylfu_replay``). The curve is replayed at
+    policy, natively; ``shoal._native.tinylfu_hit_counts``). The curve is replayed at
     ``tinylfu_curve_points`` budgets; a budget for a target is the smallest curve budget that
     reaches it (an upper bound at the curve's resolution)."""
     st = streams(traffic, primary, sizes, n, config)
-    items, seg, measured, bounds, lo, routed = (
-        st.items, st.seg, st.measured, st.bounds, st.lo, st.routed
-    )  # fmt: skip
+    seg, measured, lo, routed = st.seg, st.measured, st.lo, st.routed
     progress(0.1)
     m_total = int(measured.sum())
-    req_sizes = sizes[items].astype(np.uint64)
-    item_ids = items.astype(np.uint64)
-    b64 = bounds.astype(np.int64)
-    # Unbounded memory: only each stream's first request for an item misses.
-    first = np.ones(len(items), dtype=bool)
-    key = seg.astype(np.int64) * (int(items.max()) + 1 if len(items) else 1) + items
-    _, first_idx = np.unique(key, return_index=True)
-    first[:] = False
-    first[first_idx] = True
-    max_hit = float((measured & ~first).sum() / m_total) if m_total else math.nan
     hi = max(lo, int(routed.max()))
     budgets = np.unique(
         np.append(
@@ -49,14 +39,21 @@ def tinylfu_figures(
             config.budget_bytes,
         )
     )
-    per_budget: dict[int, np.ndarray] = {}
-    for i, b in enumerate(budgets.tolist()):
-        per_budget[b] = np.asarray(tinylfu_replay(item_ids, req_sizes, b64, b)) & measured
-        progress(0.1 + 0.8 * (i + 1) / len(budgets))
-    hit = per_budget[config.budget_bytes]
-    w_hit = np.bincount(seg[hit], minlength=n).astype(np.float64)
+    # Every budget's replay of every stream at once, on all cores; per stream only the hit
+    # counts come back (the figures need no more), and the repeats: an unbounded cache's hits.
+    counts, repeats = tinylfu_hit_counts(
+        st.items.astype(np.uint64),
+        sizes[st.items].astype(np.uint64),
+        st.bounds.astype(np.int64),
+        measured,
+        budgets.astype(np.uint64),
+    )
+    progress(0.9)
+    max_hit = float(repeats.sum() / m_total) if m_total else math.nan
+    per_budget = dict(zip(budgets.tolist(), counts, strict=True))
+    w_hit = per_budget[config.budget_bytes].astype(np.float64)
     w_measured = np.bincount(seg[measured], minlength=n).astype(np.float64)
-    hit_rate = float(hit.sum() / m_total) if m_total else math.nan
+    hit_rate = float(w_hit.sum() / m_total) if m_total else math.nan
     curve = [
         CurvePoint(int(b), float(h.sum() / m_total) if m_total else math.nan)
         for b, h in per_budget.items()
@@ -66,14 +63,14 @@ def tinylfu_figures(
         overall = next((p.budget_bytes for p in curve if p.hit_rate >= target), None)
         every: int | None = None
         for b, h in per_budget.items():
-            rates = np.bincount(seg[h], minlength=n) / np.maximum(w_measured, 1)
+            rates = h / np.maximum(w_measured, 1)
             if np.all((rates >= target) | (w_measured == 0)):
                 every = int(b)
                 break
         budget_for.append(BudgetFor(target, overall, every))
     figures = CacheFigures(
         budget_bytes=config.budget_bytes,
-        requests=len(items),
+        requests=len(st.items),
         measured=m_total,
         warmup=config.warmup,
         hit_rate=hit_rate,

@@ -3,7 +3,8 @@
 ``simulate(fleet, traffic, config)`` places every tenant of ``fleet`` with
 ``shoal.shard.shard_matrix`` (the vectorised twin of ``Placement``, tested equal to it) on a
 pool of ``config.workers`` workers, routes each model to its primary member
-(``shoal.shard.primary_indices``, the router's choice), and reports:
+(``Fleet.primary_indices``: ``shoal.shard.primary_indices``, the router's choice, on keys built
+natively), and reports:
 
 1. per worker (``WorkerFigures``): models assigned (every model of every tenant whose shard holds
    the worker), bytes to hold them all, request load (requests/s routed to it), models and
@@ -25,9 +26,11 @@ would warm extra copies of the hottest models and move some of their load; it is
 
 Failure modes: ``InputError`` for an unusable configuration (k > N, a tenant pinned to no worker
 of the pool). Memory is about 100 bytes per request plus ~200 bytes per model; 1M models and
-3M requests fit in ~1 GiB. Time is dominated by hashing tenant ids (~3 s per 1M), two shard
-matrices (now and after a join, ~3.5 s per 1M tenants each with 64 workers, more with zones) and
-the stack distances (~1.5 us per request).
+3M requests fit in ~0.5 GiB, 10M models and 30M requests in ~4 GiB. Time, on 2 cores: the shard
+matrix (N scores per tenant, ~0.75 s per 1M tenants with 1,000 workers; native, every core)
+dominates, then the cache replays (W-TinyLFU at every curve budget, or LRU's stack distances,
+native: ~0.1 us per request and budget) and the steady state; 10M x 1,000 with 30M requests
+runs in ~40 s end to end (bench/bench_simulate.py).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from capacity.movement import join, leave
 from capacity.replay import tinylfu_figures
 from capacity.shards import hash_tenants, hot_overrides, tenant_shards
 from capacity.stats import Spread, blast_radius
-from shoal.shard import Pool, primary_indices
+from shoal.shard import Pool
 
 
 class _Stages:
@@ -112,17 +115,20 @@ def simulate(
     shards = tenant_shards(pool, fleet.tenants, hashes, overrides, stages.update)
 
     stages.start("route")
-    keys = fleet.model_keys()
-    pidx = primary_indices(keys, shards.k[fleet.model_tenant])
-    del keys
+    pidx = fleet.primary_indices(shards.k[fleet.model_tenant])
     primary = shards.rows[fleet.model_tenant, pidx]
     t_models = fleet.tenant_models()
     t_bytes = fleet.tenant_bytes()
-    valid = shards.rows >= 0
-    holder_t = np.broadcast_to(np.arange(len(fleet.tenants))[:, None], shards.rows.shape)[valid]
-    holders = shards.rows[valid]
-    w_models = np.bincount(holders, weights=t_models[holder_t], minlength=n)
-    w_bytes = np.bincount(holders, weights=t_bytes[holder_t], minlength=n)
+    # Column by column (every member slot of every shard): whole-number sums, so exact in
+    # any order, without [T, k] index arrays.
+    w_models = np.zeros(n)
+    w_bytes = np.zeros(n)
+    for col in shards.rows.T:
+        held = col >= 0
+        whole = bool(held.all())
+        holder = col if whole else col[held]
+        w_models += np.bincount(holder, weights=t_models if whole else t_models[held], minlength=n)
+        w_bytes += np.bincount(holder, weights=t_bytes if whole else t_bytes[held], minlength=n)
     w_pmodels = np.bincount(primary, minlength=n)
     w_pbytes = np.bincount(primary, weights=fleet.sizes, minlength=n)
     w_load = np.bincount(primary, weights=traffic.popularity, minlength=n) * traffic.rps

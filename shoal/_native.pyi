@@ -64,6 +64,24 @@ def primary_indices(keys: Sequence[str], k: NDArray[np.int64]) -> NDArray[np.int
     """``primary_index(keys[m], k[m])`` for every m (without the GIL); ``ZeroDivisionError``
     when any k is 0, ``ValueError`` when the lengths differ."""
 
+def model_primary_indices(
+    tenants: Sequence[str],
+    model_tenant: NDArray[np.int64],
+    names: Sequence[str],
+    versions: NDArray[np.int64],
+    k: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """``primary_indices(keys, k)`` for the keys ``f"{tenants[model_tenant[m]]}/{names[m]}:"
+    f"{versions[m]}"``, built natively, on all cores without the GIL; ``ZeroDivisionError``
+    when any k is 0, ``ValueError`` when the lengths differ or a tenant index is out of range."""
+
+def searchsorted_right(
+    sorted: NDArray[np.float64], values: NDArray[np.float64]
+) -> NDArray[np.int64]:
+    """``np.searchsorted(sorted, values, side="right")``, exactly, on all cores without the GIL
+    (a bucket table narrows the search for values in [0, 1)); ``ValueError`` when ``sorted``
+    is not sorted or either holds NaN."""
+
 def tinylfu_replay(
     items: NDArray[np.uint64],
     sizes: NDArray[np.uint64],
@@ -76,6 +94,28 @@ def tinylfu_replay(
     """Hits of every request replayed through ``worker.policy.TinyLfu`` (one cache of ``budget``
     bytes per stream ``bounds[i]:bounds[i + 1]``), natively and exactly; ``ValueError`` on
     mismatched lengths or bad bounds."""
+
+def tinylfu_hit_counts(
+    items: NDArray[np.uint64],
+    sizes: NDArray[np.uint64],
+    bounds: NDArray[np.int64],
+    measured: NDArray[np.bool_],
+    budgets: NDArray[np.uint64],
+    window: float = 0.01,
+    protected: float = 0.8,
+    width: int = 4096,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The streams of ``tinylfu_replay`` replayed at every budget, on all cores without the
+    GIL: ``(hits, repeats)``, ``hits[b, s]`` the ``measured`` requests of stream ``s`` that hit
+    under ``budgets[b]`` bytes, ``repeats[s]`` those for an item the stream asked for before
+    (the hits of an unbounded cache). ``ValueError`` as ``tinylfu_replay``."""
+
+def lru_stack_distances(
+    items: NDArray[np.uint64], sizes: NDArray[np.uint64], bounds: NDArray[np.int64]
+) -> NDArray[np.int64]:
+    """LRU byte stack distances (``capacity.cache.stack_distances``, the same numbers) of the
+    streams of ``tinylfu_replay``, one pass per stream on all cores without the GIL; -1 for a
+    stream's first request for an item. ``ValueError`` as ``tinylfu_replay``."""
 
 def member_order(
     ranked: Sequence[int],

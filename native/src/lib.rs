@@ -5,6 +5,9 @@
 //! Rust, unit-tested with `cargo test`.
 //!
 //! * `shard`: the shard function (rendezvous hashing, zones, overrides, the vectorised form);
+//! * `cachesim`, `lru`, `draw`: the capacity simulator's bulk work (W-TinyLFU replay, LRU
+//!   stack distances, inverse-CDF draws),
+//!   spread over the cores by `par`;
 //! * `resolve`: which version of a model answers a request;
 //! * `rpc`: gRPC over HTTP/2 as both fronts serve it (framing, statuses, the accept loop);
 //! * `gateway`: the router's data path (gRPC front door, table, policy, quotas, forwarding);
@@ -12,7 +15,10 @@
 //! * `worker`: the worker's inference front (decode, validate, batch, predict).
 
 pub mod cachesim;
+pub mod draw;
 pub mod gateway;
+pub mod lru;
+pub mod par;
 mod py;
 pub mod pyfmt;
 pub mod resolve;

@@ -23,12 +23,14 @@
 //! invalid inputs (duplicate worker ids, mismatched lengths) are [`PoolError`]s.
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use blake2::digest::consts::U8;
 use blake2::digest::core_api::{Block, Buffer, UpdateCore, VariableOutputCore};
 use blake2::digest::{Digest, FixedOutput, KeyInit, Output};
 use blake2::{Blake2b, Blake2bMac, Blake2bVarCore};
+
+use crate::par;
 
 /// Salts longer than this are truncated (BLAKE2b's maximum key length; Python's `salt[:64]`).
 pub const MAX_SALT_LEN: usize = 64;
@@ -44,6 +46,8 @@ const M2: u64 = 0x94D0_49BB_1331_11EB;
 /// `k` at or below which [`Pool::shard_matrix_into`] selects by `k` masked-argmax passes over
 /// the scores (O(N k) per row) instead of sorting the row (O(N log N)); both give the same rows.
 const ARGMAX_MAX_K: usize = 8;
+/// The fewest scores (tenants x members) [`Pool::shard_matrix`] gives a thread of its own.
+pub const PARALLEL_SCORES: usize = 1 << 22;
 
 /// BLAKE2b-64 keyed by a salt, built once to hash many inputs.
 ///
@@ -119,12 +123,16 @@ pub fn h64(data: &[u8], salt: &[u8]) -> u64 {
     Hasher::new(salt).hash(data)
 }
 
-/// Keyed hashes of many ids (tenants or workers), in order.
-pub fn tenant_hashes<S: AsRef<str>>(ids: &[S], salt: &[u8]) -> Vec<u64> {
+/// Keyed hashes of many ids (tenants or workers), in order; many ids are split over the cores.
+pub fn tenant_hashes<S: AsRef<str> + Sync>(ids: &[S], salt: &[u8]) -> Vec<u64> {
     let hasher = Hasher::new(salt);
-    ids.iter()
-        .map(|t| hasher.hash(t.as_ref().as_bytes()))
-        .collect()
+    let mut out = vec![0; ids.len()];
+    par::blocks(ids.len(), &mut out, 1, 1 << 15, |range, part| {
+        for (o, t) in part.iter_mut().zip(&ids[range]) {
+            *o = hasher.hash(t.as_ref().as_bytes());
+        }
+    });
+    out
 }
 
 /// The rendezvous score of a tenant hash against a worker hash: splitmix64's finalizer of
@@ -143,6 +151,46 @@ pub const fn score(h_t: u64, h_w: u64) -> u64 {
 pub fn primary_index(key: &str, k: usize) -> Option<usize> {
     let k = u64::try_from(k).ok().filter(|&k| k > 0)?;
     usize::try_from(h64(key.as_bytes(), &[]) % k).ok()
+}
+
+/// [`primary_index`] of `"{tenant}/{name}:{version}"` for every model `m` (tenant
+/// `tenants[model_tenant[m]]`, `names[m]`, `versions[m]`, shard size `k[m]`), the keys built
+/// in a buffer and the models split over the cores: the simulator's routing of millions of
+/// models. `None` when a `k` is 0, a tenant index is out of range or the lengths differ.
+pub fn model_primary_indices<T: AsRef<str> + Sync, N: AsRef<str> + Sync>(
+    tenants: &[T],
+    model_tenant: &[usize],
+    names: &[N],
+    versions: &[i64],
+    k: &[usize],
+) -> Option<Vec<usize>> {
+    let m = model_tenant.len();
+    if names.len() != m || versions.len() != m || k.len() != m {
+        return None;
+    }
+    let mut out = vec![usize::MAX; m];
+    par::blocks(m, &mut out, 1, 1 << 14, |models, part| {
+        let mut key = String::new();
+        for (o, i) in part.iter_mut().zip(models) {
+            let Some(tenant) = tenants.get(model_tenant[i]) else {
+                continue;
+            };
+            key.clear();
+            // Writing to a String cannot fail.
+            let _ = write!(
+                key,
+                "{}/{}:{}",
+                tenant.as_ref(),
+                names[i].as_ref(),
+                versions[i]
+            );
+            if let Some(p) = primary_index(&key, k[i]) {
+                *o = p;
+            }
+        }
+    });
+    // usize::MAX marks a model that had no primary (k = 0 or no such tenant).
+    out.iter().all(|&p| p != usize::MAX).then_some(out)
 }
 
 /// Why a pool cannot be built.
@@ -473,11 +521,16 @@ impl Pool {
 
     /// Shards of many tenants: row `t` of the row-major `[T, min(k, N)]` result is the first
     /// `min(k, N)` of the selection order of `tenant_hashes[t]`. O(T N k) for small `k`,
-    /// O(T N log N) otherwise; memory O(N) besides the result.
+    /// O(T N log N) otherwise; memory O(N) per thread besides the result. Rows are independent:
+    /// a large matrix is computed in contiguous blocks of rows (of [`PARALLEL_SCORES`] scores
+    /// at least) on every core, the same rows as one thread would give.
     pub fn shard_matrix(&self, tenant_hashes: &[u64], k: usize) -> Vec<u32> {
         let k = k.min(self.len());
         let mut out = vec![0; tenant_hashes.len() * k];
-        self.shard_matrix_into(tenant_hashes, k, &mut out);
+        let min_rows = PARALLEL_SCORES / self.len().max(1);
+        par::blocks(tenant_hashes.len(), &mut out, k, min_rows, |rows, block| {
+            self.shard_matrix_into(&tenant_hashes[rows], k, block);
+        });
         out
     }
 

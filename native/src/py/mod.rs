@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod cachesim;
 mod codec;
+mod draw;
 mod gateway;
 mod resolve;
 mod runtime;
@@ -16,6 +17,7 @@ pub fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     shard::register(m)?;
     cachesim::register(m)?;
+    draw::register(m)?;
     resolve::register(m)?;
     gateway::register(m)?;
     runtime::register(m)?;

@@ -16,6 +16,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tenant_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(primary_index, m)?)?;
     m.add_function(wrap_pyfunction!(primary_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(model_primary_indices, m)?)?;
     m.add_function(wrap_pyfunction!(member_order, m)?)?;
     Ok(())
 }
@@ -161,6 +162,46 @@ fn primary_indices<'py>(
     });
     out.map(|v| v.into_pyarray(py))
         .ok_or_else(|| PyZeroDivisionError::new_err("integer modulo by zero"))
+}
+
+/// `primary_index(f"{tenants[model_tenant[m]]}/{names[m]}:{versions[m]}", k[m])` for every
+/// model `m`, the keys built natively (the simulator's routing without 10M Python strings).
+#[pyfunction]
+fn model_primary_indices<'py>(
+    py: Python<'py>,
+    tenants: Vec<PyBackedStr>,
+    model_tenant: PyReadonlyArray1<'py, i64>,
+    names: Vec<PyBackedStr>,
+    versions: PyReadonlyArray1<'py, i64>,
+    k: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let model_tenant: Vec<usize> = model_tenant
+        .as_array()
+        .iter()
+        .map(|&t| usize::try_from(t).ok().filter(|&t| t < tenants.len()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| PyValueError::new_err("a model's tenant index is not in the tenants"))?;
+    let versions: Vec<i64> = versions.as_array().iter().copied().collect();
+    // Zero or negative: no primary, as `primary_indices` says it.
+    let k: Vec<usize> = k
+        .as_array()
+        .iter()
+        .map(|&n| usize::try_from(n).unwrap_or(0))
+        .collect();
+    let m = model_tenant.len();
+    if names.len() != m || versions.len() != m || k.len() != m {
+        return Err(PyValueError::new_err(format!(
+            "{m} models but {} names, {} versions and {} shard sizes",
+            names.len(),
+            versions.len(),
+            k.len()
+        )));
+    }
+    let out =
+        py.detach(|| shard::model_primary_indices(&tenants, &model_tenant, &names, &versions, &k));
+    let out = out.ok_or_else(|| PyZeroDivisionError::new_err("integer modulo by zero"))?;
+    let out: Vec<i64> = out.into_iter().map(|p| p as i64).collect();
+    Ok(out.into_pyarray(py))
 }
 
 /// The gateway's member choice (`gateway::policy::choose`): candidates best first, as

@@ -260,6 +260,24 @@ fn empty_pool_and_oversized_requests_clamp() {
     assert_eq!(short[4], u32::MAX);
 }
 
+#[test]
+fn a_large_matrix_on_every_core_equals_one_thread() {
+    let ids: Vec<String> = (0..1000).map(|i| format!("w{i:03}")).collect();
+    for zones in [
+        vec![""; 1000],
+        (0..1000).map(|i| ["a", "b", "c"][i % 3]).collect(),
+    ] {
+        let pool = Pool::new(&ids, &zones, b"salt", 4).expect("pool");
+        let hashes: Vec<u64> = (0..9001u64).map(|t| t.wrapping_mul(GOLDEN)).collect();
+        assert!(hashes.len() * pool.len() >= 2 * PARALLEL_SCORES);
+        for k in [1, 4, 9] {
+            let mut one = vec![0; hashes.len() * k];
+            pool.shard_matrix_into(&hashes, k, &mut one);
+            assert_eq!(pool.shard_matrix(&hashes, k), one);
+        }
+    }
+}
+
 // ---- properties ------------------------------------------------------------------------------
 
 /// A pool of `n` workers named `w<i>` over `z` zones (`z == 0`: no zones), salted.
