@@ -217,4 +217,6 @@ def test_a_worker_restarted_under_its_id_comes_back_with_its_hot_models(
         held = [client.is_model_ready(f"{m.tenant}/{m.name}", str(m.version)) for m in hot.models]
     finally:
         client.close()
-    assert all(held), f"not resident again: {[m.ref for m, h in zip(hot.models, held) if not h]}"
+    assert all(held), (
+        f"not resident again: {[m.ref for m, h in zip(hot.models, held, strict=True) if not h]}"
+    )
